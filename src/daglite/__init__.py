@@ -1,0 +1,50 @@
+"""daglite: static DAGs of plain functions on interchangeable backends.
+
+Public surface: ``task``, ``evaluate``, ``evaluate_async``, ``Task``,
+``TaskFuture`` and the errors of ``daglite.exceptions``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daglite.engine import evaluate, evaluate_async
+from daglite.exceptions import (
+    BackendError,
+    DagliteError,
+    DagliteWarning,
+    EvaluationError,
+    GraphError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from daglite.tasks import Task, TaskFuture, task
+
+__all__ = [
+    "BackendError",
+    "DagliteError",
+    "DagliteWarning",
+    "EvaluationError",
+    "GraphError",
+    "Task",
+    "TaskError",
+    "TaskFuture",
+    "TaskTimeoutError",
+    "WorkerLostError",
+    "__version__",
+    "evaluate",
+    "evaluate_async",
+    "task",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("daglite")
+        except PackageNotFoundError:  # running from a source tree
+            return "0.0.0"
+    raise AttributeError(f"module 'daglite' has no attribute {name!r}")

@@ -1,0 +1,440 @@
+"""What a backend runs: a ``_Job`` of one or more task calls, and its outcomes.
+
+A job is a plain picklable callable. In the caller's process (inline, threads)
+nothing is pickled. When a backend ships it to another process, ``__reduce__``
+serialises the task functions and arguments with cloudpickle (so lambdas,
+closures and functions from ``__main__`` work) and carries the ``_Home`` with
+it, so hooks and events find their way back whatever the backend.
+
+A call whose arguments cannot be pickled is replaced by a ``_Poisoned`` call that
+fails with an error naming the parameter; a result that cannot be pickled
+becomes an error naming "result". Neither affects the other calls of the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from daglite.plugins import reporters
+from daglite.plugins.reporters import START_EVENT, _Home, _NodeContext
+
+# Exit status of a process worker that ends itself because its task timed out.
+TIMEOUT_EXIT_CODE: Final = 75
+_PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
+
+
+@final
+class _Call:
+    """One attempt of one node: what to run, with which arguments."""
+
+    __slots__ = ("func", "kwargs", "name", "style", "timeout", "token")
+
+    def __init__(
+        self,
+        token: int,
+        name: str,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        style: tuple[tuple[str, ...], str | None] | None,
+    ) -> None:
+        self.token = token
+        self.name = name
+        self.func = func
+        self.kwargs = kwargs
+        self.timeout = timeout
+        # None: call func(**kwargs). Else (positional-only names, *args name).
+        self.style = style
+
+
+@final
+class _Poisoned:
+    """Stands for a call whose arguments could not be pickled."""
+
+    __slots__ = ("message", "token")
+
+    def __init__(self, token: int, message: str) -> None:
+        self.token = token
+        self.message = message
+
+
+class ArgumentsNotPicklableError(TypeError):
+    """A task's input could not be pickled to send it to a worker process."""
+
+
+class ResultNotPicklableError(TypeError):
+    """A task's result could not be pickled to send it back from a worker process."""
+
+
+class RemoteTraceback(Exception):
+    """Holds the formatted traceback of an exception raised in another process."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+@final
+class Outcome:
+    """What one call produced: a value or an error, its run time and its events."""
+
+    __slots__ = ("duration", "events", "ok", "sent", "timed_out", "token", "value")
+
+    def __init__(
+        self,
+        token: int,
+        ok: bool,
+        value: Any,
+        duration: float,
+        events: list[tuple[str, dict[str, Any]]],
+        sent: int,
+        timed_out: bool = False,
+    ) -> None:
+        self.token = token
+        self.ok = ok
+        self.value = value
+        self.duration = duration
+        self.events = events
+        self.sent = sent
+        self.timed_out = timed_out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        value, ok = self.value, self.ok
+        if ok:
+            try:
+                payload = _dumps(value)
+            except Exception as exc:
+                ok = False
+                payload = _dumps_error(
+                    ResultNotPicklableError(
+                        f"the result ({type(value).__name__}) cannot be pickled to send it "
+                        f"back from the worker process: {exc}"
+                    )
+                )
+        else:
+            payload = _dumps_error(value)
+        events = reporters.picklable_events(self.events) if self.events else self.events
+        return (
+            _load_outcome,
+            (self.token, ok, payload, self.duration, events, self.sent, self.timed_out),
+        )
+
+
+def _load_outcome(
+    token: int, ok: bool, payload: bytes, duration: float, events: Any, sent: int, timed_out: bool
+) -> Outcome:
+    return Outcome(token, ok, pickle.loads(payload), duration, events, sent, timed_out)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)  # type: ignore[no-any-return]
+
+
+def _dumps_error(exc: BaseException) -> bytes:
+    """Pickle an exception with its traceback text as ``__cause__``; never fails."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+        return _dumps(exc)
+    except Exception:
+        stand_in = RuntimeError(f"{type(exc).__name__}: {exc}")
+        stand_in.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+        return pickle.dumps(stand_in, protocol=_PICKLE_PROTOCOL)
+
+
+@final
+class _Job:
+    """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
+
+    __slots__ = ("calls", "home")
+
+    def __init__(self, home: _Home, calls: list[_Call]) -> None:
+        self.home = home
+        self.calls = calls
+
+    @property
+    def tokens(self) -> list[int]:
+        return [c.token for c in self.calls]
+
+    def __call__(self) -> list[Outcome]:
+        home = self.home
+        direct = home.on_engine_thread()
+        local = home.local()
+        outcomes = []
+        for call in self.calls:
+            if local and home.abort:
+                break
+            if isinstance(call, _Poisoned):
+                outcomes.append(Outcome(call.token, False, ArgumentsNotPicklableError(call.message), 0.0, [], 0))
+            else:
+                outcomes.append(_run_call(home, call, direct))
+        return outcomes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_job, (self.home, _dumps_calls(self.calls)))
+
+
+def _load_job(home: _Home, payload: bytes) -> _Job:
+    return _Job(home, _loads_calls(payload))
+
+
+def _dumps_calls(calls: list[_Call]) -> bytes:
+    """Serialise calls; a call that cannot be pickled becomes ``_Poisoned``."""
+    import cloudpickle
+
+    funcs: dict[int, bytes] = {}
+    rows = []
+    for call in calls:
+        if isinstance(call, _Poisoned):
+            rows.append(call)
+            continue
+        fid = id(call.func)
+        if fid not in funcs:
+            try:
+                funcs[fid] = _cached_function_pickle(call.func)
+            except Exception as exc:
+                rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
+                continue
+        rows.append((call.token, call.name, fid, call.kwargs, call.timeout, call.style))
+    try:
+        body = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+    except Exception:
+        rows = [_poison_if_unpicklable(row) for row in rows]
+        body = cloudpickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+    return pickle.dumps((funcs, body), protocol=_PICKLE_PROTOCOL)
+
+
+def _poison_if_unpicklable(row: Any) -> Any:
+    import cloudpickle
+
+    if isinstance(row, _Poisoned):
+        return row
+    token, name, _fid, kwargs, _timeout, _style = row
+    for param, value in kwargs.items():
+        try:
+            cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        except Exception as exc:
+            return _Poisoned(
+                token,
+                f"task {name!r}: parameter {param!r} ({type(value).__name__}) cannot be "
+                f"pickled to send it to a worker process: {exc}",
+            )
+    return row
+
+
+_function_pickles: dict[int, tuple[Callable[..., Any], bytes]] = {}
+
+
+def _cached_function_pickle(func: Callable[..., Any]) -> bytes:
+    """cloudpickle ``func`` once; the cache keeps ``func`` alive so ids stay valid."""
+    import cloudpickle
+
+    entry = _function_pickles.get(id(func))
+    if entry is not None and entry[0] is func:
+        return entry[1]
+    data: bytes = cloudpickle.dumps(func, protocol=_PICKLE_PROTOCOL)
+    if len(_function_pickles) > 1024:
+        _function_pickles.clear()
+    _function_pickles[id(func)] = (func, data)
+    return data
+
+
+_loaded_functions: dict[bytes, Callable[..., Any]] = {}
+
+
+def _loads_calls(payload: bytes) -> list[_Call]:
+    funcs_bytes, body = pickle.loads(payload)
+    funcs: dict[int, Callable[..., Any]] = {}
+    for fid, data in funcs_bytes.items():
+        func = _loaded_functions.get(data)
+        if func is None:
+            func = pickle.loads(data)
+            if len(_loaded_functions) > 256:
+                _loaded_functions.clear()
+            _loaded_functions[data] = func
+        funcs[fid] = func
+    calls: list[Any] = []
+    for row in pickle.loads(body):
+        if isinstance(row, _Poisoned):
+            calls.append(row)
+        else:
+            token, name, fid, kwargs, timeout, style = row
+            calls.append(_Call(token, name, funcs[fid], kwargs, timeout, style))
+    return calls
+
+
+# -- running one call ---------------------------------------------------------------
+
+
+def _invoke(call: _Call) -> Any:
+    if call.style is None:
+        return call.func(**call.kwargs)
+    positional_only, var_positional = call.style
+    kwargs = dict(call.kwargs)
+    args = [kwargs.pop(n) for n in positional_only]
+    if var_positional is not None:
+        args.extend(kwargs.pop(var_positional, ()))
+    return call.func(*args, **kwargs)
+
+
+def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
+    ctx = _NodeContext(home, call.token, direct)
+    ctx.report(START_EVENT, {"pid": os.getpid()})
+    if not direct:
+        reporters._flusher.add(ctx)
+    reset = reporters._current.set(ctx)
+    _worker_state.running(call.token)
+    timed_out = False
+    start = time.perf_counter()
+    try:
+        value = _execute(call, ctx)
+        ok = True
+    except _TimedOut as exc:
+        ok, value, timed_out = False, exc.error, True
+    except Exception as exc:
+        ok, value = False, exc
+    duration = time.perf_counter() - start
+    _worker_state.running(0)
+    reporters._current.reset(reset)
+    if not direct:
+        reporters._flusher.remove(ctx)
+    events, sent = ctx.finish()
+    return Outcome(call.token, ok, value, duration, events, sent, timed_out)
+
+
+class _TimedOut(Exception):
+    def __init__(self, error: TimeoutError) -> None:
+        self.error = error
+
+
+def _execute(call: _Call, ctx: _NodeContext) -> Any:
+    timeout = call.timeout
+    if timeout is None:
+        result = _invoke(call)
+        return asyncio.run(result) if asyncio.iscoroutine(result) else result
+    if asyncio.iscoroutinefunction(call.func):
+        try:
+            return asyncio.run(asyncio.wait_for(_invoke(call), timeout))
+        except asyncio.TimeoutError:
+            raise _TimedOut(_timeout_error(call)) from None
+    return _run_sync_with_timeout(call, ctx, timeout)
+
+
+def _timeout_error(call: _Call) -> TimeoutError:
+    return TimeoutError(f"task {call.name!r} did not finish within its timeout of {call.timeout}s")
+
+
+def _run_sync_with_timeout(call: _Call, ctx: _NodeContext, timeout: float) -> Any:
+    """Run in a helper thread; on expiry a process worker ends itself, others abandon it."""
+    box: list[Any] = []
+    done = threading.Event()
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            box.append((True, context.run(_invoke, call)))
+        except BaseException as exc:
+            box.append((False, exc))
+        done.set()
+
+    threading.Thread(target=target, name=f"daglite-task-{call.name}", daemon=True).start()
+    if not done.wait(timeout):
+        if _worker_state.is_pool_worker:
+            # The runaway cannot be stopped in-process: report, then end this worker.
+            ctx.flush()
+            _worker_state.timed_out(call.token)
+            os._exit(TIMEOUT_EXIT_CODE)
+        raise _TimedOut(_timeout_error(call))
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+# -- process-pool worker state ------------------------------------------------------
+
+
+@final
+class _WorkerState:
+    """Per worker process: which call it runs, in a slot of an array shared with the
+    caller, so the caller can tell which task a dead worker took with it."""
+
+    __slots__ = ("is_pool_worker", "slot", "slots")
+
+    def __init__(self) -> None:
+        self.is_pool_worker = False
+        self.slots: Any = None
+        self.slot = -1
+
+    def attach(self, slots: Any, lock: Any) -> None:
+        with lock:
+            n = len(slots) // 3
+            for i in range(n):
+                pid = slots[3 * i]
+                if pid == 0 or not _pid_alive(pid):
+                    slots[3 * i : 3 * i + 3] = [os.getpid(), 0, 0]
+                    self.slot = i
+                    break
+        self.slots = slots
+        self.is_pool_worker = True
+
+    def running(self, token: int) -> None:
+        if self.slot >= 0:
+            self.slots[3 * self.slot + 1] = token
+
+    def timed_out(self, token: int) -> None:
+        if self.slot >= 0:
+            self.slots[3 * self.slot + 2] = token
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_worker_state: Final = _WorkerState()
+
+
+def init_pool_worker(slots: Any, lock: Any, parent_pid: int) -> None:
+    """``initializer`` of process-pool workers: claim a slot, watch the parent."""
+    _worker_state.attach(slots, lock)
+    threading.Thread(
+        target=_exit_when_parent_dies, args=(parent_pid,), name="daglite-watchdog", daemon=True
+    ).start()
+
+
+def _exit_when_parent_dies(parent_pid: int) -> None:
+    """Block until the caller is gone, then end this worker (no orphans)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(parent_pid)  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        os._exit(1)
+    while _pid_alive(parent_pid) and os.getppid() != 1:
+        time.sleep(1.0)
+    os._exit(1)

@@ -1,0 +1,89 @@
+"""The ``Backend`` contract: one required method, ``submit``.
+
+A backend receives picklable callables (daglite's jobs) and returns
+``concurrent.futures.Future`` objects, exactly like ``Executor.submit``. The
+callable carries its own way home to the caller's plugins, so a subclass that
+implements only ``submit`` gets every hook and event guarantee.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, ClassVar
+
+__all__ = ["Backend"]
+
+
+class Backend(ABC):
+    """Where tasks run.
+
+    Attributes:
+        name: Registry name shown in ``GraphMetadata.backend_name``.
+        max_workers: How many tasks run at once (None: unknown). Used to size batches.
+        max_batch: Most task calls daglite packs into one ``submit``. Batching
+            ready tasks amortises per-submit costs; 1 turns it off.
+    """
+
+    name: ClassVar[str] = "custom"
+    max_batch: ClassVar[int] = 64
+    max_workers: int | None = None
+
+    _started: bool = False
+    _start_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @abstractmethod
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)`` and return a future for its result."""
+
+    def start(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Acquire resources (pools, clusters). Called once, on first use."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Release resources; the backend may be started again later."""
+
+    def cancel_running(self) -> None:
+        """Stop work in flight as fast as possible (on interrupt). Default: ``stop()``."""
+        self.stop()
+
+    def event_transport(self, sink: Callable[[Any], None]) -> Any:
+        """A transport for events from this backend's workers, or None for the default.
+
+        Backends whose workers cannot reach the caller's local socket (Dask on a
+        remote cluster) return one built on their own channels.
+        """
+        return None
+
+    def ensure_started(self) -> None:
+        """Start the backend if it is not running yet (thread-safe)."""
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self.start()
+                    self._started = True
+
+    def shutdown(self) -> None:
+        """Stop the backend if it was started."""
+        with self._start_lock:
+            if self._started:
+                self._started = False
+                self.stop()
+
+    def __enter__(self) -> Backend:
+        self.ensure_started()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        workers = f" max_workers={self.max_workers}" if self.max_workers else ""
+        return f"<{type(self).__name__}{workers}>"

@@ -1,0 +1,226 @@
+"""Runs tasks in worker processes of a ``ProcessPoolExecutor``.
+
+Data flow::
+
+    engine ──submit(job)──> ProcessPoolExecutor ──pickle──> worker: job() -> outcomes
+       ^                                                       │   │
+       │<─────────────── outcomes (results + buffered events) ─┘   │
+       │<── _Hub socket <── events of long tasks (flusher thread) ─┘
+
+Jobs serialise task functions and inputs with cloudpickle (see
+``daglite._runner``). Each worker records the token of the call it runs in a
+shared array; when a worker dies, the pool breaks, and this backend uses that
+array to fail only the lost call (``WorkersLost``), rebuilds the pool, and
+lets the engine resubmit the other in-flight calls.
+
+Start method: ``forkserver`` where available, else ``spawn``. ``fork`` is
+unsafe here: the caller runs daglite's own threads (hub, flusher, pools) and
+often the user's, and a forked child can inherit a lock held by one of them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any, ClassVar, Final
+
+from daglite._runner import TIMEOUT_EXIT_CODE, init_pool_worker
+from daglite.backends.base import Backend
+from daglite.exceptions import BackendError
+from daglite.settings import usable_cpu_count
+
+__all__ = ["ProcessBackend", "WorkersLost"]
+
+# A pool that breaks this many times in a row without running anything is
+# considered unusable (bad environment), rather than rebuilt forever.
+_MAX_EMPTY_BREAKS: Final = 5
+
+
+class WorkersLost(Exception):  # noqa: N818 - internal signal, not a user-facing error
+    """A job's pool broke; ``lost`` maps each call token that died with its worker to
+    ``(timed_out, description)``. Other calls of the job were not at fault."""
+
+    def __init__(self, lost: dict[int, tuple[bool, str]], message: str) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
+def default_start_method() -> str:
+    """``DAGLITE_START_METHOD``, else forkserver where available, else spawn."""
+    wanted = os.environ.get("DAGLITE_START_METHOD")
+    if wanted:
+        return wanted
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+class ProcessBackend(Backend):
+    """A pool of worker processes; lambdas and closures work (cloudpickle).
+
+    Args:
+        max_workers: Worker count (default: CPUs usable by this process).
+        start_method: ``"forkserver"``, ``"spawn"`` (or ``"fork"`` at your own risk).
+    """
+
+    name: ClassVar[str] = "processes"
+    max_batch: ClassVar[int] = 256
+
+    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
+        self.max_workers = max_workers or usable_cpu_count()
+        self.start_method = start_method or default_start_method()
+        self._context = multiprocessing.get_context(self.start_method)
+        self._lock = threading.RLock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._slots: Any = None
+        self._generation = 0
+        self._lost: dict[int, WorkersLost] = {}
+        self._empty_breaks = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            self._new_pool()
+
+    def _new_pool(self) -> None:
+        ctx = self._context
+        slots = ctx.RawArray("q", 3 * (self.max_workers * 2 + 2))
+        self._slots = slots
+        self._generation += 1
+        self._pool = ProcessPoolExecutor(
+            self.max_workers,
+            mp_context=ctx,
+            initializer=init_pool_worker,
+            initargs=(slots, ctx.Lock(), os.getpid()),
+        )
+
+    def stop(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def cancel_running(self) -> None:
+        """Kill the workers now (interrupt); the next use starts a fresh pool."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._started = False
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.kill()
+        for proc in processes:
+            proc.join(timeout=5)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the pool's live worker processes."""
+        pool = self._pool
+        return [] if pool is None else [p.pid for p in getattr(pool, "_processes", {}).values()]
+
+    # -- submit ------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.ensure_started()
+        outer: Future[Any] = Future()
+        for _ in range(_MAX_EMPTY_BREAKS):
+            with self._lock:
+                if self._pool is None:
+                    self._new_pool()
+                assert self._pool is not None
+                pool, generation = self._pool, self._generation
+                try:
+                    inner = pool.submit(fn, *args, **kwargs)
+                    break
+                except (BrokenProcessPool, RuntimeError):
+                    self._replace(generation)
+        else:
+            raise BackendError("the process pool breaks as soon as it starts; see the log")
+        inner.add_done_callback(partial(self._relay, outer, generation))
+        outer.add_done_callback(lambda f: f.cancelled() and inner.cancel())
+        return outer
+
+    def _relay(self, outer: Future[Any], generation: int, inner: Future[Any]) -> None:
+        if outer.done():
+            return
+        if inner.cancelled():
+            outer.cancel()
+            return
+        exc = inner.exception()
+        try:
+            if exc is None:
+                outer.set_result(inner.result())
+            elif isinstance(exc, BrokenProcessPool):
+                outer.set_exception(self._lost_workers(generation))
+            else:
+                outer.set_exception(exc)
+        except Exception:  # cancelled meanwhile
+            pass
+
+    def _lost_workers(self, generation: int) -> WorkersLost:
+        """What died when pool ``generation`` broke (computed once), then rebuild it."""
+        with self._lock:
+            found = self._lost.get(generation)
+            if found is None:
+                found = self._inspect_broken_pool()
+                self._lost = {generation: found}
+                self._replace(generation)
+            return found
+
+    def _inspect_broken_pool(self) -> WorkersLost:
+        pool, slots = self._pool, self._slots
+        processes = dict(getattr(pool, "_processes", {}) or {})
+        lost: dict[int, tuple[bool, str]] = {}
+        for i in range(len(slots) // 3):
+            pid, token, timed_out_token = slots[3 * i : 3 * i + 3]
+            if pid == 0 or token == 0 or not _is_dead(pid, processes.get(pid)):
+                continue
+            timed_out = timed_out_token == token
+            lost[token] = (timed_out, _describe_exit(pid, processes.get(pid), timed_out))
+        self._empty_breaks = 0 if lost else self._empty_breaks + 1
+        return WorkersLost(lost, "a worker process of the pool died")
+
+    def _replace(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        old = self._pool
+        self._pool = None
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=False)
+        self._new_pool()
+
+
+def _is_dead(pid: int, proc: Any) -> bool:
+    if proc is not None and proc.exitcode is not None:
+        return True
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _describe_exit(pid: int, proc: Any, timed_out: bool) -> str:
+    code = proc.exitcode if proc is not None else None
+    if timed_out:
+        return f"worker process {pid} was stopped because the task timed out"
+    if code is None:
+        return f"worker process {pid} died"
+    if code < 0:
+        try:
+            return f"worker process {pid} was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker process {pid} was killed by signal {-code}"
+    if code == TIMEOUT_EXIT_CODE:
+        return f"worker process {pid} exited (code {code}) after a task timed out"
+    return f"worker process {pid} exited with code {code}"

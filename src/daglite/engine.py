@@ -1,0 +1,893 @@
+"""``evaluate()``: the one scheduler loop.
+
+The loop runs on the calling thread (the coordinator). It submits every node
+whose inputs are ready to that node's backend, packing ready calls into jobs,
+then blocks on one queue fed by job completions and by the reporter channel.
+Every hook and event handler is called from this loop, so plugins see one call
+at a time, in order:
+
+* a job's outcomes carry each task's buffered events; a task that ran long has
+  sent some of its events already, and its outcome says how many, so the
+  engine waits for those before finishing the node (nothing lost or late);
+* a node is submitted only after all its inputs' ``after_node_execute`` ran.
+
+Fan-outs (``product``/``zip``/``map``) expand into one call per element when
+their inputs are ready, so widths known only at run time work the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import Future
+from typing import Any, Final, Literal, TypeVar, final, overload
+
+from daglite.backends import canonical_name, get_backend
+from daglite.backends.base import Backend
+from daglite.exceptions import (
+    EvaluationError,
+    GraphError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from daglite.graph.base import Graph, GraphMetadata
+from daglite.graph.builder import build_graph
+from daglite.plugins.hooks import CachedResult
+from daglite.plugins.manager import HookDispatcher, dispatcher_for
+from daglite.plugins.reporters import (
+    DROPPED_EVENT,
+    START_EVENT,
+    EventRegistry,
+    _CallerReporter,
+    _Home,
+)
+from daglite.settings import default_backend_name, strict_plugins
+from daglite.tasks import Task, TaskFuture
+
+__all__ = ["evaluate", "evaluate_async"]
+
+logger = logging.getLogger("daglite")
+T = TypeVar("T")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+K = TypeVar("K", bound=Hashable)
+OnError = Literal["raise", "continue"]
+
+# A call resubmitted this many times because other calls' workers died is failed
+# instead, so a pool that keeps breaking cannot loop forever.
+_MAX_RESUBMITS: Final = 5
+_token_counter = itertools.count(1)
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+@final
+class _Unit:
+    """One call of one node (or of one element of a fan-out) and its attempts."""
+
+    __slots__ = (
+        "attempt",
+        "backend",
+        "delivered",
+        "elem",
+        "future",
+        "key",
+        "kwargs",
+        "meta",
+        "node",
+        "parked",
+        "resubmits",
+        "started",
+        "task",
+        "token",
+    )
+
+    def __init__(
+        self,
+        node: int,
+        elem: int,
+        key: str,
+        kwargs: dict[str, Any],
+        task: Task[Any, Any],
+        meta: GraphMetadata,
+        backend: Backend,
+    ) -> None:
+        self.node = node
+        self.elem = elem
+        self.key = key
+        self.kwargs = kwargs
+        self.task = task
+        self.meta = meta
+        self.backend = backend
+        self.attempt = 1
+        self.resubmits = 0
+        self.token = 0
+        self.started = False
+        self.delivered = 0
+        self.parked: Any = None
+        self.future: Future[Any] | None = None
+
+
+def _call_style(task: Task[Any, Any]) -> tuple[tuple[str, ...], str | None] | None:
+    sig = task._sig
+    return None if sig.is_plain else (sig.positional_only, sig.var_positional)
+
+
+@final
+class _Run:
+    """State and loop of one evaluation."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        default_backend: Backend,
+        backends_by_task: Callable[[Task[Any, Any]], Backend],
+        hooks: HookDispatcher,
+        on_error: OnError,
+        is_async: bool,
+    ) -> None:
+        self.graph = graph
+        self.default_backend = default_backend
+        self.backend_of = backends_by_task
+        self.hooks = hooks
+        self.on_error = on_error
+        self.is_async = is_async
+        self.queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.run_id = uuid.uuid4()
+        self.registry = EventRegistry()
+        self.reporter = _CallerReporter(self._dispatch_event)
+        n = len(graph)
+        self.waiting = [len(d) for d in graph.deps]
+        self.consumers = [len(d) if d else 0 for d in graph.dependents]
+        self.results: list[Any] = [None] * n
+        self.roots = set(graph.roots)
+        self.map_left: dict[int, int] = {}
+        self.map_results: dict[int, list[Any]] = {}
+        self.node_count = graph.node_count
+        self.units: dict[int, _Unit] = {}
+        self.pending: dict[int, tuple[Backend, list[_Unit]]] = {}
+        self.in_flight: dict[int, Future[Any]] = {}
+        self.homes: dict[int, _Home] = {}
+        self.failed_nodes: set[int] = set()
+        self.errors: dict[str, TaskError] = {}
+        self.kept: dict[str, Any] = {}
+        self.skipped: list[str] = []
+        self.failure: BaseException | None = None
+        self.aborting = False
+        self.engine_thread = 0
+        self._has_before = hooks.has("before_node_execute")
+        self._has_after = hooks.has("after_node_execute")
+        self._has_lookup = hooks.has("lookup_node_result")
+
+    # -- messages ------------------------------------------------------------------
+
+    def _sink(self, message: tuple[Any, ...]) -> None:
+        """Entry point for the reporter channel (any thread)."""
+        if threading.get_ident() == self.engine_thread:
+            self._handle(message)  # inline: the task runs on this very thread
+        else:
+            self.queue.put(message)
+
+    def _home_for(self, backend: Backend) -> _Home:
+        home = self.homes.get(id(backend))
+        if home is None:
+            transport = backend.event_transport(self._sink)
+            home = _Home(str(self.run_id), self._sink, transport)
+            self.homes[id(backend)] = home
+        return home
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "done":
+            self._job_done(message[1], message[2])
+        elif kind == "events":
+            unit = self.units.get(message[1])
+            if unit is None:
+                return
+            self._deliver(unit, message[2])
+            unit.delivered += len(message[2])
+            parked = unit.parked
+            if parked is not None and unit.delivered >= parked.sent:
+                unit.parked = None
+                self._finish_unit(unit, parked)
+        elif kind == "cancel":
+            raise asyncio.CancelledError()
+        else:  # pragma: no cover - a bug, never user input
+            raise RuntimeError(f"engine got an unknown message {kind!r}")
+
+    def _deliver(self, unit: _Unit, events: list[tuple[str, dict[str, Any]]]) -> None:
+        for event_type, data in events:
+            if event_type == START_EVENT:
+                self._node_started(unit)
+            elif event_type == DROPPED_EVENT:
+                logger.warning(
+                    "event %r from task %r (key %r) could not be pickled and was dropped: %s",
+                    data.get("event_type"),
+                    unit.task.name,
+                    unit.key,
+                    data.get("reason"),
+                )
+            else:
+                self._dispatch_event(event_type, data, unit.key)
+
+    def _dispatch_event(self, event_type: str, data: dict[str, Any], key: str | None) -> None:
+        handlers = self.registry.handlers(event_type)
+        if not handlers:
+            return
+        event = {**data, "type": event_type}
+        if key is not None:
+            event["key"] = key
+        for handler in handlers:
+            try:
+                handler(event)
+            except Exception:
+                if strict_plugins():
+                    raise
+                logger.exception("event handler %r for %r raised; the run goes on", handler, event_type)
+
+    def _node_started(self, unit: _Unit) -> None:
+        if unit.started:
+            return
+        unit.started = True
+        if self._has_before:
+            self.hooks.call(
+                "before_node_execute",
+                key=unit.key,
+                metadata=unit.meta,
+                inputs=unit.kwargs,
+                reporter=self.reporter,
+            )
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _schedule(self, i: int) -> None:
+        """Node ``i``'s inputs are ready: make its calls and queue them for submission."""
+        graph = self.graph
+        future = graph.futures[i]
+        try:
+            kwargs = self._resolve(future.kwargs, graph.deps[i])
+            if future.iterated is None:
+                calls = [kwargs]
+            else:
+                calls = self._expand(i, future, kwargs)
+        except Exception as exc:
+            self._release_inputs(i)
+            self._node_failed_before_running(i, exc)
+            return
+        self._release_inputs(i)
+        task, meta, key = future.task, graph.metadata[i], graph.keys[i]
+        backend = self.backend_of(task)
+        if future.iterated is None:
+            units = [_Unit(i, -1, key, calls[0], task, meta, backend)]
+        else:
+            if not calls:
+                self._complete_node(i, [])
+                return
+            self.map_left[i] = len(calls)
+            self.map_results[i] = [None] * len(calls)
+            units = [
+                _Unit(i, e, f"{key}[{e}]", kw, task, meta, backend) for e, kw in enumerate(calls)
+            ]
+        entry = self.pending.get(id(backend))
+        if entry is None:
+            self.pending[id(backend)] = (backend, units)
+        else:
+            entry[1].extend(units)
+
+    def _resolve(self, kwargs: dict[str, Any], deps: tuple[int, ...]) -> dict[str, Any]:
+        if not deps:
+            return kwargs
+        index, results = self.graph.index, self.results
+        out = {}
+        for name, value in kwargs.items():
+            if isinstance(value, TaskFuture):
+                out[name] = results[index[id(value)]]
+            elif isinstance(value, _CONTAINERS):
+                out[name] = self._substitute(value)
+            else:
+                out[name] = value
+        return out
+
+    def _substitute(self, value: Any) -> Any:
+        if isinstance(value, TaskFuture):
+            return self.results[self.graph.index[id(value)]]
+        if isinstance(value, dict):
+            return {k: self._substitute(v) for k, v in value.items()}
+        if isinstance(value, _CONTAINERS):
+            return type(value)(self._substitute(v) for v in value)
+        return value
+
+    def _expand(self, i: int, future: TaskFuture[Any], base: dict[str, Any]) -> list[dict[str, Any]]:
+        assert future.iterated is not None
+        names = list(future.iterated)
+        seqs = []
+        dynamic = False
+        for name in names:
+            value = future.iterated[name]
+            if isinstance(value, TaskFuture):
+                dynamic = True
+                value = self._substitute(value)
+                if not isinstance(value, Iterable) or isinstance(value, (str, bytes, dict)):
+                    raise TypeError(
+                        f"task {future.task.name!r}: parameter {name!r} must receive a list "
+                        f"to fan out over, got {type(value).__name__}"
+                    )
+            seqs.append(list(value))
+        if future.mode == "zip":
+            if len({len(s) for s in seqs}) > 1:
+                shown = ", ".join(f"{n}={len(s)}" for n, s in zip(names, seqs))
+                raise GraphError(
+                    f"task {future.task.name!r}: zip() needs sequences of equal length, got {shown}"
+                )
+            combos: Iterable[tuple[Any, ...]] = zip(*seqs)
+        else:
+            combos = itertools.product(*seqs)
+        calls = [{**base, **dict(zip(names, combo))} for combo in combos]
+        if dynamic:
+            self.node_count += len(calls)
+            self.hooks.call(
+                "on_graph_expand",
+                root_id=self.run_id,
+                key=self.graph.keys[i],
+                added=len(calls),
+                node_count=self.node_count,
+            )
+        return calls
+
+    def _release_inputs(self, i: int) -> None:
+        """Drop upstream results nobody needs any more (memory stays bounded)."""
+        for d in self.graph.deps[i]:
+            self.consumers[d] -= 1
+            if self.consumers[d] == 0 and d not in self.roots:
+                self.results[d] = None
+
+    def _submit_pending(self) -> None:
+        while self.pending:
+            _, (backend, units) = self.pending.popitem()
+            if self.aborting:
+                return
+            if self._has_lookup:
+                units = [u for u in units if not self._served_from_cache(u)]
+            workers = backend.max_workers or 1
+            size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
+            for start in range(0, len(units), size):
+                self._submit_job(backend, units[start : start + size])
+                if self.aborting:
+                    return
+
+    def _submit_job(self, backend: Backend, units: list[_Unit]) -> None:
+        from daglite._runner import _Call, _Job
+
+        calls = []
+        for unit in units:
+            unit.token = next(_token_counter)
+            unit.started = False
+            unit.delivered = 0
+            self.units[unit.token] = unit
+            task = unit.task
+            calls.append(
+                _Call(unit.token, task.name, task.func, unit.kwargs, task.timeout, _call_style(task))
+            )
+        job = _Job(self._home_for(backend), calls)
+        backend.ensure_started()
+        future = backend.submit(job)
+        self.in_flight[id(job)] = future
+        future.add_done_callback(lambda f: self._sink(("done", job, f)))
+
+    def _served_from_cache(self, unit: _Unit) -> bool:
+        found = self.hooks.first_result(
+            "lookup_node_result", key=unit.key, metadata=unit.meta, inputs=unit.kwargs
+        )
+        if not isinstance(found, CachedResult):
+            return False
+        self._node_started(unit)
+        self._succeeded(unit, found.value, 0.0)
+        return True
+
+    # -- completions ---------------------------------------------------------------
+
+    def _job_done(self, job: Any, future: Future[Any]) -> None:
+        self.in_flight.pop(id(job), None)
+        units = [self.units.get(c.token) for c in job.calls]
+        if future.cancelled():
+            for unit in units:
+                if unit is not None:
+                    self.units.pop(unit.token, None)
+            return
+        exc = future.exception()
+        if exc is None:
+            outcomes = future.result()
+            for outcome in outcomes:
+                unit = self.units.get(outcome.token)
+                if unit is None:
+                    continue
+                if outcome.sent > unit.delivered:
+                    unit.parked = outcome  # its flushed events are still on the way
+                else:
+                    self._finish_unit(unit, outcome)
+            done = {o.token for o in outcomes}
+            for unit in units:  # calls skipped because the run is aborting
+                if unit is not None and unit.token not in done:
+                    self.units.pop(unit.token, None)
+            return
+        lost = getattr(exc, "lost", None)
+        for unit in units:
+            if unit is None:
+                continue
+            self.units.pop(unit.token, None)
+            if lost is not None and unit.token in lost:
+                timed_out, description = lost[unit.token]
+                error: BaseException = (
+                    TimeoutError(
+                        f"task {unit.task.name!r} did not finish within its timeout of "
+                        f"{unit.task.timeout}s"
+                    )
+                    if timed_out
+                    else WorkerLostError(
+                        f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: {description}",
+                        task_name=unit.task.name,
+                        key=unit.key,
+                        error=RuntimeError(description),
+                    )
+                )
+                self._attempt_failed(unit, error, 0.0, timed_out)
+            elif lost is not None and unit.resubmits < _MAX_RESUBMITS and not self.aborting:
+                unit.resubmits += 1  # not its fault: run it again on the rebuilt pool
+                self._requeue(unit)
+            else:
+                self._attempt_failed(unit, exc, 0.0, False)
+
+    def _requeue(self, unit: _Unit) -> None:
+        entry = self.pending.get(id(unit.backend))
+        if entry is None:
+            self.pending[id(unit.backend)] = (unit.backend, [unit])
+        else:
+            entry[1].append(unit)
+
+    def _finish_unit(self, unit: _Unit, outcome: Any) -> None:
+        self.units.pop(unit.token, None)
+        if outcome.events:
+            self._deliver(unit, outcome.events)
+        self._node_started(unit)
+        if outcome.ok:
+            self._succeeded(unit, outcome.value, outcome.duration)
+        else:
+            self._attempt_failed(unit, outcome.value, outcome.duration, outcome.timed_out)
+
+    def _succeeded(self, unit: _Unit, value: Any, duration: float) -> None:
+        if self._has_after:
+            self.hooks.call(
+                "after_node_execute",
+                key=unit.key,
+                metadata=unit.meta,
+                inputs=unit.kwargs,
+                result=value,
+                duration=duration,
+                reporter=self.reporter,
+            )
+        if self.on_error == "continue":
+            self.kept[unit.key] = value
+        i = unit.node
+        if unit.elem < 0:
+            self._complete_node(i, value)
+            return
+        self.map_results[i][unit.elem] = value
+        self.map_left[i] -= 1
+        if self.map_left[i] == 0:
+            del self.map_left[i]
+            values = self.map_results.pop(i)
+            if i not in self.failed_nodes:
+                self._complete_node(i, values)
+
+    def _complete_node(self, i: int, value: Any) -> None:
+        self.results[i] = value
+        if self.aborting:
+            return
+        for d in self.graph.dependents[i] or ():
+            self.waiting[d] -= 1
+            if self.waiting[d] == 0 and d not in self.failed_nodes:
+                self._schedule(d)
+
+    def _attempt_failed(
+        self, unit: _Unit, error: BaseException, duration: float, timed_out: bool
+    ) -> None:
+        if unit.attempt <= unit.task.retries and not self.aborting:
+            unit.attempt += 1
+            if self.hooks.has("before_node_retry"):
+                self.hooks.call(
+                    "before_node_retry",
+                    key=unit.key,
+                    metadata=unit.meta,
+                    inputs=unit.kwargs,
+                    error=error,
+                    attempt=unit.attempt,
+                    duration=duration,
+                    reporter=self.reporter,
+                )
+            self._requeue(unit)
+            return
+        self.hooks.call(
+            "on_node_error",
+            key=unit.key,
+            metadata=unit.meta,
+            inputs=unit.kwargs,
+            error=error,
+            duration=duration,
+            reporter=self.reporter,
+        )
+        self._record_failure(unit.node, unit.key, unit.task, error, timed_out)
+
+    def _node_failed_before_running(self, i: int, error: BaseException) -> None:
+        future = self.graph.futures[i]
+        self._record_failure(i, self.graph.keys[i], future.task, error, False)
+
+    def _record_failure(
+        self, i: int, key: str, task: Task[Any, Any], error: BaseException, timed_out: bool
+    ) -> None:
+        task_error = _task_error(task, key, error, timed_out)
+        self.errors[key] = task_error
+        if self.on_error == "raise":
+            if self.failure is None:
+                self.failure = task_error
+            self._abort()
+            return
+        if i not in self.failed_nodes:
+            self.failed_nodes.add(i)
+            self._skip_dependents(i)
+
+    def _skip_dependents(self, i: int) -> None:
+        stack = list(self.graph.dependents[i] or ())
+        while stack:
+            d = stack.pop()
+            if d in self.failed_nodes:
+                continue
+            self.failed_nodes.add(d)
+            self.skipped.append(self.graph.keys[d])
+            stack.extend(self.graph.dependents[d] or ())
+
+    def _abort(self) -> None:
+        """Fail fast: submit nothing more, cancel queued jobs, await running ones."""
+        self.aborting = True
+        self.pending.clear()
+        for home in self.homes.values():
+            home.abort = True
+        for future in list(self.in_flight.values()):
+            future.cancel()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def execute(self) -> Any:
+        self.engine_thread = threading.get_ident()
+        hooks = self.hooks
+        for plugin in hooks.plugins:
+            register = getattr(plugin, "register_event_handlers", None)
+            if callable(register):
+                register(self.registry)
+        started = time.perf_counter()
+        hooks.call(
+            "before_graph_execute",
+            root_id=self.run_id,
+            node_count=self.node_count,
+            is_async=self.is_async,
+        )
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._interrupted(exc)
+            hooks.call(
+                "on_graph_error",
+                root_id=self.run_id,
+                error=exc,
+                duration=time.perf_counter() - started,
+                is_async=self.is_async,
+            )
+            raise
+        finally:
+            for home in self.homes.values():
+                home.close()
+            hooks.report_failures()
+        duration = time.perf_counter() - started
+        error = self._final_error()
+        if error is not None:
+            hooks.call(
+                "on_graph_error",
+                root_id=self.run_id,
+                error=error,
+                duration=duration,
+                is_async=self.is_async,
+            )
+            raise error from (error.error if isinstance(error, TaskError) else None)
+        result = [self.results[r] for r in self.graph.roots]
+        hooks.call(
+            "after_graph_execute",
+            root_id=self.run_id,
+            result=result[0] if len(result) == 1 else result,
+            duration=duration,
+            is_async=self.is_async,
+        )
+        return result
+
+    def _loop(self) -> None:
+        for i, waiting in enumerate(self.waiting):
+            if waiting == 0:
+                self._schedule(i)
+        get, get_nowait, handle = self.queue.get, self.queue.get_nowait, self._handle
+        while True:
+            self._submit_pending()
+            if not self.in_flight and not self.pending and not self._parked_units():
+                break
+            handle(get())
+            while True:
+                try:
+                    message = get_nowait()
+                except queue.Empty:
+                    break
+                handle(message)
+
+    def _parked_units(self) -> bool:
+        return any(u.parked is not None for u in self.units.values())
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """Ctrl-C or cancellation: stop everything in flight, right now."""
+        self._abort()
+        backends = {id(b): b for b, in ((u.backend,) for u in self.units.values())}
+        for backend in backends.values():
+            try:
+                backend.cancel_running()
+            except Exception:
+                logger.exception("could not stop backend %r", backend)
+        logger.debug("evaluation interrupted by %r", exc)
+
+    def _final_error(self) -> DagliteError_ | None:
+        if self.on_error == "raise":
+            return self.failure
+        if not self.errors:
+            return None
+        names = ", ".join(list(self.errors)[:5]) + (", ..." if len(self.errors) > 5 else "")
+        return EvaluationError(
+            f"{len(self.errors)} task(s) failed ({names}); {len(self.skipped)} skipped, "
+            f"{len(self.kept)} succeeded (see .errors, .results, .skipped)",
+            errors=self.errors,
+            results=self.kept,
+            skipped=self.skipped,
+        )
+
+
+DagliteError_ = Exception
+
+
+def _task_error(
+    task: Task[Any, Any], key: str, error: BaseException, timed_out: bool
+) -> TaskError:
+    if isinstance(error, TaskError):
+        return error
+    if timed_out:
+        return TaskTimeoutError(
+            f"task {task.name!r} (key {key!r}) timed out after {task.timeout}s",
+            task_name=task.name,
+            key=key,
+            error=error,
+        )
+    detail = f"{type(error).__name__}: {error}"
+    return TaskError(
+        f"task {task.name!r} (key {key!r}) failed: {detail}",
+        task_name=task.name,
+        key=key,
+        error=error,
+    )
+
+
+# -- entry points -----------------------------------------------------------------
+
+
+def _roots_of(value: Any) -> tuple[list[TaskFuture[Any]], Callable[[list[Any]], Any]]:
+    """The futures to compute and how to put their results back in ``value``'s shape."""
+    if isinstance(value, TaskFuture):
+        return [value], lambda results: results[0]
+    if isinstance(value, (list, tuple)):
+        positions = [i for i, v in enumerate(value) if isinstance(v, TaskFuture)]
+
+        def rebuild_seq(results: list[Any]) -> Any:
+            items = list(value)
+            for pos, res in zip(positions, results):
+                items[pos] = res
+            return type(value)(items) if isinstance(value, tuple) else items
+
+        return [value[i] for i in positions], rebuild_seq
+    if isinstance(value, dict):
+        keys = [k for k, v in value.items() if isinstance(v, TaskFuture)]
+
+        def rebuild_map(results: list[Any]) -> Any:
+            out = dict(value)
+            out.update(zip(keys, results))
+            return out
+
+        return [value[k] for k in keys], rebuild_map
+    raise TypeError(
+        f"evaluate() needs a TaskFuture (or a list, tuple or dict of them), got "
+        f"{type(value).__name__}; did you call the task?"
+        if isinstance(value, Task)
+        else f"evaluate() needs a TaskFuture (or a list, tuple or dict of them), got {value!r}"
+    )
+
+
+def _resolve_backend(backend: str | Backend | None, options: dict[str, Any]) -> Backend:
+    if isinstance(backend, Backend):
+        if options:
+            raise TypeError("backend options can only be given with a backend name")
+        return backend
+    if backend is None:
+        backend = default_backend_name()
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a name or a Backend instance, got {backend!r}")
+    return get_backend(backend, **options)
+
+
+def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
+    cache: dict[Any, Backend] = {}
+
+    def backend_of(task: Task[Any, Any]) -> Backend:
+        chosen = task.backend
+        if chosen is None:
+            return default
+        if isinstance(chosen, Backend):
+            return chosen
+        found = cache.get(chosen)
+        if found is None:
+            found = cache[chosen] = get_backend(chosen)
+        return found
+
+    return backend_of
+
+
+def _backend_name(backend: Backend) -> str:
+    return type(backend).name
+
+
+def _prepare(
+    future: Any,
+    backend: str | Backend | None,
+    plugins: Iterable[object] | None,
+    progress: bool,
+    on_error: str,
+    options: dict[str, Any],
+    is_async: bool,
+) -> tuple[_Run, Callable[[list[Any]], Any]]:
+    if on_error not in ("raise", "continue"):
+        raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
+    roots, rebuild = _roots_of(future)
+    default = _resolve_backend(backend, options)
+    pick = _backend_picker(default)
+
+    def name_of(task: Task[Any, Any]) -> str:
+        chosen = task.backend
+        if isinstance(chosen, str):
+            return canonical_name(chosen)
+        return _backend_name(chosen if isinstance(chosen, Backend) else default)
+
+    graph = build_graph(roots, name_of)
+    extra = list(plugins or ())
+    if progress:
+        from daglite.plugins.builtin.progress import progress_plugin_if_terminal
+
+        bar = progress_plugin_if_terminal()
+        if bar is not None:
+            extra.append(bar)
+    hooks = dispatcher_for(extra)
+    return _Run(graph, default, pick, hooks, on_error, is_async), rebuild  # type: ignore[arg-type]
+
+
+@overload
+def evaluate(
+    future: TaskFuture[T],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> T: ...
+@overload
+def evaluate(
+    future: tuple[TaskFuture[T1], TaskFuture[T2]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> tuple[T1, T2]: ...
+@overload
+def evaluate(
+    future: tuple[TaskFuture[T1], TaskFuture[T2], TaskFuture[T3]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> tuple[T1, T2, T3]: ...
+@overload
+def evaluate(
+    future: list[TaskFuture[T]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> list[T]: ...
+@overload
+def evaluate(
+    future: dict[K, TaskFuture[T]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> dict[K, T]: ...
+def evaluate(
+    future: Any,
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> Any:
+    """Run the DAG behind ``future`` and return its result.
+
+    Args:
+        future: A ``TaskFuture``, or a list, tuple or dict of them (same shape back).
+        backend: A backend name, a ``Backend`` instance, or None for the default
+            (``DAGLITE_BACKEND``, else ``"inline"``). A task's own ``backend=`` wins.
+        plugins: Plugins for this evaluation only, on top of the global ones.
+        progress: Show a live progress bar (needs the ``rich`` extra) on a terminal.
+        on_error: ``"raise"`` fails fast; ``"continue"`` runs everything that does
+            not depend on a failure, then raises ``EvaluationError`` with all of them.
+        **backend_options: Constructor arguments of the named backend (``max_workers=``).
+
+    Raises:
+        TaskError: A task failed (``TaskTimeoutError``, ``WorkerLostError`` are subclasses).
+        EvaluationError: With ``on_error="continue"``, when any task failed.
+        BackendError: For an unknown or unavailable backend.
+        GraphError: For a malformed graph.
+    """
+    run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, False)
+    return rebuild(run.execute())
+
+
+async def evaluate_async(
+    future: Any,
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> Any:
+    """Like ``evaluate``, without blocking the running event loop.
+
+    The scheduler loop runs in a helper thread (which is where hooks are then
+    called, still one at a time); cancelling the awaiting task stops the run.
+    """
+    run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, True)
+    task = asyncio.get_running_loop().run_in_executor(None, run.execute)
+    try:
+        return rebuild(await asyncio.shield(task))
+    except asyncio.CancelledError:
+        run.queue.put(("cancel",))
+        try:
+            await task
+        except BaseException:
+            pass
+        raise

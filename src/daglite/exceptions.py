@@ -1,0 +1,135 @@
+"""Every public error and warning of daglite.
+
+Hierarchy::
+
+    DagliteError (Exception)
+    ├── TaskError                 a task failed; .task_name, .key, .error
+    │   ├── TaskTimeoutError      the task ran longer than its ``timeout``
+    │   └── WorkerLostError       the worker process running the task died
+    ├── EvaluationError           ``on_error="continue"``: every failure, plus the results kept
+    ├── GraphError (ValueError)   the DAG itself is malformed (cycle, zip length mismatch)
+    └── BackendError (RuntimeError)  unknown, missing or broken backend
+
+    DagliteWarning (UserWarning)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "DagliteError",
+    "DagliteWarning",
+    "EvaluationError",
+    "GraphError",
+    "TaskError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+]
+
+
+class DagliteError(Exception):
+    """Root of every error daglite raises itself."""
+
+
+class TaskError(DagliteError):
+    """A task raised, timed out, or lost its worker.
+
+    The user's original exception is kept as ``__cause__`` and in ``.error``,
+    so ``except TaskError as e: raise e.error`` re-raises it unchanged.
+
+    Attributes:
+        task_name: The task's name.
+        key: The node's key within the evaluation (``name`` or ``name[i]``).
+        error: The exception raised by the task (or the daglite error that
+            stands for it, e.g. a ``TimeoutError`` description).
+    """
+
+    def __init__(self, message: str, *, task_name: str, key: str, error: BaseException) -> None:
+        super().__init__(message)
+        self.task_name = task_name
+        self.key = key
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_task_error, (type(self), str(self), self.task_name, self.key, self.error))
+
+
+def _rebuild_task_error(
+    cls: type[TaskError], message: str, task_name: str, key: str, error: BaseException
+) -> TaskError:
+    return cls(message, task_name=task_name, key=key, error=error)
+
+
+class TaskTimeoutError(TaskError):
+    """A task ran longer than its ``timeout=`` option.
+
+    On the processes backend the worker that ran it has been terminated and
+    replaced. Threads cannot be killed: on threads and inline the function
+    keeps running in an abandoned daemon thread until it returns. Raise the
+    timeout or make the task cooperative if this matters.
+    """
+
+
+class WorkerLostError(TaskError):
+    """The worker process running a task died (segfault, ``os._exit``, OOM kill).
+
+    Only the task that was running in that worker fails; the pool is rebuilt and
+    later evaluations work. Use ``retries=`` to re-run such a task on a fresh worker.
+    """
+
+
+class EvaluationError(DagliteError):
+    """Raised by ``evaluate(..., on_error="continue")`` when any task failed.
+
+    Attributes:
+        errors: Every failure, ``{key: TaskError}``, in the order they happened.
+        results: Every successful node's result, ``{key: value}`` (mapped
+            elements under their own ``name[i]`` keys).
+        skipped: Keys of the nodes that did not run because an input failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: dict[str, TaskError],
+        results: dict[str, Any],
+        skipped: list[str],
+    ) -> None:
+        super().__init__(message)
+        self.errors = errors
+        self.results = results
+        self.skipped = skipped
+
+    @property
+    def exceptions(self) -> list[TaskError]:
+        """The failures as a list, like ``ExceptionGroup.exceptions``."""
+        return list(self.errors.values())
+
+
+class GraphError(DagliteError, ValueError):
+    """The DAG is malformed: a cycle, or ``zip`` over sequences of different lengths."""
+
+
+class BackendError(DagliteError, RuntimeError):
+    """A backend name is unknown, an optional backend is not installed, or a pool broke."""
+
+
+class DagliteWarning(UserWarning):
+    """Base class of daglite's warnings."""
+
+
+for _cls in (
+    DagliteError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerLostError,
+    EvaluationError,
+    GraphError,
+    BackendError,
+    DagliteWarning,
+):
+    _cls.__module__ = "daglite"
+del _cls

@@ -1,0 +1,78 @@
+"""Pure data describing a DAG: node metadata and the ``Graph`` built from futures.
+
+Nothing here runs tasks or touches threads; the engine reads these structures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal, final
+
+if TYPE_CHECKING:
+    from daglite.tasks import TaskFuture
+
+__all__ = ["Graph", "GraphMetadata", "NodeKind"]
+
+NodeKind = Literal["task", "map"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class GraphMetadata:
+    """What plugins learn about a node.
+
+    Attributes:
+        name: The task's name.
+        description: The task's description (first docstring line by default).
+        kind: ``"task"`` for a single call, ``"map"`` for one element of a fan-out.
+        backend_name: Name of the backend the node runs on.
+        retries: The task's ``retries`` option.
+        timeout: The task's ``timeout`` option, in seconds, or None.
+    """
+
+    name: str
+    description: str
+    kind: NodeKind
+    backend_name: str
+    retries: int = 0
+    timeout: float | None = None
+
+
+@final
+class Graph:
+    """A DAG of futures in topological order (dependencies before dependents).
+
+    Node ``i`` is described by the ``i``-th entry of each list. ``refs[i]`` says
+    how to fill in node ``i``'s arguments from upstream results: ``None`` when its
+    arguments hold no futures, else ``(param, dep)`` pairs where ``dep`` is a node
+    index, or ``(param, value)`` pairs with futures nested in containers
+    (``nested[i]`` is then True).
+    """
+
+    __slots__ = (
+        "dependents",
+        "deps",
+        "futures",
+        "index",
+        "keys",
+        "metadata",
+        "node_count",
+        "roots",
+    )
+
+    def __init__(self) -> None:
+        self.futures: Final[list[TaskFuture[Any]]] = []
+        self.keys: Final[list[str]] = []
+        self.deps: Final[list[tuple[int, ...]]] = []
+        self.dependents: Final[list[list[int] | None]] = []
+        self.metadata: Final[list[GraphMetadata]] = []
+        self.index: Final[dict[int, int]] = {}
+        self.roots: list[int] = []
+        self.node_count = 0
+
+    def __len__(self) -> int:
+        return len(self.futures)
+
+    def node_of(self, future: TaskFuture[Any]) -> int:
+        """Index of the node built for ``future``."""
+        return self.index[id(future)]

@@ -1,0 +1,435 @@
+"""The event channel between tasks and the caller's plugins.
+
+Worker half (runs wherever a task runs):
+    ``get_reporter()`` returns the running node's ``_NodeContext``; its
+    ``report()`` appends to a per-node buffer. The buffer travels home with the
+    task's result, so a quick task costs no extra message. A task that runs
+    longer than ``FLUSH_INTERVAL`` has its buffer sent home by the process's
+    flusher thread, so progress events and the node's start arrive while it runs.
+
+Caller half:
+    ``EventRegistry`` maps event types to handlers. ``_Hub`` is a listener
+    (a Unix socket, authenticated) that worker processes connect to; its reader
+    threads hand messages to the engine of the evaluation they belong to. The
+    engine thread is the one coordinator that turns messages into hook and
+    handler calls, so plugins never see two calls at once.
+
+    task.report()            flusher thread / result          engine thread
+    [node buffer] ---------> _Home.send() --socket/queue--> run queue --> hooks, handlers
+
+``_Home`` is the callable-carried way back: it is pickled inside every job, so a
+custom backend that ships jobs to its own processes needs no extra code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, Final, final
+
+__all__ = ["EventRegistry", "Reporter", "get_reporter"]
+
+logger = logging.getLogger("daglite.plugins")
+
+# Buffered events of a task that runs longer than this are sent home while it
+# runs; shorter tasks send theirs with the result (one message per job).
+FLUSH_INTERVAL = 0.05
+START_EVENT: Final = "daglite.start"
+DROPPED_EVENT: Final = "daglite.dropped"
+
+_Event = tuple[str, dict[str, Any]]
+_Message = tuple[Any, ...]
+
+
+class Reporter:
+    """Sends events to the caller's event handlers."""
+
+    __slots__ = ()
+
+    def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
+        """Send ``{**data, "type": event_type}`` to the handlers of ``event_type``."""
+        raise NotImplementedError
+
+
+@final
+class _NullReporter(Reporter):
+    """What ``get_reporter()`` returns outside a running task: events go nowhere."""
+
+    __slots__ = ()
+
+    def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
+        _check_event_type(event_type)
+
+
+_NULL_REPORTER: Final = _NullReporter()
+
+
+def _check_event_type(event_type: object) -> None:
+    if not isinstance(event_type, str) or not event_type:
+        raise TypeError(f"event_type must be a non-empty string, got {event_type!r}")
+
+
+@final
+class _NodeContext(Reporter):
+    """Worker-side state of one running task; also its reporter."""
+
+    __slots__ = ("direct", "events", "home", "lock", "sent", "started", "token")
+
+    def __init__(self, home: _Home, token: int, direct: bool) -> None:
+        self.home = home
+        self.token = token
+        self.direct = direct
+        self.events: deque[_Event] = deque()
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.started = time.monotonic()
+
+    def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
+        _check_event_type(event_type)
+        event = (event_type, dict(data) if data else {})
+        if self.direct:
+            # The task runs on the engine thread itself (inline): deliver now.
+            self.sent += 1
+            self.home.send(("events", self.token, [event]))
+        else:
+            self.events.append(event)
+
+    def flush(self) -> None:
+        """Send the buffered events home now (flusher thread, or before a hard exit)."""
+        with self.lock:
+            events = _drain(self.events)
+            if events:
+                self.sent += len(events)
+                self.home.send(("events", self.token, events))
+
+    def finish(self) -> tuple[list[_Event], int]:
+        """Events still buffered (they travel with the result) and how many were sent."""
+        with self.lock:
+            return _drain(self.events), self.sent
+
+
+def _drain(events: deque[_Event]) -> list[_Event]:
+    out = []
+    try:
+        while True:
+            out.append(events.popleft())
+    except IndexError:
+        return out
+
+
+_current: ContextVar[_NodeContext | None] = ContextVar("daglite_current_node", default=None)
+
+
+def get_reporter() -> Reporter:
+    """The reporter of the task running in this context.
+
+    Outside a running task it returns a reporter that discards events, so task
+    functions can still be called directly (``my_task.func(...)``).
+    """
+    return _current.get() or _NULL_REPORTER
+
+
+# -- worker-side flusher ------------------------------------------------------------
+
+
+@final
+class _Flusher:
+    """One daemon thread per process that sends long-running tasks' events home.
+
+    It sleeps on a condition while no task runs, and wakes every
+    ``FLUSH_INTERVAL`` while some do.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running: dict[int, _NodeContext] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, ctx: _NodeContext) -> None:
+        with self._cond:
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._loop, name="daglite-flusher", daemon=True
+                )
+                self._thread.start()
+            self._running[id(ctx)] = ctx
+            if len(self._running) == 1:
+                self._cond.notify()
+
+    def remove(self, ctx: _NodeContext) -> None:
+        with self._cond:
+            self._running.pop(id(ctx), None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._running:
+                    self._cond.wait()
+            time.sleep(FLUSH_INTERVAL)
+            now = time.monotonic()
+            with self._cond:
+                due = [c for c in self._running.values() if now - c.started >= FLUSH_INTERVAL]
+            for ctx in due:
+                try:
+                    ctx.flush()
+                except Exception:  # the channel is gone: the result path still works
+                    logger.debug("could not flush events home", exc_info=True)
+
+
+_flusher: Final = _Flusher()
+
+
+# -- the way home -------------------------------------------------------------------
+
+
+def dumps_events(events: list[_Event]) -> bytes:
+    """Pickle events; an event that cannot be pickled becomes a 'dropped' marker."""
+    try:
+        return pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return pickle.dumps(picklable_events(events), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def picklable_events(events: list[_Event]) -> list[_Event]:
+    """``events`` with each unpicklable one replaced by a 'dropped' marker."""
+    kept: list[_Event] = []
+    for event_type, data in events:
+        try:
+            pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+            kept.append((event_type, data))
+        except Exception as exc:
+            kept.append((DROPPED_EVENT, {"event_type": event_type, "reason": repr(exc)}))
+    return kept
+
+
+class Transport:
+    """How a worker process sends messages to the caller (picklable).
+
+    The default is the caller's ``_Hub`` socket; a backend with its own
+    worker-to-client channel (Dask) supplies another.
+    """
+
+    def send(self, run_id: str, message: _Message) -> None:
+        """Deliver ``message`` to the evaluation ``run_id`` in the caller."""
+        raise NotImplementedError
+
+
+@final
+class _Home:
+    """The way back to one evaluation's engine, carried by every job.
+
+    In the caller's process ``send`` puts straight onto the engine's queue; a
+    pickled copy (in a worker process) sends through its transport instead.
+    """
+
+    __slots__ = ("abort", "engine_thread", "pid", "run_id", "sink", "transport")
+
+    def __init__(
+        self,
+        run_id: str,
+        sink: Callable[[_Message], None] | None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.sink = sink
+        self.transport = transport
+        self.pid = os.getpid()
+        self.engine_thread = threading.get_ident()
+        # Set by the engine when the run fails fast: in-process jobs skip what is left.
+        self.abort = False
+
+    def local(self) -> bool:
+        """True when running in the process that owns the engine."""
+        return self.sink is not None and self.pid == os.getpid()
+
+    def on_engine_thread(self) -> bool:
+        """True when running on the engine thread itself (inline backend)."""
+        return self.local() and threading.get_ident() == self.engine_thread
+
+    def send(self, message: _Message) -> None:
+        if self.sink is not None and self.pid == os.getpid():
+            self.sink(message)
+        elif self.transport is not None:
+            self.transport.send(self.run_id, message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        transport = self.transport
+        if transport is None:
+            transport = self.transport = _hub().transport()
+            if self.sink is not None:
+                _hub().route(self.run_id, self.sink)
+        return (_remote_home, (self.run_id, transport))
+
+    def close(self) -> None:
+        """Stop routing messages for this run (late ones are dropped)."""
+        if _HUB is not None:
+            _HUB.unroute(self.run_id)
+
+
+def _remote_home(run_id: str, transport: Transport) -> _Home:
+    return _Home(run_id, None, transport)
+
+
+# -- caller-side hub ----------------------------------------------------------------
+
+
+@final
+class _SocketTransport(Transport):
+    """Sends to the caller's hub over one cached connection per worker process."""
+
+    __slots__ = ("address", "authkey")
+
+    def __init__(self, address: Any, authkey: bytes) -> None:
+        self.address = address
+        self.authkey = authkey
+
+    def send(self, run_id: str, message: _Message) -> None:
+        if message[0] == "events":
+            message = (message[0], message[1], picklable_events(message[2]))
+        data = pickle.dumps((run_id, message), protocol=pickle.HIGHEST_PROTOCOL)
+        conn, lock = _connection(self.address, self.authkey)
+        with lock:
+            conn.send_bytes(data)
+
+
+_connections: dict[Any, tuple[int, Any, threading.Lock]] = {}
+_connections_lock = threading.Lock()
+
+
+def _connection(address: Any, authkey: bytes) -> tuple[Any, threading.Lock]:
+    from multiprocessing.connection import Client
+
+    key = (str(address), authkey)
+    entry = _connections.get(key)
+    if entry is None or entry[0] != os.getpid():
+        with _connections_lock:
+            entry = _connections.get(key)
+            if entry is None or entry[0] != os.getpid():
+                entry = (os.getpid(), Client(address, authkey=authkey), threading.Lock())
+                _connections[key] = entry
+    return entry[1], entry[2]
+
+
+@final
+class _Hub:
+    """Listens for worker processes of this process's evaluations.
+
+    One accept thread, and one reader thread per connected worker process, each
+    blocked on its socket (no polling). Messages are routed by run id.
+    """
+
+    def __init__(self) -> None:
+        from multiprocessing.connection import Listener
+
+        self._authkey = os.urandom(32)
+        family = "AF_UNIX" if hasattr(__import__("socket"), "AF_UNIX") else "AF_INET"
+        self._listener = Listener(family=family, authkey=self._authkey, backlog=128)
+        self._routes: dict[str, Callable[[_Message], None]] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept_loop, name="daglite-hub", daemon=True).start()
+
+    def transport(self) -> _SocketTransport:
+        return _SocketTransport(self._listener.address, self._authkey)
+
+    def route(self, run_id: str, sink: Callable[[_Message], None]) -> None:
+        with self._lock:
+            self._routes[run_id] = sink
+
+    def unroute(self, run_id: str) -> None:
+        with self._lock:
+            self._routes.pop(run_id, None)
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn = self._listener.accept()
+            except Exception:  # a client failed the handshake; keep listening
+                logger.debug("hub: rejected a connection", exc_info=True)
+                continue
+            threading.Thread(
+                target=self._read_loop, args=(conn,), name="daglite-hub-reader", daemon=True
+            ).start()
+
+    def _read_loop(self, conn: Any) -> None:
+        with conn:
+            while True:
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError):
+                    return
+                try:
+                    run_id, message = pickle.loads(data)
+                except Exception:
+                    logger.warning("hub: dropped a message that could not be unpickled", exc_info=True)
+                    continue
+                sink = self._routes.get(run_id)
+                if sink is not None:
+                    sink(message)
+
+
+_HUB: _Hub | None = None
+_HUB_LOCK = threading.Lock()
+
+
+def _hub() -> _Hub:
+    global _HUB
+    if _HUB is None or getattr(_HUB, "_pid", os.getpid()) != os.getpid():
+        with _HUB_LOCK:
+            if _HUB is None:
+                _HUB = _Hub()
+    return _HUB
+
+
+# -- caller-side registry -----------------------------------------------------------
+
+
+@final
+class EventRegistry:
+    """Event handlers of one evaluation, filled by plugins' ``register_event_handlers``."""
+
+    __slots__ = ("_handlers",)
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}
+
+    def on(self, event_type: str, handler: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``handler(event)`` in the caller's process for each ``event_type`` event.
+
+        The event dict holds the reported data plus ``"type"`` (and ``"key"`` of
+        the reporting task, when a task reported it).
+        """
+        _check_event_type(event_type)
+        if not callable(handler):
+            raise TypeError(f"handler for {event_type!r} must be callable, got {handler!r}")
+        self._handlers.setdefault(event_type, []).append(handler)
+
+    def handlers(self, event_type: str) -> list[Callable[[dict[str, Any]], Any]]:
+        return self._handlers.get(event_type, [])
+
+    def __bool__(self) -> bool:
+        return bool(self._handlers)
+
+
+@final
+class _CallerReporter(Reporter):
+    """The reporter handed to hooks: dispatches in the caller right away."""
+
+    __slots__ = ("_dispatch",)
+
+    def __init__(self, dispatch: Callable[[str, dict[str, Any], str | None], None]) -> None:
+        self._dispatch = dispatch
+
+    def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
+        _check_event_type(event_type)
+        self._dispatch(event_type, dict(data) if data else {}, None)
+
+
+Reporter.__module__ = "daglite.plugins.reporters"
