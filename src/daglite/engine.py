@@ -605,7 +605,10 @@ class _Run:
                 is_async=self.is_async,
             )
             raise error from (error.error if isinstance(error, TaskError) else None)
-        result = [self.results[r] for r in self.graph.roots]
+        result = [
+            self.backend_of(self.graph.futures[r].task).materialize(self.results[r])
+            for r in self.graph.roots
+        ]
         hooks.call(
             "after_graph_execute",
             root_id=self.run_id,

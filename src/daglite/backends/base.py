@@ -57,6 +57,15 @@ class Backend(ABC):
         """
         return None
 
+    def materialize(self, value: Any) -> Any:
+        """Turn a result this backend returned into the value itself.
+
+        Called on the results ``evaluate`` returns. Backends that keep large
+        results on remote workers return stand-ins from their jobs and fetch
+        them here; the default returns ``value`` unchanged.
+        """
+        return value
+
     def ensure_started(self) -> None:
         """Start the backend if it is not running yet (thread-safe)."""
         if not self._started:

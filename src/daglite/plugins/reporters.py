@@ -221,6 +221,9 @@ class Transport:
         """Deliver ``message`` to the evaluation ``run_id`` in the caller."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Called in the caller when the evaluation ends; release subscriptions."""
+
 
 @final
 class _Home:
@@ -272,6 +275,8 @@ class _Home:
         """Stop routing messages for this run (late ones are dropped)."""
         if _HUB is not None:
             _HUB.unroute(self.run_id)
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _remote_home(run_id: str, transport: Transport) -> _Home:
