@@ -6,7 +6,7 @@ Public surface: ``task``, ``evaluate``, ``evaluate_async``, ``Task``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daglite.engine import evaluate, evaluate_async
 from daglite.exceptions import (
@@ -37,6 +37,9 @@ __all__ = [
     "evaluate_async",
     "task",
 ]
+
+if TYPE_CHECKING:
+    __version__: str
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from daglite.plugins import reporters
+from daglite.plugins import log_bridge, reporters
 from daglite.plugins.reporters import START_EVENT, _Home, _NodeContext
 
 # Exit status of a process worker that ends itself because its task timed out.
@@ -35,12 +35,13 @@ _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 class _Call:
     """One attempt of one node: what to run, with which arguments."""
 
-    __slots__ = ("func", "kwargs", "name", "style", "timeout", "token")
+    __slots__ = ("func", "key", "kwargs", "name", "style", "timeout", "token")
 
     def __init__(
         self,
         token: int,
         name: str,
+        key: str,
         func: Callable[..., Any],
         kwargs: dict[str, Any],
         timeout: float | None,
@@ -48,6 +49,7 @@ class _Call:
     ) -> None:
         self.token = token
         self.name = name
+        self.key = key
         self.func = func
         self.kwargs = kwargs
         self.timeout = timeout
@@ -176,12 +178,16 @@ class _Job:
         home = self.home
         direct = home.on_engine_thread()
         local = home.local()
+        if not local:
+            log_bridge.forward_worker_logs(home.log_level)
         outcomes = []
         for call in self.calls:
             if local and home.abort:
                 break
             if isinstance(call, _Poisoned):
-                outcomes.append(Outcome(call.token, False, ArgumentsNotPicklableError(call.message), 0.0, [], 0))
+                outcomes.append(
+                    Outcome(call.token, False, ArgumentsNotPicklableError(call.message), 0.0, [], 0)
+                )
             else:
                 outcomes.append(_run_call(home, call, direct))
         return outcomes
@@ -199,7 +205,7 @@ def _dumps_calls(calls: list[_Call]) -> bytes:
     import cloudpickle
 
     funcs: dict[int, bytes] = {}
-    rows = []
+    rows: list[Any] = []
     for call in calls:
         if isinstance(call, _Poisoned):
             rows.append(call)
@@ -211,7 +217,7 @@ def _dumps_calls(calls: list[_Call]) -> bytes:
             except Exception as exc:
                 rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
                 continue
-        rows.append((call.token, call.name, fid, call.kwargs, call.timeout, call.style))
+        rows.append((call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style))
     try:
         body = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
     except Exception:
@@ -225,7 +231,7 @@ def _poison_if_unpicklable(row: Any) -> Any:
 
     if isinstance(row, _Poisoned):
         return row
-    token, name, _fid, kwargs, _timeout, _style = row
+    token, name, _key, _fid, kwargs, _timeout, _style = row
     for param, value in kwargs.items():
         try:
             cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
@@ -274,8 +280,8 @@ def _loads_calls(payload: bytes) -> list[_Call]:
         if isinstance(row, _Poisoned):
             calls.append(row)
         else:
-            token, name, fid, kwargs, timeout, style = row
-            calls.append(_Call(token, name, funcs[fid], kwargs, timeout, style))
+            token, name, key, fid, kwargs, timeout, style = row
+            calls.append(_Call(token, name, key, funcs[fid], kwargs, timeout, style))
     return calls
 
 
@@ -294,7 +300,7 @@ def _invoke(call: _Call) -> Any:
 
 
 def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
-    ctx = _NodeContext(home, call.token, direct)
+    ctx = _NodeContext(home, call.token, direct, call.name, call.key)
     ctx.report(START_EVENT, {"pid": os.getpid()})
     if not direct:
         reporters._flusher.add(ctx)

@@ -42,8 +42,10 @@ from daglite.graph.base import Graph, GraphMetadata
 from daglite.graph.builder import build_graph
 from daglite.plugins.hooks import CachedResult
 from daglite.plugins.manager import HookDispatcher, dispatcher_for
+from daglite.plugins import log_bridge
 from daglite.plugins.reporters import (
     DROPPED_EVENT,
+    LOG_EVENT,
     START_EVENT,
     EventRegistry,
     _CallerReporter,
@@ -207,6 +209,8 @@ class _Run:
         for event_type, data in events:
             if event_type == START_EVENT:
                 self._node_started(unit)
+            elif event_type == LOG_EVENT:
+                log_bridge.emit_in_caller(data)
             elif event_type == DROPPED_EVENT:
                 logger.warning(
                     "event %r from task %r (key %r) could not be pickled and was dropped: %s",
@@ -231,7 +235,9 @@ class _Run:
             except Exception:
                 if strict_plugins():
                     raise
-                logger.exception("event handler %r for %r raised; the run goes on", handler, event_type)
+                logger.exception(
+                    "event handler %r for %r raised; the run goes on", handler, event_type
+                )
 
     def _node_started(self, unit: _Unit) -> None:
         if unit.started:
@@ -254,10 +260,7 @@ class _Run:
         future = graph.futures[i]
         try:
             kwargs = self._resolve(future.kwargs, graph.deps[i])
-            if future.iterated is None:
-                calls = [kwargs]
-            else:
-                calls = self._expand(i, future, kwargs)
+            calls = [kwargs] if future.iterated is None else self._expand(i, future, kwargs)
         except Exception as exc:
             self._release_inputs(i)
             self._node_failed_before_running(i, exc)
@@ -305,7 +308,9 @@ class _Run:
             return type(value)(self._substitute(v) for v in value)
         return value
 
-    def _expand(self, i: int, future: TaskFuture[Any], base: dict[str, Any]) -> list[dict[str, Any]]:
+    def _expand(
+        self, i: int, future: TaskFuture[Any], base: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         assert future.iterated is not None
         names = list(future.iterated)
         seqs = []
@@ -374,7 +379,15 @@ class _Run:
             self.units[unit.token] = unit
             task = unit.task
             calls.append(
-                _Call(unit.token, task.name, task.func, unit.kwargs, task.timeout, _call_style(task))
+                _Call(
+                    unit.token,
+                    task.name,
+                    unit.key,
+                    task.func,
+                    unit.kwargs,
+                    task.timeout,
+                    _call_style(task),
+                )
             )
         job = _Job(self._home_for(backend), calls)
         backend.ensure_started()
@@ -432,7 +445,8 @@ class _Run:
                     )
                     if timed_out
                     else WorkerLostError(
-                        f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: {description}",
+                        f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: "
+                        f"{description}",
                         task_name=unit.task.name,
                         key=unit.key,
                         error=RuntimeError(description),
@@ -641,7 +655,7 @@ class _Run:
     def _interrupted(self, exc: BaseException) -> None:
         """Ctrl-C or cancellation: stop everything in flight, right now."""
         self._abort()
-        backends = {id(b): b for b, in ((u.backend,) for u in self.units.values())}
+        backends = {id(b): b for (b,) in ((u.backend,) for u in self.units.values())}
         for backend in backends.values():
             try:
                 backend.cancel_running()
@@ -649,7 +663,7 @@ class _Run:
                 logger.exception("could not stop backend %r", backend)
         logger.debug("evaluation interrupted by %r", exc)
 
-    def _final_error(self) -> DagliteError_ | None:
+    def _final_error(self) -> BaseException | None:
         if self.on_error == "raise":
             return self.failure
         if not self.errors:
@@ -664,12 +678,7 @@ class _Run:
         )
 
 
-DagliteError_ = Exception
-
-
-def _task_error(
-    task: Task[Any, Any], key: str, error: BaseException, timed_out: bool
-) -> TaskError:
+def _task_error(task: Task[Any, Any], key: str, error: BaseException, timed_out: bool) -> TaskError:
     if isinstance(error, TaskError):
         return error
     if timed_out:

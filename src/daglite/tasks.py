@@ -176,10 +176,9 @@ class Task(Generic[P, R]):
         for opt in options:
             if opt not in _OPTION_NAMES:
                 raise TypeError(
-                    f"task {self.name!r}: unknown option {opt!r}"
-                    f"{_did_you_mean(opt, _OPTION_NAMES)}"
+                    f"task {self.name!r}: unknown option {opt!r}{_did_you_mean(opt, _OPTION_NAMES)}"
                 )
-        return self._copy(**options)  # type: ignore[return-value]
+        return self._copy(**options)
 
     def partial(self, **fixed: Any) -> Task[..., R]:
         """Return a task with some parameters fixed (values may be futures).
@@ -202,11 +201,11 @@ class Task(Generic[P, R]):
         if name not in sig.keyword_ok and sig.var_keyword is None:
             if name in sig.positional_only:
                 raise TypeError(
-                    f"task {self.name!r}: parameter {name!r} is positional-only; pass it by position"
+                    f"task {self.name!r}: parameter {name!r} is positional-only; "
+                    "pass it by position"
                 )
             raise TypeError(
-                f"task {self.name!r} has no parameter {name!r}"
-                f"{_did_you_mean(name, sig.params)}"
+                f"task {self.name!r} has no parameter {name!r}{_did_you_mean(name, sig.params)}"
             )
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -339,7 +338,9 @@ class TaskFuture(Generic[T]):
         target = next_task._first_unbound(kwargs)
         return next_task(**{target: self}, **kwargs)
 
-    def map(self: TaskFuture[Iterable[Any]], fn: Task[..., R], **kwargs: Any) -> TaskFuture[list[R]]:
+    def map(
+        self: TaskFuture[Iterable[Any]], fn: Task[..., R], **kwargs: Any
+    ) -> TaskFuture[list[R]]:
         """Apply ``fn`` to each element of this list future, one node per element."""
         target = fn._first_unbound(kwargs)
         return fn.product(**{target: self}, **kwargs)
@@ -374,7 +375,9 @@ def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """
     for opt in options:
         if opt not in _OPTION_NAMES:
-            raise TypeError(f"@task got an unknown option {opt!r}{_did_you_mean(opt, _OPTION_NAMES)}")
+            raise TypeError(
+                f"@task got an unknown option {opt!r}{_did_you_mean(opt, _OPTION_NAMES)}"
+            )
     if func is None:
         return _TaskDecorator(options)
     return Task(func, **options)

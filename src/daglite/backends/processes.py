@@ -16,18 +16,28 @@ lets the engine resubmit the other in-flight calls.
 Start method: ``forkserver`` where available, else ``spawn``. ``fork`` is
 unsafe here: the caller runs daglite's own threads (hub, flusher, pools) and
 often the user's, and a forked child can inherit a lock held by one of them.
+
+Workers never import the caller's ``__main__``: task functions travel by value
+(cloudpickle), so there is nothing to gain from it, and skipping it means a
+script without an ``if __name__ == "__main__":`` guard, or code piped through
+stdin, works instead of re-running itself in every worker.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.context as mp_context
 import os
 import signal
+import sys
 import threading
+import types
+from contextlib import contextmanager
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from multiprocessing import popen_forkserver, popen_spawn_posix
 from typing import Any, ClassVar, Final
 
 from daglite._runner import TIMEOUT_EXIT_CODE, init_pool_worker
@@ -42,7 +52,7 @@ __all__ = ["ProcessBackend", "WorkersLost"]
 _MAX_EMPTY_BREAKS: Final = 5
 
 
-class WorkersLost(Exception):  # noqa: N818 - internal signal, not a user-facing error
+class WorkersLost(Exception):
     """A job's pool broke; ``lost`` maps each call token that died with its worker to
     ``(timed_out, description)``. Other calls of the job were not at fault."""
 
@@ -59,6 +69,67 @@ def default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+_main_lock = threading.Lock()
+
+
+@contextmanager
+def _main_hidden() -> Any:
+    """Show multiprocessing a ``__main__`` with no file while a worker is launched."""
+    with _main_lock:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
+class _SpawnPopen(popen_spawn_posix.Popen):
+    def _launch(self, process_obj: Any) -> None:
+        with _main_hidden():
+            super()._launch(process_obj)
+
+
+class _SpawnProcess(mp_context.SpawnProcess):
+    _start_method = "spawn"
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:  # noqa: N802 - multiprocessing's name
+        return _SpawnPopen(process_obj)
+
+
+class _SpawnContext(mp_context.SpawnContext):
+    Process = _SpawnProcess
+
+
+class _ForkServerPopen(popen_forkserver.Popen):
+    def _launch(self, process_obj: Any) -> None:
+        with _main_hidden():
+            super()._launch(process_obj)
+
+
+class _ForkServerProcess(mp_context.ForkServerProcess):
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:  # noqa: N802 - multiprocessing's name
+        return _ForkServerPopen(process_obj)
+
+
+class _ForkServerContext(mp_context.ForkServerContext):
+    Process = _ForkServerProcess
+
+
+def _make_context(start_method: str) -> Any:
+    """A multiprocessing context whose workers skip importing ``__main__``."""
+    if start_method == "spawn" and sys.platform != "win32":
+        return _SpawnContext()
+    if start_method == "forkserver":
+        return _ForkServerContext()
+    return multiprocessing.get_context(start_method)
+
+
 class ProcessBackend(Backend):
     """A pool of worker processes; lambdas and closures work (cloudpickle).
 
@@ -73,9 +144,10 @@ class ProcessBackend(Backend):
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
-        self.max_workers = max_workers or usable_cpu_count()
+        self._workers = max_workers or usable_cpu_count()
+        self.max_workers = self._workers
         self.start_method = start_method or default_start_method()
-        self._context = multiprocessing.get_context(self.start_method)
+        self._context = _make_context(self.start_method)
         self._lock = threading.RLock()
         self._pool: ProcessPoolExecutor | None = None
         self._slots: Any = None
@@ -91,11 +163,11 @@ class ProcessBackend(Backend):
 
     def _new_pool(self) -> None:
         ctx = self._context
-        slots = ctx.RawArray("q", 3 * (self.max_workers * 2 + 2))
+        slots = ctx.RawArray("q", 3 * (self._workers * 2 + 2))
         self._slots = slots
         self._generation += 1
         self._pool = ProcessPoolExecutor(
-            self.max_workers,
+            self._workers,
             mp_context=ctx,
             initializer=init_pool_worker,
             initargs=(slots, ctx.Lock(), os.getpid()),
@@ -205,7 +277,7 @@ def _is_dead(pid: int, proc: Any) -> bool:
     import psutil
 
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

@@ -42,6 +42,7 @@ logger = logging.getLogger("daglite.plugins")
 FLUSH_INTERVAL = 0.05
 START_EVENT: Final = "daglite.start"
 DROPPED_EVENT: Final = "daglite.dropped"
+LOG_EVENT: Final = "daglite.log"
 
 _Event = tuple[str, dict[str, Any]]
 _Message = tuple[Any, ...]
@@ -79,11 +80,13 @@ def _check_event_type(event_type: object) -> None:
 class _NodeContext(Reporter):
     """Worker-side state of one running task; also its reporter."""
 
-    __slots__ = ("direct", "events", "home", "lock", "sent", "started", "token")
+    __slots__ = ("direct", "events", "home", "key", "lock", "name", "sent", "started", "token")
 
-    def __init__(self, home: _Home, token: int, direct: bool) -> None:
+    def __init__(self, home: _Home, token: int, direct: bool, name: str, key: str) -> None:
         self.home = home
         self.token = token
+        self.name = name
+        self.key = key
         self.direct = direct
         self.events: deque[_Event] = deque()
         self.lock = threading.Lock()
@@ -233,7 +236,7 @@ class _Home:
     pickled copy (in a worker process) sends through its transport instead.
     """
 
-    __slots__ = ("abort", "engine_thread", "pid", "run_id", "sink", "transport")
+    __slots__ = ("abort", "engine_thread", "log_level", "pid", "run_id", "sink", "transport")
 
     def __init__(
         self,
@@ -244,6 +247,9 @@ class _Home:
         self.run_id = run_id
         self.sink = sink
         self.transport = transport
+        # Worker processes log at the caller's root level, so records the
+        # caller would drop are not shipped.
+        self.log_level = logging.getLogger().getEffectiveLevel()
         self.pid = os.getpid()
         self.engine_thread = threading.get_ident()
         # Set by the engine when the run fails fast: in-process jobs skip what is left.
@@ -269,7 +275,7 @@ class _Home:
             transport = self.transport = _hub().transport()
             if self.sink is not None:
                 _hub().route(self.run_id, self.sink)
-        return (_remote_home, (self.run_id, transport))
+        return (_remote_home, (self.run_id, transport, self.log_level))
 
     def close(self) -> None:
         """Stop routing messages for this run (late ones are dropped)."""
@@ -279,8 +285,10 @@ class _Home:
             self.transport.close()
 
 
-def _remote_home(run_id: str, transport: Transport) -> _Home:
-    return _Home(run_id, None, transport)
+def _remote_home(run_id: str, transport: Transport, log_level: int) -> _Home:
+    home = _Home(run_id, None, transport)
+    home.log_level = log_level
+    return home
 
 
 # -- caller-side hub ----------------------------------------------------------------
@@ -373,7 +381,9 @@ class _Hub:
                 try:
                     run_id, message = pickle.loads(data)
                 except Exception:
-                    logger.warning("hub: dropped a message that could not be unpickled", exc_info=True)
+                    logger.warning(
+                        "hub: dropped a message that could not be unpickled", exc_info=True
+                    )
                     continue
                 sink = self._routes.get(run_id)
                 if sink is not None:

@@ -82,9 +82,7 @@ class NodeSpecs:
         """
 
     @hook_spec(firstresult=True)
-    def lookup_node_result(
-        self, key: str, metadata: GraphMetadata, inputs: dict[str, Any]
-    ) -> Any:
+    def lookup_node_result(self, key: str, metadata: GraphMetadata, inputs: dict[str, Any]) -> Any:
         """Offer a result for a node before it is submitted, to skip running it.
 
         Return ``daglite.plugins.hooks.CachedResult(value)`` to supply the
