@@ -112,31 +112,39 @@ class Outcome:
         self.timed_out = timed_out
 
     def __reduce__(self) -> tuple[Any, ...]:
-        value, ok = self.value, self.ok
+        value, ok, tb = self.value, self.ok, ""
         if ok:
             try:
                 payload = _dumps(value)
             except Exception as exc:
                 ok = False
-                payload = _dumps_error(
-                    ResultNotPicklableError(
-                        f"the result ({type(value).__name__}) cannot be pickled to send it "
-                        f"back from the worker process: {exc}"
-                    )
+                value = ResultNotPicklableError(
+                    f"the result ({type(value).__name__}) cannot be pickled to send it "
+                    f"back from the worker process: {exc}"
                 )
-        else:
-            payload = _dumps_error(value)
+        if not ok:
+            payload, tb = _dumps_error(value)
         events = reporters.picklable_events(self.events) if self.events else self.events
         return (
             _load_outcome,
-            (self.token, ok, payload, self.duration, events, self.sent, self.timed_out),
+            (self.token, ok, payload, tb, self.duration, events, self.sent, self.timed_out),
         )
 
 
 def _load_outcome(
-    token: int, ok: bool, payload: bytes, duration: float, events: Any, sent: int, timed_out: bool
+    token: int,
+    ok: bool,
+    payload: bytes,
+    tb: str,
+    duration: float,
+    events: Any,
+    sent: int,
+    timed_out: bool,
 ) -> Outcome:
-    return Outcome(token, ok, pickle.loads(payload), duration, events, sent, timed_out)
+    value = pickle.loads(payload)
+    if not ok and tb:
+        value.__cause__ = RemoteTraceback(tb)
+    return Outcome(token, ok, value, duration, events, sent, timed_out)
 
 
 def _dumps(value: Any) -> bytes:
@@ -148,16 +156,19 @@ def _dumps(value: Any) -> bytes:
         return cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)  # type: ignore[no-any-return]
 
 
-def _dumps_error(exc: BaseException) -> bytes:
-    """Pickle an exception with its traceback text as ``__cause__``; never fails."""
+def _dumps_error(exc: BaseException) -> tuple[bytes, str]:
+    """Pickle an exception and format its traceback; never fails.
+
+    The caller sets the text as the rebuilt exception's ``__cause__``, so the
+    worker's source lines show up in the caller's traceback.
+    """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = f'\n"""\n{tb}"""'
     try:
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-        return _dumps(exc)
+        return _dumps(exc), tb
     except Exception:
         stand_in = RuntimeError(f"{type(exc).__name__}: {exc}")
-        stand_in.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-        return pickle.dumps(stand_in, protocol=_PICKLE_PROTOCOL)
+        return pickle.dumps(stand_in, protocol=_PICKLE_PROTOCOL), tb
 
 
 @final

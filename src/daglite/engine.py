@@ -40,9 +40,9 @@ from daglite.exceptions import (
 )
 from daglite.graph.base import Graph, GraphMetadata
 from daglite.graph.builder import build_graph
+from daglite.plugins import log_bridge
 from daglite.plugins.hooks import CachedResult
 from daglite.plugins.manager import HookDispatcher, dispatcher_for
-from daglite.plugins import log_bridge
 from daglite.plugins.reporters import (
     DROPPED_EVENT,
     LOG_EVENT,

@@ -32,10 +32,10 @@ import signal
 import sys
 import threading
 import types
-from contextlib import contextmanager
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from functools import partial
 from multiprocessing import popen_forkserver, popen_spawn_posix
 from typing import Any, ClassVar, Final
@@ -88,14 +88,14 @@ def _main_hidden() -> Any:
 class _SpawnPopen(popen_spawn_posix.Popen):
     def _launch(self, process_obj: Any) -> None:
         with _main_hidden():
-            super()._launch(process_obj)
+            super()._launch(process_obj)  # type: ignore[misc]
 
 
 class _SpawnProcess(mp_context.SpawnProcess):
     _start_method = "spawn"
 
     @staticmethod
-    def _Popen(process_obj: Any) -> Any:  # noqa: N802 - multiprocessing's name
+    def _Popen(process_obj: Any) -> Any:
         return _SpawnPopen(process_obj)
 
 
@@ -106,14 +106,14 @@ class _SpawnContext(mp_context.SpawnContext):
 class _ForkServerPopen(popen_forkserver.Popen):
     def _launch(self, process_obj: Any) -> None:
         with _main_hidden():
-            super()._launch(process_obj)
+            super()._launch(process_obj)  # type: ignore[misc]
 
 
 class _ForkServerProcess(mp_context.ForkServerProcess):
     _start_method = "forkserver"
 
     @staticmethod
-    def _Popen(process_obj: Any) -> Any:  # noqa: N802 - multiprocessing's name
+    def _Popen(process_obj: Any) -> Any:
         return _ForkServerPopen(process_obj)
 
 

@@ -1,0 +1,211 @@
+"""Inspect a DAG without running it: its nodes, edges and fan-out widths.
+
+``describe(future)`` builds the graph exactly as ``evaluate`` would (same keys,
+same backend names) and returns a ``GraphDescription``, which renders as a text
+table (``to_text``) or as Graphviz DOT (``to_dot``). ``daglite describe`` prints
+it from the command line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, final
+
+from daglite.backends import canonical_name
+from daglite.backends.base import Backend
+from daglite.graph.base import Graph
+from daglite.graph.builder import build_graph, iter_futures
+from daglite.settings import default_backend_name
+from daglite.tasks import Task, TaskFuture
+
+__all__ = ["GraphDescription", "NodeDescription", "describe"]
+
+
+@final
+@dataclass(frozen=True)
+class NodeDescription:
+    """One node of a DAG, as ``evaluate`` would run it.
+
+    Attributes:
+        key: The node's key (``name``, ``name-2``, ...); mapped elements run as ``key[i]``.
+        task: The task's name.
+        kind: ``"task"`` for a single call, ``"map"`` for a fan-out.
+        backend: Name of the backend the node runs on.
+        width: Calls the node makes: 1 for a task, the element count for a
+            fan-out, or None when a future decides it at run time.
+        description: The task's description.
+        deps: Keys of the nodes whose results this node needs.
+    """
+
+    key: str
+    task: str
+    kind: str
+    backend: str
+    width: int | None
+    description: str
+    deps: tuple[str, ...]
+
+    @property
+    def width_text(self) -> str:
+        """``"dynamic"`` for a width known only at run time, else the number ("" for tasks)."""
+        if self.kind == "task":
+            return ""
+        return "dynamic" if self.width is None else str(self.width)
+
+
+@final
+@dataclass(frozen=True)
+class GraphDescription:
+    """A DAG's shape: nodes in topological order, edges, and the wanted roots.
+
+    Attributes:
+        nodes: Every node, dependencies before dependents.
+        roots: Keys of the nodes whose results ``evaluate`` returns.
+    """
+
+    nodes: tuple[NodeDescription, ...]
+    roots: tuple[str, ...]
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """``(upstream, downstream)`` key pairs."""
+        return [(dep, node.key) for node in self.nodes for dep in node.deps]
+
+    @property
+    def call_count(self) -> int:
+        """Task calls known before running (fan-outs of dynamic width count 0)."""
+        return sum(node.width or 0 for node in self.nodes)
+
+    @property
+    def is_dynamic(self) -> bool:
+        """True when some fan-out learns its width only at run time."""
+        return any(node.width is None for node in self.nodes)
+
+    def node(self, key: str) -> NodeDescription:
+        """The node with ``key``.
+
+        Raises:
+            KeyError: If there is no such node.
+        """
+        for node in self.nodes:
+            if node.key == key:
+                return node
+        raise KeyError(key)
+
+    def to_text(self) -> str:
+        """A plain-text summary: a node table, the edges and the roots."""
+        calls = f"{self.call_count} calls" + (" + dynamic fan-outs" if self.is_dynamic else "")
+        lines = [f"{len(self.nodes)} nodes, {len(self.edges)} edges, {calls}", ""]
+        header = ("key", "task", "kind", "backend", "width")
+        rows = [(n.key, n.task, n.kind, n.backend, n.width_text) for n in self.nodes]
+        lines += _table([header, *rows])
+        lines += ["", "edges:"]
+        lines += [f"  {a} -> {b}" for a, b in self.edges] or ["  (none)"]
+        lines += ["", "roots: " + ", ".join(self.roots)]
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        """The DAG in Graphviz DOT (``dot -Tsvg``): fan-outs are drawn as stacks."""
+        lines = [
+            "digraph daglite {",
+            "  rankdir=LR;",
+            '  node [shape=box, style=rounded, fontname="Helvetica"];',
+        ]
+        roots = set(self.roots)
+        for n in self.nodes:
+            detail = n.backend if n.kind == "task" else f"map x{n.width_text} · {n.backend}"
+            attrs = [f"label={_dot_quote(n.key + chr(10) + detail)}"]
+            if n.kind == "map":
+                attrs.append("shape=box3d")
+            if n.key in roots:
+                attrs.append("peripheries=2")
+            if n.description:
+                attrs.append(f"tooltip={_dot_quote(n.description)}")
+            lines.append(f"  {_dot_quote(n.key)} [{', '.join(attrs)}];")
+        lines += [f"  {_dot_quote(a)} -> {_dot_quote(b)};" for a, b in self.edges]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _dot_quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _width(future: TaskFuture[Any]) -> int | None:
+    if future.iterated is None:
+        return 1
+    values = list(future.iterated.values())
+    if any(isinstance(v, TaskFuture) for v in values):
+        return None
+    sizes = [len(v) for v in values]
+    return math.prod(sizes) if future.mode == "product" else min(sizes, default=0)
+
+
+def _backend_namer(backend: str | Backend | None) -> Callable[[Task[Any, Any]], str]:
+    """Tell the backend name each task runs on, the way ``evaluate`` decides it."""
+    if isinstance(backend, Backend):
+        default = type(backend).name
+    else:
+        default = canonical_name(backend or default_backend_name())
+
+    def name_of(task: Task[Any, Any]) -> str:
+        chosen = task.backend
+        if isinstance(chosen, str):
+            return canonical_name(chosen)
+        if isinstance(chosen, Backend):
+            return type(chosen).name
+        return default
+
+    return name_of
+
+
+def _roots(value: Any) -> list[TaskFuture[Any]]:
+    roots = list(dict.fromkeys(iter_futures(value)))
+    if not roots:
+        raise TypeError(
+            "describe() needs a TaskFuture (or a list, tuple or dict of them), got "
+            f"{type(value).__name__}"
+            + ("; did you call the task?" if isinstance(value, Task) else "")
+        )
+    return roots
+
+
+def _describe_graph(graph: Graph) -> GraphDescription:
+    keys = graph.keys
+    nodes = tuple(
+        NodeDescription(
+            key=keys[i],
+            task=meta.name,
+            kind=meta.kind,
+            backend=meta.backend_name,
+            width=_width(graph.futures[i]),
+            description=meta.description,
+            deps=tuple(keys[d] for d in graph.deps[i]),
+        )
+        for i, meta in enumerate(graph.metadata)
+    )
+    return GraphDescription(nodes, tuple(keys[r] for r in graph.roots))
+
+
+def describe(future: Any, *, backend: str | Backend | None = None) -> GraphDescription:
+    """Describe the DAG behind ``future`` without running anything.
+
+    Args:
+        future: A ``TaskFuture``, or a list, tuple or dict of them.
+        backend: The backend ``evaluate`` would be given (name, instance or
+            None for the default); it decides the backend names shown.
+
+    Raises:
+        TypeError: If ``future`` holds no futures.
+        BackendError: For an unknown backend name.
+        GraphError: If the futures form a cycle.
+    """
+    return _describe_graph(build_graph(_roots(future), _backend_namer(backend)))
