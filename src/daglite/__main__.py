@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-# The guard matters: worker processes (spawn, forkserver) import the parent's
-# main module under another name, and must not run the command again.
+# The guard keeps the command from running when this module is imported rather
+# than executed (e.g. by multiprocessing machinery outside daglite's own pools).
 if __name__ == "__main__":
     from daglite.cli import main
 

@@ -310,7 +310,10 @@ def _build_dag(target: Any, spec: str, raw: dict[str, str]) -> Any:
     if isinstance(target, Task):
         what = f"task {target.name!r}"
         params = _convert_params(target.func, raw, set(target.fixed), what)
-        return target(**params)
+        try:
+            return target(**params)
+        except TypeError as exc:
+            raise _CliError(_one_line(exc)) from exc
     if _holds_futures(target):
         if raw:
             raise _CliError(f"{spec!r} is already a future; it takes no parameters")

@@ -164,6 +164,7 @@ class _Run:
         self.skipped: list[str] = []
         self.failure: BaseException | None = None
         self.aborting = False
+        self.parked = 0
         self.engine_thread = 0
         self._has_before = hooks.has("before_node_execute")
         self._has_after = hooks.has("after_node_execute")
@@ -199,6 +200,7 @@ class _Run:
             parked = unit.parked
             if parked is not None and unit.delivered >= parked.sent:
                 unit.parked = None
+                self.parked -= 1
                 self._finish_unit(unit, parked)
         elif kind == "cancel":
             raise asyncio.CancelledError()
@@ -424,6 +426,7 @@ class _Run:
                     continue
                 if outcome.sent > unit.delivered:
                     unit.parked = outcome  # its flushed events are still on the way
+                    self.parked += 1
                 else:
                     self._finish_unit(unit, outcome)
             done = {o.token for o in outcomes}
@@ -636,12 +639,13 @@ class _Run:
         for i, waiting in enumerate(self.waiting):
             if waiting == 0:
                 self._schedule(i)
-        get, get_nowait, handle = self.queue.get, self.queue.get_nowait, self._handle
+        get_nowait, handle = self.queue.get_nowait, self._handle
+        wait = self.queue.get  # blocks; Ctrl-C still interrupts it on the main thread
         while True:
             self._submit_pending()
-            if not self.in_flight and not self.pending and not self._parked_units():
+            if not self.in_flight and not self.pending and not self.parked:
                 break
-            handle(get())
+            handle(wait())
             while True:
                 try:
                     message = get_nowait()
@@ -649,14 +653,11 @@ class _Run:
                     break
                 handle(message)
 
-    def _parked_units(self) -> bool:
-        return any(u.parked is not None for u in self.units.values())
-
     def _interrupted(self, exc: BaseException) -> None:
         """Ctrl-C or cancellation: stop everything in flight, right now."""
+        busy = {id(u.backend): u.backend for u in self.units.values()}
         self._abort()
-        backends = {id(b): b for (b,) in ((u.backend,) for u in self.units.values())}
-        for backend in backends.values():
+        for backend in busy.values():
             try:
                 backend.cancel_running()
             except Exception:

@@ -17,21 +17,26 @@ from daglite.backends import ProcessBackend
 
 @pytest.fixture
 def pool():
-    """A fresh two-worker pool per test; no worker may outlive it."""
+    """A fresh two-worker pool per test; none of its workers may outlive it."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     backend = ProcessBackend(max_workers=2)
     with backend:
         yield backend
-    _assert_no_children_left()
+    _assert_no_new_workers_left(before)
 
 
-def _assert_no_children_left(deadline: float = 30.0) -> None:
+def _assert_no_new_workers_left(before: set[int], deadline: float = 30.0) -> None:
     me = psutil.Process()
     end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        workers = [p for p in me.children(recursive=True) if _is_pool_worker(p)]
-        if not workers:
-            return
+    while True:
+        workers = [
+            p for p in me.children(recursive=True) if p.pid not in before and _is_pool_worker(p)
+        ]
+        if not workers or time.monotonic() > end:
+            break
         time.sleep(0.1)  # bounded poll for process exit, not synchronisation
+    if not workers:
+        return
     left = [(p.pid, " ".join(p.cmdline())[:200]) for p in workers]
     raise AssertionError(f"worker processes left behind: {left}")
 
@@ -42,9 +47,14 @@ _HELPERS = ("forkserver", "resource_tracker")
 
 
 def _is_pool_worker(proc: psutil.Process) -> bool:
+    """A live descendant that is not one of the helpers (workers are the forkserver's
+    children, so they share its command line but not its parent)."""
     try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
         cmdline = " ".join(proc.cmdline())
-        return not any(h in cmdline for h in _HELPERS) and proc.status() != "zombie"
+        is_helper = any(h in cmdline for h in _HELPERS) and proc.ppid() == os.getpid()
+        return not is_helper
     except psutil.Error:
         return False
 
@@ -100,9 +110,7 @@ def test_worker_death_other_tasks_are_resubmitted_and_finish(pool):
     from daglite import EvaluationError
 
     with pytest.raises(EvaluationError) as info:
-        evaluate(
-            [crasher(0)] + [value(i) for i in range(20)], backend=pool, on_error="continue"
-        )
+        evaluate([crasher(0)] + [value(i) for i in range(20)], backend=pool, on_error="continue")
     err = info.value
     assert list(err.errors) == ["crasher"]
     assert isinstance(err.errors["crasher"], WorkerLostError)
@@ -147,9 +155,7 @@ def test_timeout_terminates_the_worker_and_replaces_it(pool):
     ):
         time.sleep(0.1)
     assert evaluate(total([value(1), value(2)]), backend=pool) == 3
-    burning = [
-        p for p in psutil.Process().children(recursive=True) if _cpu_bound_for_a_while(p)
-    ]
+    burning = [p for p in psutil.Process().children(recursive=True) if _cpu_bound_for_a_while(p)]
     assert not burning
 
 

@@ -31,8 +31,9 @@ _INSTALL_HINT: Final = (
     "progress bars need the 'rich' package; install it with `pip install daglite[rich]`"
 )
 # Names of running tasks shown on the bar; more are summarised as "+N" so the
-# line stays short on wide fan-outs.
+# line stays short on wide fan-outs. Narrower consoles show only the count.
 _SHOWN_RUNNING: Final = 3
+_WIDTH_FOR_NAMES: Final = 120
 
 
 class _RichMissingError(DagliteError, ImportError):
@@ -78,6 +79,11 @@ class ProgressPlugin:
         self._progress: Progress | None = None
         self._bar: TaskID | None = None
 
+    @property
+    def active(self) -> bool:
+        """True while the live display is drawn (between graph start and end)."""
+        return self._progress is not None
+
     def __repr__(self) -> str:
         return f"<ProgressPlugin {self.done + self.failed}/{self.total}>"
 
@@ -94,12 +100,10 @@ class ProgressPlugin:
             TimeRemainingColumn,
         )
 
-        self.total = self.done = self.failed = 0
-        self.running = {}
-        self._progress = Progress(
+        progress = Progress(
             SpinnerColumn(finished_text="[green]✓"),
             TextColumn("[bold]daglite"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TextColumn("[dim]elapsed[/dim]"),
             TimeElapsedColumn(),
@@ -111,8 +115,9 @@ class ProgressPlugin:
             redirect_stdout=False,
             redirect_stderr=False,
         )
-        self._bar = self._progress.add_task("daglite", total=0, status="")
-        self._progress.start()
+        self._bar = progress.add_task("daglite", total=self.total, status="")
+        self._progress = progress
+        progress.start()
 
     def _refresh(self) -> None:
         if self._progress is None or self._bar is None:
@@ -135,8 +140,10 @@ class ProgressPlugin:
         """The text shown after the counts: running tasks and failures (rich markup)."""
         parts = []
         if self.running:
-            names = _running_summary(self.running)
-            parts.append(f"[cyan]{len(self.running)} running[/cyan] [dim]{names}[/dim]")
+            text = f"[cyan]{len(self.running)} running[/cyan]"
+            if self.console.width >= _WIDTH_FOR_NAMES:
+                text += f" [dim]{_running_summary(self.running)}[/dim]"
+            parts.append(text)
         if self.failed:
             parts.append(f"[red]{self.failed} failed[/red]")
         return " · ".join(parts)
@@ -147,10 +154,14 @@ class ProgressPlugin:
     def before_graph_execute(self, root_id: UUID, node_count: int) -> None:
         """Start the bar (or add to the one an overlapping evaluation drew)."""
         if not self._runs:
-            self._start()
+            self.total = self.done = self.failed = 0
+            self.running = {}
         self._runs.add(root_id)
         self.total += node_count
-        self._refresh()
+        if self._progress is None:
+            self._start()
+        else:
+            self._refresh()
 
     @hook_impl
     def on_graph_expand(self, added: int) -> None:

@@ -1,0 +1,599 @@
+"""Runs tasks on a Dask ``distributed`` cluster; the only importer of ``distributed``.
+
+Data flow::
+
+    engine ──submit(job)──> DaskBackend ──client.submit(_run_job, payload, *kept)──> worker
+       ^                                                                             │
+       │<── outcomes (small results and buffered events) ─────────── future result ─┤
+       │<── outcomes with RemoteResult stand-ins <── _summarize task (big results) ─┤
+       │<── client.subscribe_topic handler <── scheduler <── worker.log_event ──────┘
+                                                      (events of long-running tasks)
+
+Jobs are pickled in the caller (cloudpickle for task functions, see
+``daglite._runner``) and reach the scheduler as opaque bytes. A result whose
+``dask.sizeof`` exceeds ``remote_threshold`` stays in the worker's memory: the
+job's return value is then a ``_Kept`` wrapper, the caller sees that from the
+future's type (no data moves) and asks a tiny ``_summarize`` task, run next to
+the data, for the outcomes with ``RemoteResult`` stand-ins. A later job that
+receives a stand-in gets the Dask future of the kept value as an argument, so
+Dask moves the data between workers itself; ``materialize`` fetches the final
+results. A stand-in holds its future: the data lives as long as the stand-in.
+
+A worker that dies fails the task it ran with ``WorkersLost`` (the engine turns
+it into ``WorkerLostError``). The embedded cluster sets
+``distributed.scheduler.allowed-failures`` to 0 so that happens at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
+
+from daglite.backends.base import Backend
+from daglite.exceptions import BackendError
+from daglite.plugins.reporters import Transport, picklable_events
+from daglite.settings import usable_cpu_count
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
+
+__all__ = ["DaskBackend", "RemoteResult"]
+
+logger = logging.getLogger("daglite.backends.dask")
+
+# Results larger than this (bytes, per ``dask.sizeof``) stay on the cluster.
+# Lower: less data through the caller, more stand-ins and fetches; higher: the
+# reverse. 1 MiB keeps ordinary values (numbers, small frames) direct.
+DEFAULT_REMOTE_THRESHOLD: Final = 1 << 20
+ADDRESS_ENV: Final = "DAGLITE_DASK_ADDRESS"
+_INSTALL_HINT: Final = (
+    "the 'dask' backend needs the 'distributed' package; install it with "
+    "`pip install daglite[dask]`"
+)
+_PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
+_CONTAINERS: Final = (list, tuple, dict, set, frozenset)
+
+
+def _import_distributed() -> Any:
+    """The ``distributed`` module, or ``BackendError`` with the install hint."""
+    try:
+        import distributed
+    except ImportError:
+        raise BackendError(_INSTALL_HINT) from None
+    return distributed
+
+
+# -- stand-ins for results kept on the cluster ------------------------------------------
+
+
+@final
+class RemoteResult:
+    """A task result that stayed on the Dask cluster because it is large.
+
+    Hooks (``after_node_execute``'s ``result``) and ``EvaluationError.results``
+    see this stand-in for results over the backend's ``remote_threshold``;
+    downstream tasks and ``evaluate``'s return value get the real value.
+
+    Attributes:
+        key: Dask key of the job that produced the value.
+        token: Which call of that job produced it.
+        nbytes: The value's size as estimated by ``dask.sizeof``.
+        type_name: The value's type, ``module.qualname``.
+    """
+
+    __slots__ = ("_future", "key", "nbytes", "token", "type_name")
+
+    def __init__(self, key: str, token: int, nbytes: int, type_name: str) -> None:
+        self.key = key
+        self.token = token
+        self.nbytes = nbytes
+        self.type_name = type_name
+        # The Dask future keeping the value alive; only in the caller's process.
+        self._future: Any = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Fetch the value from the cluster (blocking).
+
+        Raises:
+            BackendError: If this stand-in is a copy not attached to a client.
+        """
+        if self._future is None:
+            raise BackendError(
+                f"the remote result {self.key!r} is not attached to a Dask client; "
+                "only the stand-ins handed out in the caller's process can fetch their value"
+            )
+        return self._future.result(timeout=timeout).value_of(self.token)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteResult, (self.key, self.token, self.nbytes, self.type_name))
+
+    def __repr__(self) -> str:
+        return f"<RemoteResult {self.type_name} of {self.nbytes} bytes, key {self.key!r}>"
+
+
+@final
+class _Kept:
+    """A job's outcomes, some of them too big to send home; lives on a worker."""
+
+    __slots__ = ("big", "outcomes")
+
+    def __init__(self, outcomes: list[Any], big: dict[int, int]) -> None:
+        self.outcomes = outcomes
+        self.big = big  # token -> nbytes
+
+    def value_of(self, token: int) -> Any:
+        for outcome in self.outcomes:
+            if outcome.token == token:
+                return outcome.value
+        raise KeyError(token)  # pragma: no cover - a bug, never user input
+
+    def __sizeof__(self) -> int:
+        return sum(self.big.values()) + 64 * len(self.outcomes)
+
+
+# -- worker side -------------------------------------------------------------------------
+
+# The worker of this process, for threads that are not Dask's (``get_worker()``
+# only works in a task's own thread; the reporter's flusher thread also sends).
+_this_worker: list[Any] = [None]
+
+
+def _run_job(payload: bytes, threshold: int, keys: tuple[str, ...], *kept: Any) -> Any:
+    """Run a daglite job on a Dask worker; big results stay here as ``_Kept``."""
+    if _this_worker[0] is None:
+        from distributed import get_worker
+
+        _this_worker[0] = get_worker()
+    job = pickle.loads(payload)
+    if keys:
+        job = _with_kept_inputs(job, dict(zip(keys, kept)))
+    outcomes = job()
+    big = _big_results(outcomes, threshold)
+    return _Kept(outcomes, big) if big else outcomes
+
+
+def _with_kept_inputs(job: Any, kept: dict[str, _Kept]) -> Any:
+    """``job`` (a fresh copy, unpickled here) with its stand-in arguments swapped in."""
+    for call in job.calls:
+        kwargs = getattr(call, "kwargs", None)
+        if kwargs:
+            call.kwargs = _swap_in(kwargs, kept)
+    return job
+
+
+def _swap_in(value: Any, kept: dict[str, _Kept]) -> Any:
+    if isinstance(value, RemoteResult):
+        return kept[value.key].value_of(value.token)
+    if isinstance(value, dict):
+        return {k: _swap_in(v, kept) for k, v in value.items()}
+    if isinstance(value, _CONTAINERS):
+        return type(value)(_swap_in(v, kept) for v in value)
+    return value
+
+
+def _big_results(outcomes: list[Any], threshold: int) -> dict[int, int]:
+    from dask.sizeof import sizeof
+
+    big = {}
+    for outcome in outcomes:
+        if outcome.ok:
+            nbytes = int(sizeof(outcome.value))
+            if nbytes > threshold:
+                big[outcome.token] = nbytes
+    return big
+
+
+def _summarize(kept: _Kept, key: str) -> list[Any]:
+    """The outcomes of ``kept`` with stand-ins for the big values (runs by the data)."""
+    from daglite._runner import Outcome
+
+    out = []
+    for o in kept.outcomes:
+        nbytes = kept.big.get(o.token)
+        if nbytes is None:
+            out.append(o)
+            continue
+        cls = type(o.value)
+        stand_in = RemoteResult(key, o.token, nbytes, f"{cls.__module__}.{cls.__qualname__}")
+        out.append(Outcome(o.token, o.ok, stand_in, o.duration, o.events, o.sent, o.timed_out))
+    return out
+
+
+# -- events: Dask's worker-to-client channel ----------------------------------------------
+
+
+@final
+class _DaskTransport(Transport):
+    """Sends worker messages through ``Worker.log_event`` to the caller's subscription.
+
+    One topic per backend (the scheduler keeps a bounded log per topic, forever),
+    and one route per evaluation inside it. Only the caller's copy holds the
+    backend; pickled copies in workers only send.
+    """
+
+    __slots__ = ("_backend", "route", "topic")
+
+    def __init__(self, topic: str, route: str, backend: DaskBackend | None = None) -> None:
+        self.topic = topic
+        self.route = route
+        self._backend = backend
+
+    def send(self, run_id: str, message: tuple[Any, ...]) -> None:
+        if message[0] == "events":
+            message = (message[0], message[1], picklable_events(message[2]))
+        data = pickle.dumps((self.route, message), protocol=_PICKLE_PROTOCOL)
+        worker = _this_worker[0]
+        if worker is None:
+            from distributed import get_worker
+
+            worker = get_worker()
+        worker.log_event(self.topic, data)
+
+    def close(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend._routes.pop(self.route, None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_DaskTransport, (self.topic, self.route))
+
+
+# -- the backend -------------------------------------------------------------------------
+
+
+class DaskBackend(Backend):
+    """Runs tasks on a Dask cluster: an embedded local one, or yours.
+
+    Args:
+        address: Scheduler address (``"tcp://host:8786"``); default
+            ``DAGLITE_DASK_ADDRESS``, else an embedded ``LocalCluster``.
+        client: An existing ``distributed.Client`` to use (never closed by daglite).
+        max_workers: Worker processes of the embedded cluster (default: usable
+            CPUs, at least 2). With a remote cluster: informational only.
+        remote_threshold: Results larger than this many bytes stay on the cluster
+            and reach hooks as ``RemoteResult`` stand-ins.
+
+    Raises:
+        BackendError: If ``distributed`` is not installed.
+    """
+
+    name: ClassVar[str] = "dask"
+    # One call per Dask task: Dask schedules and balances each task itself.
+    max_batch: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client: Client | None = None,
+        max_workers: int | None = None,
+        remote_threshold: int = DEFAULT_REMOTE_THRESHOLD,
+    ) -> None:
+        _import_distributed()
+        if address is not None and client is not None:
+            raise ValueError("give either address= or client= to DaskBackend, not both")
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
+        if remote_threshold < 0:
+            raise ValueError(f"remote_threshold must be 0 or more, got {remote_threshold!r}")
+        if address is None and client is None:
+            address = os.environ.get(ADDRESS_ENV) or None
+        self.address = address
+        self.max_workers = max_workers
+        self.remote_threshold = remote_threshold
+        self._user_client = client
+        self._client: Any = None
+        self._cluster: LocalCluster | None = None
+        self._topic = f"daglite-{uuid.uuid4().hex}"
+        self._routes: dict[str, Callable[[Any], None]] = {}
+        self._in_flight: dict[int, Any] = {}
+        self._to_fetch: list[tuple[Future[Any], int, Any, Any]] = []
+        self._fetching = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        distributed = _import_distributed()
+        client: Any
+        if self._user_client is not None:
+            client = self._user_client
+        elif self.address is not None:
+            client = distributed.Client(self.address, set_as_default=False)
+        else:
+            self._cluster = self._local_cluster(distributed)
+            client = distributed.Client(self._cluster, set_as_default=False)
+        client.subscribe_topic(self._topic, self._on_event)
+        self._client = client
+        if self.max_workers is None:
+            nthreads = client.nthreads()
+            self.max_workers = max(1, sum(nthreads.values())) if nthreads else None
+
+    def _local_cluster(self, distributed: Any) -> Any:
+        import dask
+
+        n = self.max_workers or max(2, usable_cpu_count())
+        self.max_workers = n
+        # A task that kills its worker fails at once instead of killing more workers.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            return distributed.LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=":0",  # no fixed port: no clash, no warning
+            )
+
+    def stop(self) -> None:
+        client, self._client = self._client, None
+        cluster, self._cluster = self._cluster, None
+        with self._lock:
+            self._in_flight.clear()
+            pending, self._to_fetch = self._to_fetch, []
+        _fail_all(pending, BackendError("the dask backend was stopped"))
+        if client is None:
+            return
+        try:
+            client.unsubscribe_topic(self._topic)
+        except Exception:  # the connection is already gone
+            logger.debug("could not unsubscribe from %r", self._topic, exc_info=True)
+        if client is not self._user_client:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    def cancel_running(self) -> None:
+        """Cancel every task this backend has in flight; the cluster stays up."""
+        client = self._client
+        with self._lock:
+            futures = list(self._in_flight.values())
+            self._in_flight.clear()
+        if client is not None and futures:
+            client.cancel(futures)
+
+    @property
+    def client(self) -> Client:
+        """The ``distributed.Client`` in use (starts the backend)."""
+        self.ensure_started()
+        return self._client  # type: ignore[no-any-return]
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the cluster's worker processes."""
+        return list(self.client.run(os.getpid).values())
+
+    # -- events ------------------------------------------------------------------
+
+    def event_transport(self, sink: Callable[[Any], None]) -> Transport:
+        route = uuid.uuid4().hex
+        self._routes[route] = sink
+        return _DaskTransport(self._topic, route, self)
+
+    def _on_event(self, event: tuple[float, bytes]) -> None:
+        """Subscription handler (client's event loop): hand a message to its run."""
+        try:
+            route, message = pickle.loads(event[1])
+        except Exception:
+            logger.warning("dropped a worker message that could not be unpickled", exc_info=True)
+            return
+        sink = self._routes.get(route)
+        if sink is not None:
+            sink(message)
+
+    # -- submit ------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.ensure_started()
+        client = self._client
+        from daglite._runner import _Job
+
+        if not isinstance(fn, _Job):
+            return self._watch(client.submit(fn, *args, pure=False, **kwargs), 0)
+        kept = self._kept_inputs(fn)
+        payload = pickle.dumps(fn, protocol=_PICKLE_PROTOCOL)
+        name = fn.calls[0].name if fn.calls else "daglite"
+        dfut = client.submit(
+            _run_job,
+            payload,
+            self.remote_threshold,
+            tuple(kept),
+            *kept.values(),
+            key=f"{name}-{uuid.uuid4().hex}",
+        )
+        return self._watch(dfut, fn.calls[0].token if fn.calls else 0)
+
+    def _kept_inputs(self, job: Any) -> dict[str, Any]:
+        """Dask futures of the stand-ins among the job's arguments, by key."""
+        found: dict[str, Any] = {}
+        for call in job.calls:
+            kwargs = getattr(call, "kwargs", None)
+            if kwargs:
+                _collect_stand_ins(kwargs, found)
+        client = self._client
+        out = {}
+        for key, stand_in in found.items():
+            if stand_in._future is None or stand_in._future.client is not client:
+                raise BackendError(
+                    f"the remote result {key!r} belongs to another Dask client; "
+                    "fetch it with .result() before passing it on"
+                )
+            out[key] = stand_in._future
+        return out
+
+    def _watch(self, dfut: Any, token: int) -> Future[Any]:
+        outer: Future[Any] = Future()
+        with self._lock:
+            self._in_flight[id(outer)] = dfut
+        dfut.add_done_callback(partial(self._relay, outer, token))
+        outer.add_done_callback(partial(self._cancel_if_cancelled, dfut))
+        return outer
+
+    def _cancel_if_cancelled(self, dfut: Any, outer: Future[Any]) -> None:
+        with self._lock:
+            self._in_flight.pop(id(outer), None)
+        client = self._client
+        if outer.cancelled() and client is not None and not dfut.done():
+            # Non-blocking: the cancel request runs on the client's event loop.
+            client.loop.add_callback(lambda: client.cancel([dfut], asynchronous=True))
+
+    def _relay(self, outer: Future[Any], token: int, dfut: Any) -> None:
+        """Dask future done (callback thread): settle ``outer`` from it."""
+        if outer.done():
+            return
+        try:
+            if dfut.status != "finished":
+                _settle(outer, False, _failure_of(dfut, token))
+            elif _is_kept_type(dfut.type):
+                summary = self._client.submit(
+                    _summarize, dfut, dfut.key, key=f"daglite-summary-{uuid.uuid4().hex}"
+                )
+                summary.add_done_callback(partial(self._relay_summary, outer, token, dfut))
+            else:
+                self._fetch(outer, token, dfut, None)
+        except BaseException as exc:  # never leave the engine waiting
+            _settle(outer, False, exc)
+
+    def _relay_summary(self, outer: Future[Any], token: int, kept: Any, summary: Any) -> None:
+        if outer.done():
+            return
+        try:
+            if summary.status != "finished":
+                _settle(outer, False, _failure_of(summary, token))
+            else:
+                self._fetch(outer, token, summary, kept)
+        except BaseException as exc:
+            _settle(outer, False, exc)
+
+    def _fetch(self, outer: Future[Any], token: int, dfut: Any, kept: Any) -> None:
+        """Queue a finished future's result for the next batched gather."""
+        with self._lock:
+            self._to_fetch.append((outer, token, dfut, kept))
+            if self._fetching:
+                return
+            self._fetching = True
+        self._client.loop.add_callback(self._drain)
+
+    async def _drain(self) -> None:
+        """Gather every queued result, batch after batch (on the client's event loop).
+
+        One ``gather`` per batch instead of one round trip per task: results that
+        finish while a batch is in transit travel together in the next one.
+        """
+        client = self._client
+        while True:
+            with self._lock:
+                batch, self._to_fetch = self._to_fetch, []
+                if not batch or client is None:
+                    self._fetching = False
+                    _fail_all(batch, BackendError("the dask backend was stopped"))
+                    return
+            try:
+                values = await client.gather([b[2] for b in batch], asynchronous=True)
+                results = [(True, v) for v in values]
+            except Exception:  # one of them failed: settle each on its own
+                results = [await _gather_one(client, b[2], b[1]) for b in batch]
+            for (outer, _token, dfut, kept), (ok, value) in zip(batch, results):
+                if ok:
+                    value = _unwrap(value, kept or dfut)
+                _settle(outer, ok, value)
+
+    # -- results -----------------------------------------------------------------
+
+    def materialize(self, value: Any) -> Any:
+        """``value`` with every ``RemoteResult`` in it fetched from the cluster."""
+        found: dict[str, RemoteResult] = {}
+        _collect_stand_ins(value, found)
+        if not found:
+            return value
+        futures = [s._future for s in found.values()]
+        client: Any = self.client
+        kept = dict(zip(found, client.gather(futures)))
+        return _swap_in(value, kept)
+
+    def __repr__(self) -> str:
+        where = self.address or ("client" if self._user_client is not None else "local cluster")
+        return f"<DaskBackend {where} max_workers={self.max_workers}>"
+
+
+def _collect_stand_ins(value: Any, found: dict[str, RemoteResult]) -> None:
+    if isinstance(value, RemoteResult):
+        found.setdefault(value.key, value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _collect_stand_ins(v, found)
+    elif isinstance(value, _CONTAINERS):
+        for v in value:
+            _collect_stand_ins(v, found)
+
+
+def _attach(outcomes: list[Any], dfut: Any) -> None:
+    for outcome in outcomes:
+        if isinstance(outcome.value, RemoteResult):
+            outcome.value._future = dfut
+
+
+def _unwrap(value: Any, kept: Any) -> Any:
+    """Outcomes from a job's or a summary's result, stand-ins attached to ``kept``."""
+    if isinstance(value, _Kept):  # the type was unknown: fetched after all
+        value = _summarize(value, kept.key)
+    _attach(value, kept)
+    return value
+
+
+async def _gather_one(client: Any, dfut: Any, token: int) -> tuple[bool, Any]:
+    try:
+        return True, (await client.gather([dfut], asynchronous=True))[0]
+    except BaseException as exc:
+        return False, _map_error(exc, token)
+
+
+def _failure_of(dfut: Any, token: int) -> BaseException:
+    if dfut.status == "cancelled":
+        return BackendError(
+            "the Dask scheduler cancelled the task (did the client or scheduler shut down?)"
+        )
+    return _map_error(dfut.exception(), token)
+
+
+def _fail_all(batch: list[tuple[Future[Any], int, Any, Any]], error: BaseException) -> None:
+    for outer, *_ in batch:
+        _settle(outer, False, error)
+
+
+def _is_kept_type(type_: Any) -> bool:
+    # The client learns the result's type name with the "in memory" message.
+    return type_ is _Kept or (isinstance(type_, str) and type_.endswith("dask._Kept"))
+
+
+def _settle(outer: Future[Any], ok: bool, value: Any) -> None:
+    try:
+        if ok:
+            outer.set_result(value)
+        else:
+            outer.set_exception(value)
+    except Exception:  # cancelled meanwhile
+        pass
+
+
+def _map_error(exc: BaseException, token: int) -> BaseException:
+    """Map distributed's errors at the boundary: a dead worker becomes ``WorkersLost``."""
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
+    from daglite.backends.processes import WorkersLost
+
+    if isinstance(exc, KilledWorker):
+        description = f"the Dask worker running it died ({exc})"
+    elif isinstance(exc, CommClosedError):
+        description = f"the connection to its Dask worker was lost ({exc})"
+    else:
+        return exc
+    lost = WorkersLost({token: (False, description)}, description)
+    lost.__cause__ = exc
+    return lost

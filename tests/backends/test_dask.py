@@ -1,0 +1,448 @@
+"""The dask backend on an embedded two-worker cluster: hooks, events, failures, data locality."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+pytest.importorskip("distributed")
+
+from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, task
+from daglite.backends import get_backend
+from daglite.backends.dask import DaskBackend, RemoteResult
+from daglite.exceptions import BackendError
+from daglite.plugins.hooks import hook_impl
+from daglite.plugins.reporters import get_reporter
+
+CALLER_PID = os.getpid()
+BIG = 50 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One embedded cluster (2 worker processes) for the module; none may outlive it."""
+    backend = DaskBackend(max_workers=2)
+    backend.ensure_started()
+    yield backend
+    pids = backend.worker_pids()
+    backend.shutdown()
+    _assert_exited(pids)
+
+
+@pytest.fixture(scope="module")
+def manager():
+    """Events and queues shared with the Dask worker processes."""
+    with multiprocessing.get_context("spawn").Manager() as m:
+        yield m
+
+
+def _assert_exited(pids: list[int], deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return
+        time.sleep(0.1)  # bounded poll for process exit, not synchronisation
+    raise AssertionError(f"dask worker processes left behind: {alive}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# -- tasks (module level: the workers import this module) --------------------------------
+
+
+@task
+def where(x: int) -> int:
+    return os.getpid()
+
+
+@task
+async def where_async(x: int) -> int:
+    return os.getpid()
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@task
+def explode(x: int) -> int:
+    raise ValueError(f"boom {x}")
+
+
+@task
+def chatty(i: int, n: int, gate) -> bool:
+    reporter = get_reporter()
+    for j in range(n):
+        reporter.report("seq", {"i": i, "j": j})
+    # Blocks until the caller's handler has seen the first half: those events
+    # must have travelled through Dask while this task still runs.
+    seen = gate.wait(60)
+    for j in range(n, 2 * n):
+        reporter.report("seq", {"i": i, "j": j})
+    return seen
+
+
+@task
+def flaky(directory: str) -> int:
+    attempt = len(os.listdir(directory))
+    open(os.path.join(directory, str(attempt)), "w").close()
+    if attempt < 2:
+        raise ValueError(f"attempt {attempt} fails")
+    return attempt
+
+
+@task(timeout=0.5)
+def stuck(gate) -> int:
+    gate.wait(60)
+    return 1
+
+
+@task
+def die() -> int:
+    os._exit(1)
+
+
+@task(retries=1)
+def die_once(marker: str) -> str:
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return "survived"
+    os._exit(1)
+
+
+# The payload of the locality test counts, per process, how often it was unpickled.
+UNPICKLED: list[int] = []
+
+
+def _rebuild_blob(data: bytes) -> Blob:
+    UNPICKLED.append(len(data))
+    return Blob(data)
+
+
+class Blob(bytes):
+    def __reduce__(self):
+        return (_rebuild_blob, (bytes(self),))
+
+
+@task
+def make_blob(n: int) -> Blob:
+    return Blob(b"x" * n)
+
+
+@task
+def blob_size(blob: Blob) -> int:
+    assert type(blob) is Blob
+    return len(blob)
+
+
+@task
+def sizes(blobs: list[Blob]) -> list[int]:
+    return [len(b) for b in blobs]
+
+
+class Recorder:
+    """Keeps what hooks and handlers saw, like a TimingPlugin."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.results: dict[str, object] = {}
+        self.order: list[tuple[str, str]] = []
+        self.retries: list[int] = []
+        self.errors: list[BaseException] = []
+        self.places: set[tuple[int, int]] = set()
+        self.seq: dict[int, list[int]] = {}
+        self.gates: list = []
+        self.n = 0
+
+    def register_event_handlers(self, registry) -> None:
+        registry.on("seq", self.on_seq)
+
+    def on_seq(self, event) -> None:
+        assert event["key"] == f"chatty[{event['i']}]"
+        self.seq.setdefault(event["i"], []).append(event["j"])
+        if event["j"] == self.n - 1:
+            self.gates[event["i"]].set()
+
+    def _where(self) -> None:
+        self.places.add((os.getpid(), threading.get_ident()))
+
+    @hook_impl
+    def before_node_execute(self, key) -> None:
+        self._where()
+        self.order.append(("before", key))
+
+    @hook_impl
+    def after_node_execute(self, key, result, duration) -> None:
+        self._where()
+        self.order.append(("after", key))
+        self.timings[key] = duration
+        self.results[key] = result
+
+    @hook_impl
+    def on_node_error(self, key, error) -> None:
+        self.errors.append(error)
+
+    @hook_impl
+    def before_node_retry(self, attempt) -> None:
+        self.retries.append(attempt)
+
+
+# -- where tasks run, and where hooks run ------------------------------------------------
+
+
+def test_tasks_run_in_dask_worker_processes(cluster):
+    workers = set(cluster.worker_pids())
+    pids = evaluate(where.product(x=[1, 2, 3, 4]), backend=cluster)
+    async_pid = evaluate(where_async(1), backend=cluster)
+    assert set(pids) | {async_pid} <= workers
+    assert CALLER_PID not in workers
+
+
+def test_plugin_state_is_filled_in_the_caller(cluster):
+    plugin = Recorder()
+    assert evaluate(total(double.product(x=[1, 2, 3])), backend=cluster, plugins=[plugin]) == 12
+    assert set(plugin.timings) == {"double[0]", "double[1]", "double[2]", "total"}
+    assert all(d >= 0 for d in plugin.timings.values())
+    assert plugin.results["double[2]"] == 6
+    assert plugin.places == {(CALLER_PID, threading.get_ident())}
+    for key in plugin.timings:  # before precedes after, and inputs finish first
+        assert plugin.order.index(("before", key)) < plugin.order.index(("after", key))
+        if key != "total":
+            assert plugin.order.index(("after", key)) < plugin.order.index(("before", "total"))
+
+
+def test_events_arrive_exactly_once_in_order_per_task(cluster, manager):
+    plugin = Recorder()
+    plugin.n = 150
+    plugin.gates = [manager.Event() for _ in range(3)]
+    future = chatty.zip(i=[0, 1, 2], gate=plugin.gates, n=plugin.n)
+    assert evaluate(future, backend=cluster, plugins=[plugin]) == [True, True, True]
+    assert plugin.seq == {i: list(range(2 * plugin.n)) for i in range(3)}
+
+
+def test_unpicklable_event_is_dropped_with_a_warning(cluster, caplog):
+    @task
+    def odd() -> int:
+        get_reporter().report("odd", {"f": lambda: 1})
+        get_reporter().report("fine", {"x": 1})
+        return 1
+
+    seen = []
+
+    class Plugin:
+        def register_event_handlers(self, registry):
+            registry.on("fine", seen.append)
+            registry.on("odd", seen.append)
+
+    assert evaluate(odd(), backend=cluster, plugins=[Plugin()]) == 1
+    assert [e["type"] for e in seen] == ["fine"]
+    assert "'odd'" in caplog.text
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+def test_task_error_names_the_task_and_keeps_the_cause(cluster):
+    plugin = Recorder()
+    with pytest.raises(TaskError, match=r"task 'explode' \(key 'explode'\)") as info:
+        evaluate(explode(7), backend=cluster, plugins=[plugin])
+    err = info.value
+    assert (err.task_name, err.key) == ("explode", "explode")
+    assert isinstance(err.error, ValueError) and str(err.error) == "boom 7"
+    assert err.__cause__ is err.error
+    remote = str(err.error.__cause__)  # the traceback as the worker saw it
+    assert "in explode" in remote and "ValueError: boom 7" in remote
+    assert [type(e) for e in plugin.errors] == [ValueError]
+
+
+def test_retries_rerun_a_failing_task(cluster, tmp_path):
+    plugin = Recorder()
+    future = flaky.with_options(retries=2)(str(tmp_path))
+    assert evaluate(future, backend=cluster, plugins=[plugin]) == 2
+    assert plugin.retries == [2, 3]
+
+
+def test_retries_exhausted_raise_task_error(cluster, tmp_path):
+    with pytest.raises(TaskError, match="attempt 1 fails"):
+        evaluate(flaky.with_options(retries=1)(str(tmp_path)), backend=cluster)
+
+
+def test_timeout_raises_task_timeout_error(cluster, manager):
+    gate = manager.Event()
+    try:
+        with pytest.raises(TaskTimeoutError, match="'stuck'") as info:
+            evaluate(stuck(gate), backend=cluster)
+        assert isinstance(info.value.error, TimeoutError)
+    finally:
+        gate.set()  # the abandoned worker thread returns
+    assert evaluate(double(4), backend=cluster) == 8
+
+
+def test_worker_death_raises_worker_lost_error(cluster):
+    plugin = Recorder()
+    with pytest.raises(WorkerLostError, match=r"task 'die' \(key 'die'\) lost its worker") as info:
+        evaluate(die(), backend=cluster, plugins=[plugin])
+    assert info.value.task_name == "die"
+    assert [type(e) for e in plugin.errors] == [WorkerLostError]
+    assert evaluate(total(double.product(x=[1, 2])), backend=cluster) == 6  # cluster recovers
+
+
+def test_worker_death_is_retried(cluster, tmp_path):
+    plugin = Recorder()
+    result = evaluate(die_once(str(tmp_path / "died")), backend=cluster, plugins=[plugin])
+    assert result == "survived"
+    assert plugin.retries == [2]
+
+
+# -- data locality -----------------------------------------------------------------------
+
+
+def test_big_intermediate_results_stay_on_the_cluster(cluster):
+    plugin = Recorder()
+    UNPICKLED.clear()
+    assert evaluate(blob_size(make_blob(BIG)), backend=cluster, plugins=[plugin]) == BIG
+    assert UNPICKLED == []  # the 50 MB payload never reached this process
+    stand_in = plugin.results["make_blob"]
+    assert isinstance(stand_in, RemoteResult)
+    assert stand_in.nbytes >= BIG and stand_in.type_name.endswith(".Blob")
+    # Positive control: fetching it for real is seen by the counter.
+    assert stand_in.result() == b"x" * BIG
+    assert UNPICKLED == [BIG]
+
+
+def test_final_big_results_are_materialized(cluster):
+    UNPICKLED.clear()
+    blobs = evaluate(make_blob.product(n=[2 << 20, 3 << 20]), backend=cluster)
+    assert [type(b) for b in blobs] == [Blob, Blob]
+    assert [len(b) for b in blobs] == [2 << 20, 3 << 20]
+    assert sorted(UNPICKLED) == [2 << 20, 3 << 20]
+
+
+def test_stand_ins_in_lists_reach_downstream_tasks(cluster):
+    UNPICKLED.clear()
+    future = make_blob.product(n=[2 << 20, 10, 3 << 20]).join(sizes)
+    assert evaluate(future, backend=cluster) == [2 << 20, 10, 3 << 20]
+    assert UNPICKLED == [10]  # only the small one came back
+
+
+def test_small_results_reach_hooks_as_values(cluster):
+    plugin = Recorder()
+    evaluate(make_blob(1000), backend=cluster, plugins=[plugin])
+    assert plugin.results["make_blob"] == b"x" * 1000
+
+
+def test_remote_result_copy_is_detached():
+    copy = pickle.loads(pickle.dumps(RemoteResult("k-1", 3, 10, "builtins.bytes")))
+    assert (copy.key, copy.token, copy.nbytes, copy.type_name) == ("k-1", 3, 10, "builtins.bytes")
+    with pytest.raises(BackendError, match="not attached"):
+        copy.result()
+
+
+# -- connecting to a cluster -------------------------------------------------------------
+
+
+def test_address_from_environment_connects_without_owning_the_cluster(cluster, monkeypatch):
+    address = cluster.client.scheduler.address
+    monkeypatch.setenv("DAGLITE_DASK_ADDRESS", address)
+    backend = DaskBackend()
+    assert backend.address == address
+    with backend:
+        assert evaluate(double(21), backend=backend) == 42
+        assert backend.max_workers in (1, 2)  # a worker may be restarting
+    assert cluster.client.status == "running"
+    assert evaluate(double(2), backend=cluster) == 4
+
+
+def test_existing_client_is_used_and_left_open(cluster):
+    backend = DaskBackend(client=cluster.client)
+    with backend:
+        assert evaluate(total(double.product(x=[1, 2])), backend=backend) == 6
+        assert backend.client is cluster.client
+    assert cluster.client.status == "running"
+
+
+def test_backend_options_are_checked():
+    with pytest.raises(ValueError, match="max_workers must be greater than 0, got 0"):
+        DaskBackend(max_workers=0)
+    with pytest.raises(ValueError, match="not both"):
+        DaskBackend(address="tcp://127.0.0.1:1", client=object())
+
+
+def test_registry_name_gives_a_shared_dask_backend():
+    backend = get_backend("dask")
+    assert isinstance(backend, DaskBackend)
+    assert get_backend("dask") is backend
+    assert backend.max_batch == 1
+
+
+# -- optional dependency -----------------------------------------------------------------
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_missing_distributed_raises_backend_error_with_install_hint():
+    proc = _run_python(
+        """
+        import sys
+        sys.modules["distributed"] = None
+        from daglite import evaluate, task
+        from daglite.exceptions import BackendError
+
+        @task
+        def one() -> int:
+            return 1
+
+        try:
+            evaluate(one(), backend="dask")
+        except BackendError as exc:
+            print(str(exc))
+            print(exc.__cause__ is None, exc.__suppress_context__)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "the 'dask' backend needs the 'distributed' package; install it with "
+        "`pip install daglite[dask]`",
+        "True True",
+    ]
+
+
+def test_importing_daglite_does_not_import_distributed():
+    proc = _run_python(
+        """
+        import sys
+        import daglite, daglite.backends, daglite.engine
+        print("distributed" in sys.modules, "dask" in sys.modules)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False False"
