@@ -394,13 +394,19 @@ def markdown(
     goals: list[dict[str, Any]],
 ) -> str:
     used = [s for s in wl.SYSTEMS if any(r["values"].get(s) is not None for r in rows)]
-    used = [s for s in wl.SYSTEMS if s in used or any(cases.get((r["workload"], s, r["mode"])) for r in rows)]
+    used = [
+        s
+        for s in wl.SYSTEMS
+        if s in used or any(cases.get((r["workload"], s, r["mode"])) for r in rows)
+    ]
     head = ["workload", "mode", "unit", *(COLUMNS[s] for s in used), "daglite/best peer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["workload"], r["mode"], r["unit"] + (" ↑" if r["higher_is_better"] else " ↓")]
         for s in used:
-            cells.append(_fmt(r["workload"], r["values"].get(s), cases.get((r["workload"], s, r["mode"]))))
+            cells.append(
+                _fmt(r["workload"], r["values"].get(s), cases.get((r["workload"], s, r["mode"])))
+            )
         ratio = r["ratio"]
         cells.append("—" if ratio is None else f"{ratio:.2f} (vs {COLUMNS[r['best_peer']]})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -451,13 +457,25 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (smoke check)")
-    parser.add_argument("--only", action="append", choices=wl.WORKLOADS, help="run only this workload (repeatable)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per case (default 3, quick 1)")
-    parser.add_argument("--scale", type=float, default=None, help="size factor (default 1, quick 0.05)")
-    parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per case run (default 600, quick 120)")
+    parser.add_argument(
+        "--only", action="append", choices=wl.WORKLOADS, help="run only this workload (repeatable)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per case (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--scale", type=float, default=None, help="size factor (default 1, quick 0.05)"
+    )
+    parser.add_argument(
+        "--json", dest="json_path", default=None, help="also write the results as JSON here"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds per case run (default 600, quick 120)"
+    )
     args = parser.parse_args(argv)
     scale = args.scale if args.scale is not None else (0.05 if args.quick else 1.0)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
@@ -473,7 +491,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     cases: dict[tuple[str, str, str], dict[str, Any]] = {}
     t_start = time.perf_counter()
-    for key in sorted(wl.CASES, key=lambda k: (wl.WORKLOADS.index(k[0]), wl.MODES[k[0]].index(k[2]), wl.SYSTEMS.index(k[1]))):
+    for key in sorted(
+        wl.CASES,
+        key=lambda k: (
+            wl.WORKLOADS.index(k[0]),
+            wl.MODES[k[0]].index(k[2]),
+            wl.SYSTEMS.index(k[1]),
+        ),
+    ):
         if key[0] not in chosen:
             continue
         size, param = plan[key[0]]
@@ -481,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         case = run_case(key, size, param, repeats, timeout)
         cases[key] = case
         status = case["status"] if case["status"] != "ok" else f"{case['median']:.4f} s"
-        print(f"  {'/'.join(key):32s} {status}  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(
+            f"  {'/'.join(key):32s} {status}  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr
+        )
     rows = build_rows(cases)
     goals = targets(cases)
     info["wall_seconds"] = time.perf_counter() - t_start

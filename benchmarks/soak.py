@@ -104,13 +104,16 @@ def soak(name: str, calls: int, rss_limit_mb: float) -> bool:
                 )
         pids_before = set(getattr(backend, "worker_pids", lambda: [])())
     first = first or last
-    left = [p for p in pids_before if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    left = [
+        p for p in pids_before if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+    ]
     others = [f"{c.pid}:{_describe(c)}" for c in me.children(recursive=True)]
     checks = {
         f"RSS growth {last['rss_mb'] - first['rss_mb']:+.1f} MB <= {rss_limit_mb} MB": (
             last["rss_mb"] - first["rss_mb"] <= rss_limit_mb
         ),
-        f"fds {first['fds']:.0f} -> {last['fds']:.0f} (within 2)": abs(last["fds"] - first["fds"]) <= 2,
+        f"fds {first['fds']:.0f} -> {last['fds']:.0f} (within 2)": abs(last["fds"] - first["fds"])
+        <= 2,
         f"threads {first['threads']:.0f} -> {last['threads']:.0f} (within 2)": (
             abs(last["threads"] - first["threads"]) <= 2
         ),
@@ -143,7 +146,9 @@ def _describe(proc: psutil.Process) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=1000, help="evaluate calls per backend")
     parser.add_argument(
         "--backend",
@@ -154,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-mb", type=float, default=10.0, help="allowed RSS growth in MB")
     args = parser.parse_args(argv)
     print(f"daglite soak: pid {os.getpid()}, python {sys.version.split()[0]}")
-    results = {name: soak(name, args.calls, args.rss_mb) for name in args.backend or ("inline", "threads", "processes")}
-    print("\nsummary: " + ", ".join(f"{n}={'FLAT' if ok else 'NOT FLAT'}" for n, ok in results.items()))
+    results = {
+        name: soak(name, args.calls, args.rss_mb)
+        for name in args.backend or ("inline", "threads", "processes")
+    }
+    print(
+        "\nsummary: "
+        + ", ".join(f"{n}={'FLAT' if ok else 'NOT FLAT'}" for n, ok in results.items())
+    )
     return 0 if all(results.values()) else 1
 
 

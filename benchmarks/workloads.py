@@ -24,7 +24,6 @@ import functools
 import gc
 import inspect
 import multiprocessing
-import os
 import queue
 import time
 import tracemalloc
@@ -402,7 +401,9 @@ def _pool_mapped(size: int, param: int, mode: str, system: str = "cf") -> Timing
             measured, result = _clock(lambda: total(list(map(inc, range(size)))))
         else:
             chunk = _chunksize(size)
-            measured, result = _clock(lambda: total(list(pool.map(inc, range(size), chunksize=chunk))))
+            measured, result = _clock(
+                lambda: total(list(pool.map(inc, range(size), chunksize=chunk)))
+            )
     return Timing(measured, startup, result)
 
 
@@ -428,7 +429,9 @@ def _pool_cpu(size: int, param: int, mode: str, system: str = "cf") -> Timing:
             measured, result = _clock(lambda: total([spin(i, param) for i in range(size)]))
         else:
             measured, result = _clock(
-                lambda: total([f.result() for f in [pool.submit(spin, i, param) for i in range(size)]])
+                lambda: total(
+                    [f.result() for f in [pool.submit(spin, i, param) for i in range(size)]]
+                )
             )
     return Timing(measured, startup, result)
 

@@ -45,7 +45,7 @@ class _Call:
         func: Callable[..., Any],
         kwargs: dict[str, Any],
         timeout: float | None,
-        style: tuple[tuple[str, ...], str | None] | None,
+        style: tuple[tuple[str, ...], str | None, str | None] | None,
     ) -> None:
         self.token = token
         self.name = name
@@ -53,7 +53,7 @@ class _Call:
         self.func = func
         self.kwargs = kwargs
         self.timeout = timeout
-        # None: call func(**kwargs). Else (positional-only names, *args name).
+        # None: call func(**kwargs). Else (positional-only names, *args name, **kwargs name).
         self.style = style
 
 
@@ -302,12 +302,13 @@ def _loads_calls(payload: bytes) -> list[_Call]:
 def _invoke(call: _Call) -> Any:
     if call.style is None:
         return call.func(**call.kwargs)
-    positional_only, var_positional = call.style
+    positional_only, var_positional, var_keyword = call.style
     kwargs = dict(call.kwargs)
     args = [kwargs.pop(n) for n in positional_only]
     if var_positional is not None:
         args.extend(kwargs.pop(var_positional, ()))
-    return call.func(*args, **kwargs)
+    extra = kwargs.pop(var_keyword, {}) if var_keyword is not None else {}
+    return call.func(*args, **kwargs, **extra)
 
 
 def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:

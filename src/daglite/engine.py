@@ -118,9 +118,8 @@ class _Unit:
         self.future: Future[Any] | None = None
 
 
-def _call_style(task: Task[Any, Any]) -> tuple[tuple[str, ...], str | None] | None:
-    sig = task._sig
-    return None if sig.is_plain else (sig.positional_only, sig.var_positional)
+def _call_style(task: Task[Any, Any]) -> tuple[tuple[str, ...], str | None, str | None] | None:
+    return task._sig.call_style
 
 
 @final
@@ -879,6 +878,56 @@ def evaluate(
     return rebuild(run.execute())
 
 
+@overload
+async def evaluate_async(
+    future: TaskFuture[T],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> T: ...
+@overload
+async def evaluate_async(
+    future: tuple[TaskFuture[T1], TaskFuture[T2]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> tuple[T1, T2]: ...
+@overload
+async def evaluate_async(
+    future: tuple[TaskFuture[T1], TaskFuture[T2], TaskFuture[T3]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> tuple[T1, T2, T3]: ...
+@overload
+async def evaluate_async(
+    future: list[TaskFuture[T]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> list[T]: ...
+@overload
+async def evaluate_async(
+    future: dict[K, TaskFuture[T]],
+    *,
+    backend: str | Backend | None = None,
+    plugins: Iterable[object] | None = None,
+    progress: bool = False,
+    on_error: OnError = "raise",
+    **backend_options: Any,
+) -> dict[K, T]: ...
 async def evaluate_async(
     future: Any,
     *,

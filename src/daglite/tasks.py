@@ -20,6 +20,7 @@ __all__ = ["Task", "TaskFuture", "task"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 _MapMode = Literal["product", "zip"]
 _OPTION_NAMES = frozenset({"name", "description", "backend", "retries", "timeout"})
@@ -79,8 +80,15 @@ class _Signature:
 
     @property
     def is_plain(self) -> bool:
-        """True when every parameter can be passed by keyword."""
-        return not self.positional_only and self.var_positional is None
+        """True when ``func(**bound)`` is a correct call (no /, *args or **kwargs)."""
+        return not self.positional_only and self.var_positional is None and not self.var_keyword
+
+    @property
+    def call_style(self) -> tuple[tuple[str, ...], str | None, str | None] | None:
+        """How to call the function with bound arguments; None for ``func(**bound)``."""
+        if self.is_plain:
+            return None
+        return (self.positional_only, self.var_positional, self.var_keyword)
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -198,7 +206,7 @@ class Task(Generic[P, R]):
             raise TypeError(
                 f"task {self.name!r}: parameter {name!r} is already fixed by .partial()"
             )
-        if name not in sig.keyword_ok and sig.var_keyword is None:
+        if name not in sig.keyword_ok and (sig.var_keyword is None or name == sig.var_keyword):
             if name in sig.positional_only:
                 raise TypeError(
                     f"task {self.name!r}: parameter {name!r} is positional-only; "
@@ -209,12 +217,17 @@ class Task(Generic[P, R]):
             )
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Bind call arguments to parameter names, defaults included."""
+        """Bind call arguments to parameter names, defaults included.
+
+        Like ``inspect.BoundArguments.arguments``: ``*args`` are bound as a tuple
+        under their parameter's name, extra keywords as a dict under ``**``'s name.
+        """
         sig = self._sig
         fixed = self.fixed
         bound = dict(sig.defaults)
-        if fixed:
-            bound.update(fixed)
+        extras: dict[str, Any] = {}
+        for name, value in fixed.items():
+            (bound if name in sig.params else extras)[name] = value
         positional_names: Iterable[str] = ()
         if args:
             free = [n for n in sig.positional if n not in fixed] if fixed else sig.positional
@@ -231,12 +244,17 @@ class Task(Generic[P, R]):
         for name, value in kwargs.items():
             if name in fixed or name not in sig.keyword_ok:
                 self._check_keyword(name)
+                if name not in sig.keyword_ok:  # accepted by **kwargs
+                    extras[name] = value
+                    continue
             if name in positional_names:
                 raise TypeError(f"task {self.name!r} got multiple values for parameter {name!r}")
             bound[name] = value
         for name in sig.required:
             if name not in bound:
                 raise TypeError(f"task {self.name!r} is missing required parameter {name!r}")
+        if sig.var_keyword is not None and (extras or sig.var_keyword not in bound):
+            bound[sig.var_keyword] = extras
         return bound
 
     def __call__(self, *args: Any, **kwargs: Any) -> TaskFuture[R]:
@@ -302,7 +320,7 @@ def _check_zip_lengths(task_name: str, iterated: Mapping[str, Any]) -> None:
         raise GraphError(f"task {task_name!r}: zip() needs sequences of equal length, got {shown}")
 
 
-class TaskFuture(Generic[T]):
+class TaskFuture(Generic[T_co]):
     """A lazy result: one call of a task, or a fan-out of calls (a list future).
 
     Nothing runs until ``evaluate``. A future passed as an argument to another

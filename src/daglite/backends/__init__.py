@@ -122,7 +122,7 @@ def canonical_name(name: str) -> str:
             close = difflib.get_close_matches(name, list(_registry) + list(_ALIASES), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise BackendError(
-                f"unknown backend {name!r}{hint} Available: {', '.join(available_backends())}"
+                f"unknown backend {name!r}{hint} (available: {', '.join(available_backends())})"
             )
         return real
 

@@ -1,0 +1,210 @@
+"""The dask backend against a real cluster: a scheduler and two workers started as processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+pytest.importorskip("distributed")
+
+from daglite import TaskError, evaluate, task
+from daglite.backends.dask import DaskBackend
+from daglite.plugins.hooks import hook_impl
+from daglite.plugins.reporters import get_reporter
+
+LOOPBACK = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def _dask(*args: str, log) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("DAGLITE_DASK_ADDRESS", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dask", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    """``proc`` and its descendants (a worker's nanny runs the worker as a child)."""
+    try:
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop(procs: list[subprocess.Popen]) -> list[psutil.Process]:
+    """Terminate, then kill after a bounded wait; return what is still alive."""
+    tree = [p for proc in procs for p in _tree(proc)]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    for p in alive:
+        p.kill()
+    _, alive = psutil.wait_procs(alive, timeout=10)
+    for proc in procs:
+        proc.wait(timeout=10)
+    return alive
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory):
+    """A scheduler and two single-threaded workers on loopback, as separate processes."""
+    tmp = tmp_path_factory.mktemp("dask-cluster")
+    log = open(tmp / "cluster.log", "w")
+    port = _free_port()
+    address = f"tcp://{LOOPBACK}:{port}"
+    scheduler = _dask(
+        "scheduler",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--no-dashboard",
+        "--dashboard-address",
+        f"{LOOPBACK}:{_free_port()}",
+        log=log,
+    )
+    procs = [scheduler]
+    try:
+        for _ in range(2):
+            procs.append(
+                _dask(
+                    "worker",
+                    address,
+                    "--host",
+                    LOOPBACK,
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--death-timeout",
+                    "60",
+                    "--local-directory",
+                    str(tmp),
+                    log=log,
+                )
+            )
+        yield address, procs
+    finally:
+        left = _stop(procs)
+        log.close()
+        assert not left, f"cluster processes left behind: {left}"
+        assert all(p.poll() is not None for p in procs)
+
+
+@task
+def where(x: int) -> int:
+    get_reporter().report("ran", {"x": x})
+    return os.getpid()
+
+
+@task
+def count(pids: list[int]) -> int:
+    return len(pids)
+
+
+@task
+def fail(x: int) -> int:
+    raise KeyError(x)
+
+
+class Timings:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.events: list[int] = []
+        self.places: set[tuple[int, int]] = set()
+
+    def register_event_handlers(self, registry) -> None:
+        registry.on("ran", lambda e: self.events.append(e["x"]))
+
+    @hook_impl
+    def after_node_execute(self, key, duration) -> None:
+        self.places.add((os.getpid(), threading.get_ident()))
+        self.timings[key] = duration
+
+
+def _worker_pids(procs: list[subprocess.Popen]) -> set[int]:
+    return {p.pid for proc in procs[1:] for p in _tree(proc)}
+
+
+def test_dag_runs_on_the_cluster_workers_and_plugins_fill_in_the_caller(real_cluster):
+    address, procs = real_cluster
+    plugin = Timings()
+    backend = DaskBackend(address=address)
+    with backend:
+        backend.client.wait_for_workers(2, timeout=60)
+        mapped = where.product(x=[1, 2, 3, 4, 5, 6])
+        pids, n = evaluate((mapped, mapped.join(count)), backend=backend, plugins=[plugin])
+        with pytest.raises(TaskError, match=r"task 'fail' \(key 'fail'\) failed: KeyError"):
+            evaluate(fail(3), backend=backend)
+    assert n == 6
+    workers = _worker_pids(procs)
+    assert set(pids) <= workers and os.getpid() not in workers
+    assert set(plugin.timings) == {f"where[{i}]" for i in range(6)} | {"count"}
+    assert sorted(plugin.events) == [1, 2, 3, 4, 5, 6]
+    assert plugin.places == {(os.getpid(), threading.get_ident())}
+    # daglite did not own this cluster: it is still running.
+    assert all(proc.poll() is None for proc in procs)
+
+
+def test_address_from_environment(real_cluster, monkeypatch):
+    address, procs = real_cluster
+    monkeypatch.setenv("DAGLITE_DASK_ADDRESS", address)
+    with DaskBackend() as backend:
+        assert backend.address == address
+        pid = evaluate(where(1), backend=backend)
+    assert pid in _worker_pids(procs)
+    assert all(proc.poll() is None for proc in procs)
+
+
+def test_stopping_the_cluster_leaves_no_process(tmp_path):
+    port = _free_port()
+    with open(tmp_path / "log", "w") as log:
+        scheduler = _dask(
+            "scheduler",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--no-dashboard",
+            "--dashboard-address",
+            f"{LOOPBACK}:{_free_port()}",
+            log=log,
+        )
+        worker = _dask(
+            "worker",
+            f"tcp://{LOOPBACK}:{port}",
+            "--host",
+            LOOPBACK,
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--local-directory",
+            str(tmp_path),
+            log=log,
+        )
+        with DaskBackend(address=f"tcp://{LOOPBACK}:{port}") as backend:
+            backend.client.wait_for_workers(1, timeout=60)
+            assert evaluate(where(1), backend=backend) in _worker_pids([scheduler, worker])
+            tree = _tree(scheduler) + _tree(worker)
+        assert _stop([scheduler, worker]) == []
+    deadline = time.monotonic() + 30
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree):
+        assert time.monotonic() < deadline, "processes left behind"
+        time.sleep(0.1)  # bounded poll for process exit, not synchronisation

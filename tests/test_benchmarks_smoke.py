@@ -1,0 +1,74 @@
+"""The benchmark scripts must keep running and keep verifying their results.
+
+These tests never judge speed: they run ``benchmarks/run.py --quick`` on tiny
+sizes and ``benchmarks/soak.py`` on a few calls, and check that every case
+computed the right answer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+WORKLOADS = {"fanout", "mapped", "chain", "cpu", "events", "build", "data"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_run_verifies_every_case(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--quick",
+            "--scale",
+            "0.01",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert out.exists(), proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    failed = [
+        (c["workload"], c["system"], c["mode"], c.get("error"))
+        for c in report["cases"]
+        if c["status"] == "FAILED"
+    ]
+    assert failed == [], proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert {c["workload"] for c in report["cases"]} == WORKLOADS
+    ran = [c for c in report["cases"] if c["status"] == "ok"]
+    assert all(c["verified"] for c in ran)
+    # Every daglite case outside the optional dask backend ran and was verified.
+    daglite = {(c["workload"], c["mode"]) for c in ran if c["system"] == "daglite"}
+    for workload in WORKLOADS:
+        assert any(w == workload for w, _ in daglite), workload
+    assert ("fanout", "processes") in daglite
+    assert "| workload | mode |" in proc.stdout
+    assert len(report["targets"]) >= 10
+
+
+@pytest.mark.timeout(300)
+def test_soak_stays_flat_on_a_few_calls():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "soak.py"), "--calls", "20"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "summary: inline=FLAT, threads=FLAT, processes=FLAT" in proc.stdout
