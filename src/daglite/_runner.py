@@ -185,26 +185,49 @@ class _Job:
     def tokens(self) -> list[int]:
         return [c.token for c in self.calls]
 
-    def __call__(self) -> list[Outcome]:
+    def __call__(self) -> tuple[list[Outcome], list[int]]:
+        """Run the calls in order.
+
+        Returns:
+            The outcomes, and the tokens of calls whose outcome was already sent
+            home through the reporter channel: once a batch has run longer than
+            ``FLUSH_INTERVAL``, each finished call is sent at once, so its
+            ``after_node_execute`` and its dependents do not wait for the batch.
+        """
         home = self.home
         direct = home.on_engine_thread()
         local = home.local()
         if not local:
             log_bridge.forward_worker_logs(home.log_level)
-        outcomes = []
-        for call in self.calls:
+        outcomes: list[Outcome] = []
+        sent_early: list[int] = []
+        started = time.monotonic()
+        last = len(self.calls) - 1
+        for i, call in enumerate(self.calls):
             if local and home.abort:
                 break
             if isinstance(call, _Poisoned):
-                outcomes.append(
-                    Outcome(call.token, False, ArgumentsNotPicklableError(call.message), 0.0, [], 0)
-                )
+                error = ArgumentsNotPicklableError(call.message)
+                outcome = Outcome(call.token, False, error, 0.0, [], 0)
             else:
-                outcomes.append(_run_call(home, call, direct))
-        return outcomes
+                outcome = _run_call(home, call, direct)
+            if i < last and not direct and time.monotonic() - started >= reporters.FLUSH_INTERVAL:
+                if _send_outcome(home, outcome):
+                    sent_early.append(outcome.token)
+                    continue
+            outcomes.append(outcome)
+        return outcomes, sent_early
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_load_job, (self.home, _dumps_calls(self.calls)))
+
+
+def _send_outcome(home: _Home, outcome: Outcome) -> bool:
+    try:
+        home.send(("outcome", outcome))
+    except Exception:  # the channel is gone: the outcome goes with the job's result
+        return False
+    return True
 
 
 def _load_job(home: _Home, payload: bytes) -> _Job:

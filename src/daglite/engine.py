@@ -77,6 +77,7 @@ class _Unit:
 
     __slots__ = (
         "attempt",
+        "awaited",
         "backend",
         "delivered",
         "elem",
@@ -115,6 +116,7 @@ class _Unit:
         self.started = False
         self.delivered = 0
         self.parked: Any = None
+        self.awaited = False
         self.future: Future[Any] | None = None
 
 
@@ -164,6 +166,7 @@ class _Run:
         self.failure: BaseException | None = None
         self.aborting = False
         self.parked = 0
+        self.awaited = 0
         self.engine_thread = 0
         self._has_before = hooks.has("before_node_execute")
         self._has_after = hooks.has("after_node_execute")
@@ -201,6 +204,8 @@ class _Run:
                 unit.parked = None
                 self.parked -= 1
                 self._finish_unit(unit, parked)
+        elif kind == "outcome":
+            self._outcome(message[1])
         elif kind == "cancel":
             raise asyncio.CancelledError()
         else:  # pragma: no cover - a bug, never user input
@@ -418,17 +423,15 @@ class _Run:
             return
         exc = future.exception()
         if exc is None:
-            outcomes = future.result()
+            outcomes, sent_early = future.result()
             for outcome in outcomes:
-                unit = self.units.get(outcome.token)
-                if unit is None:
-                    continue
-                if outcome.sent > unit.delivered:
-                    unit.parked = outcome  # its flushed events are still on the way
-                    self.parked += 1
-                else:
-                    self._finish_unit(unit, outcome)
-            done = {o.token for o in outcomes}
+                self._outcome(outcome)
+            for token in sent_early:  # their outcome may still be on the channel
+                unit = self.units.get(token)
+                if unit is not None and not unit.awaited:
+                    unit.awaited = True
+                    self.awaited += 1
+            done = {o.token for o in outcomes}.union(sent_early)
             for unit in units:  # calls skipped because the run is aborting
                 if unit is not None and unit.token not in done:
                     self.units.pop(unit.token, None)
@@ -460,6 +463,20 @@ class _Run:
                 self._requeue(unit)
             else:
                 self._attempt_failed(unit, exc, 0.0, False)
+
+    def _outcome(self, outcome: Any) -> None:
+        """A call finished (reported with its job, or early on the channel)."""
+        unit = self.units.get(outcome.token)
+        if unit is None:
+            return
+        if unit.awaited:
+            unit.awaited = False
+            self.awaited -= 1
+        if outcome.sent > unit.delivered:
+            unit.parked = outcome  # its flushed events are still on the way
+            self.parked += 1
+        else:
+            self._finish_unit(unit, outcome)
 
     def _requeue(self, unit: _Unit) -> None:
         entry = self.pending.get(id(unit.backend))
@@ -642,7 +659,7 @@ class _Run:
         wait = self.queue.get  # blocks; Ctrl-C still interrupts it on the main thread
         while True:
             self._submit_pending()
-            if not self.in_flight and not self.pending and not self.parked:
+            if not (self.in_flight or self.pending or self.parked or self.awaited):
                 break
             handle(wait())
             while True:
