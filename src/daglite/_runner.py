@@ -171,6 +171,14 @@ def _dumps_error(exc: BaseException) -> tuple[bytes, str]:
         return pickle.dumps(stand_in, protocol=_PICKLE_PROTOCOL), tb
 
 
+class Outcomes(list[Outcome]):
+    """What a job returns: its outcomes, plus the tokens already sent home early."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_early: list[int] = []
+
+
 @final
 class _Job:
     """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
@@ -185,22 +193,22 @@ class _Job:
     def tokens(self) -> list[int]:
         return [c.token for c in self.calls]
 
-    def __call__(self) -> tuple[list[Outcome], list[int]]:
+    def __call__(self) -> Outcomes:
         """Run the calls in order.
 
         Returns:
-            The outcomes, and the tokens of calls whose outcome was already sent
-            home through the reporter channel: once a batch has run longer than
-            ``FLUSH_INTERVAL``, each finished call is sent at once, so its
-            ``after_node_execute`` and its dependents do not wait for the batch.
+            The outcomes. Once a batch has run longer than ``FLUSH_INTERVAL``,
+            each finished call is sent home at once through the reporter
+            channel, so its ``after_node_execute`` and its dependents do not
+            wait for the batch; those tokens are listed in ``.sent_early``.
         """
         home = self.home
         direct = home.on_engine_thread()
         local = home.local()
         if not local:
             log_bridge.forward_worker_logs(home.log_level)
-        outcomes: list[Outcome] = []
-        sent_early: list[int] = []
+        outcomes = Outcomes()
+        sent_early = outcomes.sent_early
         started = time.monotonic()
         last = len(self.calls) - 1
         for i, call in enumerate(self.calls):
@@ -216,7 +224,7 @@ class _Job:
                     sent_early.append(outcome.token)
                     continue
             outcomes.append(outcome)
-        return outcomes, sent_early
+        return outcomes
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_load_job, (self.home, _dumps_calls(self.calls)))

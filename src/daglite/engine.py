@@ -423,7 +423,8 @@ class _Run:
             return
         exc = future.exception()
         if exc is None:
-            outcomes, sent_early = future.result()
+            outcomes = future.result()
+            sent_early = getattr(outcomes, "sent_early", ())
             for outcome in outcomes:
                 self._outcome(outcome)
             for token in sent_early:  # their outcome may still be on the channel

@@ -347,6 +347,11 @@ def test_stand_ins_in_lists_reach_downstream_tasks(cluster):
     assert UNPICKLED == [10]  # only the small one came back
 
 
+def test_big_inputs_from_the_caller_reach_the_task(cluster):
+    payload = Blob(b"y" * (12 << 20))  # over Dask's large-graph warning threshold
+    assert evaluate(blob_size(payload), backend=cluster) == 12 << 20
+
+
 def test_small_results_reach_hooks_as_values(cluster):
     plugin = Recorder()
     evaluate(make_blob(1000), backend=cluster, plugins=[plugin])

@@ -396,7 +396,11 @@ class DaskBackend(Backend):
         if not isinstance(fn, _Job):
             return self._watch(client.submit(fn, *args, pure=False, **kwargs), 0)
         kept = self._kept_inputs(fn)
-        payload = pickle.dumps(fn, protocol=_PICKLE_PROTOCOL)
+        payload: Any = pickle.dumps(fn, protocol=_PICKLE_PROTOCOL)
+        if len(payload) > self.remote_threshold:
+            # Big inputs from the caller go straight to a worker, not into the graph
+            # the scheduler receives (and Dask's "large graph" warning).
+            payload = client.scatter(payload, hash=False)
         name = fn.calls[0].name if fn.calls else "daglite"
         dfut = client.submit(
             _run_job,
