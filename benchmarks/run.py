@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=None, help="runs per case (default 3, quick 1)"
     )
     parser.add_argument(
-        "--scale", type=float, default=None, help="size factor (default 1, quick 0.05)"
+        "--scale", type=float, default=None, help="size factor (default 1, quick 0.02)"
     )
     parser.add_argument(
         "--json", dest="json_path", default=None, help="also write the results as JSON here"
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=None, help="seconds per case run (default 600, quick 120)"
     )
     args = parser.parse_args(argv)
-    scale = args.scale if args.scale is not None else (0.05 if args.quick else 1.0)
+    scale = args.scale if args.scale is not None else (0.02 if args.quick else 1.0)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     timeout = args.timeout if args.timeout is not None else (120.0 if args.quick else 600.0)
     chosen = args.only or list(wl.WORKLOADS)

@@ -172,11 +172,46 @@ def _dumps_error(exc: BaseException) -> tuple[bytes, str]:
 
 
 class Outcomes(list[Outcome]):
-    """What a job returns: its outcomes, plus the tokens already sent home early."""
+    """What a job returns: its outcomes, plus the tokens already sent home early.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Pickled in one go (one C-level ``pickle.dumps`` for the whole batch); if
+    anything in it needs more than plain pickle, each outcome pickles itself
+    (cloudpickle, unpicklable results and events handled one by one).
+    """
+
+    def __init__(self, items: list[Outcome] | None = None) -> None:
+        super().__init__(items or ())
         self.sent_early: list[int] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        try:
+            rows = [_fast_row(o) for o in self]
+            payload = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+        except Exception:
+            return (_load_outcomes, (None, list(self), self.sent_early))
+        return (_load_outcomes, (payload, None, self.sent_early))
+
+
+def _fast_row(o: Outcome) -> tuple[Any, ...]:
+    if o.ok:
+        return (o.token, True, o.value, "", o.duration, o.events, o.sent, o.timed_out)
+    tb = "".join(traceback.format_exception(type(o.value), o.value, o.value.__traceback__))
+    return (o.token, False, o.value, f'\n"""\n{tb}"""', o.duration, o.events, o.sent, o.timed_out)
+
+
+def _load_outcomes(
+    payload: bytes | None, fallback: list[Outcome] | None, sent_early: list[int]
+) -> Outcomes:
+    if payload is None:
+        out = Outcomes(fallback)
+    else:
+        out = Outcomes()
+        for token, ok, value, tb, duration, events, sent, timed_out in pickle.loads(payload):
+            if tb:
+                value.__cause__ = RemoteTraceback(tb)
+            out.append(Outcome(token, ok, value, duration, events, sent, timed_out))
+    out.sent_early = sent_early
+    return out
 
 
 @final
@@ -219,10 +254,10 @@ class _Job:
                 outcome = Outcome(call.token, False, error, 0.0, [], 0)
             else:
                 outcome = _run_call(home, call, direct)
-            if i < last and not direct and time.monotonic() - started >= reporters.FLUSH_INTERVAL:
-                if _send_outcome(home, outcome):
-                    sent_early.append(outcome.token)
-                    continue
+            slow = time.monotonic() - started >= reporters.FLUSH_INTERVAL
+            if i < last and not direct and slow and _send_outcome(home, outcome):
+                sent_early.append(outcome.token)
+                continue
             outcomes.append(outcome)
         return outcomes
 
@@ -344,7 +379,8 @@ def _invoke(call: _Call) -> Any:
 
 def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
     ctx = _NodeContext(home, call.token, direct, call.name, call.key)
-    ctx.report(START_EVENT, {"pid": os.getpid()})
+    if home.wants_start:
+        ctx.report(START_EVENT)
     if not direct:
         reporters._flusher.add(ctx)
     reset = reporters._current.set(ctx)

@@ -186,6 +186,7 @@ class _Run:
         if home is None:
             transport = backend.event_transport(self._sink)
             home = _Home(str(self.run_id), self._sink, transport)
+            home.wants_start = self._has_before
             self.homes[id(backend)] = home
         return home
 
@@ -399,7 +400,9 @@ class _Run:
         backend.ensure_started()
         future = backend.submit(job)
         self.in_flight[id(job)] = future
-        future.add_done_callback(lambda f: self._sink(("done", job, f)))
+        # Always through the queue: a callback that runs at once (inline) must not
+        # call hooks inside add_done_callback, which would swallow their errors.
+        future.add_done_callback(lambda f: self.queue.put(("done", job, f)))
 
     def _served_from_cache(self, unit: _Unit) -> bool:
         found = self.hooks.first_result(
@@ -778,10 +781,6 @@ def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
     return backend_of
 
 
-def _backend_name(backend: Backend) -> str:
-    return type(backend).name
-
-
 def _prepare(
     future: Any,
     backend: str | Backend | None,
@@ -797,11 +796,15 @@ def _prepare(
     default = _resolve_backend(backend, options)
     pick = _backend_picker(default)
 
+    default_name = canonical_name(backend) if isinstance(backend, str) else default.name
+    if backend is None:
+        default_name = canonical_name(default_backend_name())
+
     def name_of(task: Task[Any, Any]) -> str:
         chosen = task.backend
         if isinstance(chosen, str):
             return canonical_name(chosen)
-        return _backend_name(chosen if isinstance(chosen, Backend) else default)
+        return chosen.name if isinstance(chosen, Backend) else default_name
 
     graph = build_graph(roots, name_of)
     extra = list(plugins or ())

@@ -146,7 +146,7 @@ class HookDispatcher:
             if impls:
                 # pluggy calls the last registered (and tryfirst) implementations first.
                 self._impls[name] = [
-                    (impl.plugin_name, impl.function, tuple(impl.argnames))
+                    (_display_name(impl), impl.function, tuple(impl.argnames))
                     for impl in reversed(impls)
                 ]
 
@@ -192,6 +192,12 @@ class HookDispatcher:
                     hook,
                     count,
                 )
+
+
+def _display_name(impl: Any) -> str:
+    """The plugin's registered name, or its class name when pluggy made one up."""
+    name = str(impl.plugin_name)
+    return type(impl.plugin).__qualname__ if name.isdigit() else name
 
 
 _cached: tuple[int, HookDispatcher] | None = None

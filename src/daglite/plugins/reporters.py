@@ -146,16 +146,28 @@ class _Flusher:
     """One daemon thread per process that sends long-running tasks' events home.
 
     It sleeps on a condition while no task runs, and wakes every
-    ``FLUSH_INTERVAL`` while some do.
+    ``FLUSH_INTERVAL`` while some do. Registering a task is a plain dict store
+    (atomic under the GIL); the lock is taken only to wake an idle flusher.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._running: dict[int, _NodeContext] = {}
+        self._idle = True
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
     def add(self, ctx: _NodeContext) -> None:
+        self._running[id(ctx)] = ctx
+        # Stored before the check, and the flusher marks itself idle before it
+        # re-checks the dict: a wake-up cannot be lost.
+        if self._idle or self._pid != os.getpid():
+            self._wake()
+
+    def remove(self, ctx: _NodeContext) -> None:
+        self._running.pop(id(ctx), None)
+
+    def _wake(self) -> None:
         with self._cond:
             if self._thread is None or self._pid != os.getpid():
                 self._pid = os.getpid()
@@ -163,24 +175,20 @@ class _Flusher:
                     target=self._loop, name="daglite-flusher", daemon=True
                 )
                 self._thread.start()
-            self._running[id(ctx)] = ctx
-            if len(self._running) == 1:
-                self._cond.notify()
-
-    def remove(self, ctx: _NodeContext) -> None:
-        with self._cond:
-            self._running.pop(id(ctx), None)
+            self._cond.notify()
 
     def _loop(self) -> None:
         while True:
             with self._cond:
+                self._idle = True
                 while not self._running:
                     self._cond.wait()
-            time.sleep(FLUSH_INTERVAL)
+                self._idle = False
+            time.sleep(FLUSH_INTERVAL)  # the batching window, not a synchronisation
             now = time.monotonic()
-            with self._cond:
-                due = [c for c in self._running.values() if now - c.started >= FLUSH_INTERVAL]
-            for ctx in due:
+            for ctx in tuple(self._running.values()):
+                if now - ctx.started < FLUSH_INTERVAL:
+                    continue
                 try:
                     ctx.flush()
                 except Exception:  # the channel is gone: the result path still works
@@ -236,7 +244,16 @@ class _Home:
     pickled copy (in a worker process) sends through its transport instead.
     """
 
-    __slots__ = ("abort", "engine_thread", "log_level", "pid", "run_id", "sink", "transport")
+    __slots__ = (
+        "abort",
+        "engine_thread",
+        "log_level",
+        "pid",
+        "run_id",
+        "sink",
+        "transport",
+        "wants_start",
+    )
 
     def __init__(
         self,
@@ -250,6 +267,9 @@ class _Home:
         # Worker processes log at the caller's root level, so records the
         # caller would drop are not shipped.
         self.log_level = logging.getLogger().getEffectiveLevel()
+        # Whether tasks should report their start (someone implements
+        # before_node_execute); otherwise the start is implied by the result.
+        self.wants_start = True
         self.pid = os.getpid()
         self.engine_thread = threading.get_ident()
         # Set by the engine when the run fails fast: in-process jobs skip what is left.
@@ -275,7 +295,7 @@ class _Home:
             transport = self.transport = _hub().transport()
             if self.sink is not None:
                 _hub().route(self.run_id, self.sink)
-        return (_remote_home, (self.run_id, transport, self.log_level))
+        return (_remote_home, (self.run_id, transport, self.log_level, self.wants_start))
 
     def close(self) -> None:
         """Stop routing messages for this run (late ones are dropped)."""
@@ -285,9 +305,10 @@ class _Home:
             self.transport.close()
 
 
-def _remote_home(run_id: str, transport: Transport, log_level: int) -> _Home:
+def _remote_home(run_id: str, transport: Transport, log_level: int, wants_start: bool) -> _Home:
     home = _Home(run_id, None, transport)
     home.log_level = log_level
+    home.wants_start = wants_start
     return home
 
 
