@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any, Final, final
 
 from daglite.plugins import log_bridge, reporters
@@ -384,18 +385,26 @@ def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
     if not direct:
         reporters._flusher.add(ctx)
     reset = reporters._current.set(ctx)
-    _worker_state.running(call.token)
+    state = _worker_state
+    if state.slot >= 0:
+        state.running(call.token)
     timed_out = False
     start = time.perf_counter()
     try:
-        value = _execute(call, ctx)
+        if call.timeout is None:
+            value = call.func(**call.kwargs) if call.style is None else _invoke(call)
+            if type(value) is CoroutineType:
+                value = asyncio.run(value)
+        else:
+            value = _execute_with_timeout(call, ctx, call.timeout)
         ok = True
     except _TimedOut as exc:
         ok, value, timed_out = False, exc.error, True
     except Exception as exc:
         ok, value = False, exc
     duration = time.perf_counter() - start
-    _worker_state.running(0)
+    if state.slot >= 0:
+        state.running(0)
     reporters._current.reset(reset)
     if not direct:
         reporters._flusher.remove(ctx)
@@ -408,11 +417,7 @@ class _TimedOut(Exception):
         self.error = error
 
 
-def _execute(call: _Call, ctx: _NodeContext) -> Any:
-    timeout = call.timeout
-    if timeout is None:
-        result = _invoke(call)
-        return asyncio.run(result) if asyncio.iscoroutine(result) else result
+def _execute_with_timeout(call: _Call, ctx: _NodeContext, timeout: float) -> Any:
     if asyncio.iscoroutinefunction(call.func):
         try:
             return asyncio.run(asyncio.wait_for(_invoke(call), timeout))

@@ -332,6 +332,8 @@ class _Run:
                         f"task {future.task.name!r}: parameter {name!r} must receive a list "
                         f"to fan out over, got {type(value).__name__}"
                     )
+            elif self.graph.deps[i]:  # the list itself may hold futures
+                value = self._substitute(value)
             seqs.append(list(value))
         if future.mode == "zip":
             if len({len(s) for s in seqs}) > 1:

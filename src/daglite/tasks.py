@@ -33,6 +33,7 @@ class _Signature:
     """What binding needs to know about a function, computed once."""
 
     __slots__ = (
+        "_call_style",
         "defaults",
         "keyword_ok",
         "params",
@@ -77,6 +78,7 @@ class _Signature:
             if p.default is inspect.Parameter.empty
             and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
         )
+        self._call_style = self._compute_call_style()
 
     @property
     def is_plain(self) -> bool:
@@ -86,6 +88,9 @@ class _Signature:
     @property
     def call_style(self) -> tuple[tuple[str, ...], str | None, str | None] | None:
         """How to call the function with bound arguments; None for ``func(**bound)``."""
+        return self._call_style
+
+    def _compute_call_style(self) -> tuple[tuple[str, ...], str | None, str | None] | None:
         if self.is_plain:
             return None
         return (self.positional_only, self.var_positional, self.var_keyword)

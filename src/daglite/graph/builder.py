@@ -18,7 +18,13 @@ from daglite.tasks import Task, TaskFuture
 __all__ = ["build_graph", "iter_futures"]
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_SCANNED = (TaskFuture, *_CONTAINERS)
 _VISITING, _DONE = 1, 2
+
+
+def _may_hold_futures(values: Any) -> bool:
+    """Cheap pre-check (one pass at C speed) before walking a container."""
+    return any(issubclass(t, _SCANNED) for t in set(map(type, values)))
 
 
 def iter_futures(value: Any) -> Iterator[TaskFuture[Any]]:
@@ -30,6 +36,8 @@ def iter_futures(value: Any) -> Iterator[TaskFuture[Any]]:
         while stack:
             item = stack.pop()
             values = item.values() if isinstance(item, dict) else item
+            if not _may_hold_futures(values):
+                continue
             for v in values:
                 if isinstance(v, TaskFuture):
                     yield v
@@ -45,7 +53,10 @@ def _argument_values(future: TaskFuture[Any]) -> Iterator[Any]:
 
 def _children(future: TaskFuture[Any]) -> list[TaskFuture[Any]]:
     found: list[TaskFuture[Any]] = []
-    for value in _argument_values(future):
+    values = list(_argument_values(future))
+    if not _may_hold_futures(values):
+        return found
+    for value in values:
         if isinstance(value, TaskFuture):
             found.append(value)
         elif isinstance(value, _CONTAINERS):
@@ -76,6 +87,7 @@ def build_graph(
     """
     graph = Graph()
     state: dict[int, int] = {}
+    children_of: dict[int, list[TaskFuture[Any]]] = {}
     name_counts: dict[str, int] = {}
     meta_cache: dict[tuple[int, NodeKind], GraphMetadata] = {}
     stack: list[tuple[TaskFuture[Any], bool]] = [(f, False) for f in reversed(roots)]
@@ -83,7 +95,8 @@ def build_graph(
         future, expanded = stack.pop()
         fid = id(future)
         if expanded:
-            _add_node(graph, future, name_counts, meta_cache, backend_name_of)
+            children = children_of.pop(fid)
+            _add_node(graph, future, children, name_counts, meta_cache, backend_name_of)
             state[fid] = _DONE
             continue
         seen = state.get(fid)
@@ -93,7 +106,7 @@ def build_graph(
             raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
         state[fid] = _VISITING
         stack.append((future, True))
-        children = _children(future)
+        children = children_of[fid] = _children(future)
         for child in reversed(children):
             if state.get(id(child)) != _DONE:
                 stack.append((child, False))
@@ -104,6 +117,7 @@ def build_graph(
 def _add_node(
     graph: Graph,
     future: TaskFuture[Any],
+    children: list[TaskFuture[Any]],
     name_counts: dict[str, int],
     meta_cache: dict[tuple[int, NodeKind], GraphMetadata],
     backend_name_of: Callable[[Task[Any, Any]], str],
@@ -122,7 +136,8 @@ def _add_node(
         )
         meta_cache[(id(task), kind)] = meta
     graph.metadata.append(meta)
-    deps = tuple(dict.fromkeys(graph.index[id(c)] for c in _children(future)))
+    index = graph.index
+    deps = tuple(dict.fromkeys([index[id(c)] for c in children])) if children else ()
     graph.deps.append(deps)
     graph.dependents.append(None)
     for d in deps:

@@ -114,7 +114,7 @@ class _NodeContext(Reporter):
     def finish(self) -> tuple[list[_Event], int]:
         """Events still buffered (they travel with the result) and how many were sent."""
         with self.lock:
-            return _drain(self.events), self.sent
+            return (_drain(self.events) if self.events else []), self.sent
 
 
 def _drain(events: deque[_Event]) -> list[_Event]:
