@@ -264,9 +264,9 @@ class _Home:
         self.run_id = run_id
         self.sink = sink
         self.transport = transport
-        # Worker processes log at the caller's root level, so records the
-        # caller would drop are not shipped.
-        self.log_level = logging.getLogger().getEffectiveLevel()
+        # Worker processes log at the lowest level the caller listens to, so
+        # records the caller would drop anyway are not shipped.
+        self.log_level = _lowest_log_level()
         # Whether tasks should report their start (someone implements
         # before_node_execute); otherwise the start is implied by the result.
         self.wants_start = True
@@ -303,6 +303,15 @@ class _Home:
             _HUB.unroute(self.run_id)
         if self.transport is not None:
             self.transport.close()
+
+
+def _lowest_log_level() -> int:
+    """The lowest level any logger of this process is set to (root included)."""
+    levels = [logging.getLogger().getEffectiveLevel()]
+    for logger_ in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger_, logging.Logger) and logger_.level:
+            levels.append(logger_.level)
+    return min(levels)
 
 
 def _remote_home(run_id: str, transport: Transport, log_level: int, wants_start: bool) -> _Home:
