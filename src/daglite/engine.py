@@ -81,7 +81,6 @@ class _Unit:
         "backend",
         "delivered",
         "elem",
-        "future",
         "key",
         "kwargs",
         "meta",
@@ -117,11 +116,6 @@ class _Unit:
         self.delivered = 0
         self.parked: Any = None
         self.awaited = False
-        self.future: Future[Any] | None = None
-
-
-def _call_style(task: Task[Any, Any]) -> tuple[tuple[str, ...], str | None, str | None] | None:
-    return task._sig.call_style
 
 
 @final
@@ -395,7 +389,7 @@ class _Run:
                     task.func,
                     unit.kwargs,
                     task.timeout,
-                    _call_style(task),
+                    task._sig.call_style,
                 )
             )
         job = _Job(self._home_for(backend), calls)
