@@ -87,6 +87,11 @@ def nap(x: int) -> int:
     return x
 
 
+def nap_ident(x: Any) -> Any:
+    time.sleep(0.05)
+    return x
+
+
 def spin_base(k: int) -> int:
     """Pure-Python CPU work: about ``k`` loop iterations."""
     s = 0
@@ -110,6 +115,7 @@ def pairs(xs: list[tuple[int, int]]) -> tuple[int, int]:
 inc_t = task(inc)
 total_t = task(total)
 nap_t = task(nap)
+nap_ident_t = task(nap_ident)
 spin_t = task(spin)
 ident_t = task(ident)
 
@@ -191,8 +197,12 @@ def _daglite_backend(mode: str) -> Any:
 
 
 @contextmanager
-def _daglite(mode: str) -> Any:
-    """A started daglite backend, warm; yields (backend, startup seconds)."""
+def _daglite(mode: str, sample: Any = None) -> Any:
+    """A started daglite backend, warm; yields (backend, startup seconds).
+
+    ``sample``: a small value of the type the measured section will pass, sent
+    through every worker during the warm-up (workers import numpy then, not later).
+    """
     cluster = None
     try:
         t0 = time.perf_counter()
@@ -202,8 +212,12 @@ def _daglite(mode: str) -> Any:
         else:
             backend = _daglite_backend(mode)
         with backend:
-            warm = nap_t.product(x=list(range(2 * WORKERS))).join(total_t)
-            assert evaluate(warm, backend=backend) == sum(range(2 * WORKERS))
+            if sample is None:
+                warm = nap_t.product(x=list(range(2 * WORKERS))).join(total_t)
+                assert evaluate(warm, backend=backend) == sum(range(2 * WORKERS))
+            else:
+                warm_data = nap_ident_t.product(x=[sample] * (2 * WORKERS))
+                assert len(evaluate(warm_data, backend=backend)) == 2 * WORKERS
             startup = time.perf_counter() - t0
             yield backend, startup
     finally:
@@ -339,7 +353,7 @@ def _same(a: Any, b: Any) -> bool:
 @case("data", "daglite", ("bytes", "numpy"), "ident() chain of 4 on backend='processes'")
 def _daglite_data(size: int, param: int, mode: str) -> Timing:
     value = _data_value(mode, param)
-    with _daglite("processes") as (backend, startup):
+    with _daglite("processes", value[:16]) as (backend, startup):
         dag = ident_t(value)
         for _ in range(DATA_HOPS - 1):
             dag = ident_t(dag)
@@ -351,7 +365,7 @@ def _daglite_data(size: int, param: int, mode: str) -> Timing:
 
 
 @contextmanager
-def _pool(system: str, mode: str) -> Any:
+def _pool(system: str, mode: str, sample: Any = None) -> Any:
     """A warm executor; yields (executor or None for inline, startup seconds)."""
     t0 = time.perf_counter()
     if mode == "inline":
@@ -368,6 +382,9 @@ def _pool(system: str, mode: str) -> Any:
     try:
         warm = [pool.submit(nap, i) for i in range(2 * WORKERS)]
         assert sum(f.result() for f in warm) == sum(range(2 * WORKERS))
+        if sample is not None:
+            warm_data = [pool.submit(nap_ident, sample) for _ in range(2 * WORKERS)]
+            assert all(_same(f.result(), sample) for f in warm_data)
         yield pool, time.perf_counter() - t0
     finally:
         pool.shutdown(wait=True)
@@ -447,7 +464,7 @@ def _pool_data(size: int, param: int, mode: str, system: str = "cf") -> Timing:
             x = pool.submit(ident, x).result()
         return x
 
-    with _pool(system, "processes") as (pool, startup):
+    with _pool(system, "processes", value[:16]) as (pool, startup):
         measured, result = _clock(run)
     return Timing(measured, startup, [_same(result, value), param])
 
@@ -537,8 +554,8 @@ def _pipe_data(size: int, param: int, mode: str) -> Timing:
     child = ctx.Process(target=_echo, args=(there,))
     child.start()
     try:
-        here.send(1)
-        assert here.recv() == 1
+        here.send(value[:16])
+        assert _same(here.recv(), value[:16])
         startup = time.perf_counter() - t0
 
         def run() -> Any:

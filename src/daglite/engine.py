@@ -161,6 +161,7 @@ class _Run:
         self.aborting = False
         self.parked = 0
         self.awaited = 0
+        self.remote_producers: dict[int, Backend] = {}
         self.engine_thread = 0
         self._has_before = hooks.has("before_node_execute")
         self._has_after = hooks.has("after_node_execute")
@@ -259,7 +260,10 @@ class _Run:
         """Node ``i``'s inputs are ready: make its calls and queue them for submission."""
         graph = self.graph
         future = graph.futures[i]
+        backend = self.backend_of(future.task)
         try:
+            if self.remote_producers:
+                self._fetch_remote_inputs(i, backend)
             kwargs = self._resolve(future.kwargs, graph.deps[i])
             calls = [kwargs] if future.iterated is None else self._expand(i, future, kwargs)
         except Exception as exc:
@@ -268,7 +272,6 @@ class _Run:
             return
         self._release_inputs(i)
         task, meta, key = future.task, graph.metadata[i], graph.keys[i]
-        backend = self.backend_of(task)
         if future.iterated is None:
             units = [_Unit(i, -1, key, calls[0], task, meta, backend)]
         else:
@@ -285,6 +288,15 @@ class _Run:
             self.pending[id(backend)] = (backend, units)
         else:
             entry[1].extend(units)
+
+    def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:
+        """Inputs kept on another backend's workers (Dask stand-ins) are fetched
+        once when a task on a different backend needs them."""
+        for d in self.graph.deps[i]:
+            producer = self.remote_producers.get(d)
+            if producer is not None and producer is not consumer:
+                self.results[d] = producer.materialize(self.results[d])
+                del self.remote_producers[d]
 
     def _resolve(self, kwargs: dict[str, Any], deps: tuple[int, ...]) -> dict[str, Any]:
         if not deps:
@@ -306,7 +318,10 @@ class _Run:
         if isinstance(value, dict):
             return {k: self._substitute(v) for k, v in value.items()}
         if isinstance(value, _CONTAINERS):
-            return type(value)(self._substitute(v) for v in value)
+            items = [self._substitute(v) for v in value]
+            if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+                return type(value)(*items)
+            return type(value)(items)
         return value
 
     def _expand(
@@ -509,6 +524,8 @@ class _Run:
         if self.on_error == "continue":
             self.kept[unit.key] = value
         i = unit.node
+        if type(unit.backend).materialize is not Backend.materialize:
+            self.remote_producers[i] = unit.backend
         if unit.elem < 0:
             self._complete_node(i, value)
             return

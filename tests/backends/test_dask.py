@@ -220,6 +220,14 @@ def test_tasks_run_in_dask_worker_processes(cluster):
     assert CALLER_PID not in workers
 
 
+def test_embedded_cluster_listens_on_loopback_only(cluster):
+    procs = [psutil.Process(), *(psutil.Process(p) for p in cluster.worker_pids())]
+    listening = [
+        c.laddr.ip for p in procs for c in p.net_connections("inet") if c.status == "LISTEN"
+    ]
+    assert listening and set(listening) == {"127.0.0.1"}
+
+
 def test_plugin_state_is_filled_in_the_caller(cluster):
     plugin = Recorder()
     assert evaluate(total(double.product(x=[1, 2, 3])), backend=cluster, plugins=[plugin]) == 12
@@ -314,6 +322,43 @@ def test_worker_death_is_retried(cluster, tmp_path):
     result = evaluate(die_once(str(tmp_path / "died")), backend=cluster, plugins=[plugin])
     assert result == "survived"
     assert plugin.retries == [2]
+
+
+@task
+def gated(gate, directory: str, i: int) -> int:
+    open(os.path.join(directory, str(i)), "w").close()
+    gate.wait(60)
+    return i
+
+
+def test_failure_cancels_tasks_still_queued_on_the_cluster(cluster, manager, tmp_path):
+    # explode runs first; gated tasks block both workers until the gate opens, so
+    # most of them are still queued on the scheduler when the run fails.
+    gate = manager.Event()
+    blockers = gated.product(gate=[gate], directory=[str(tmp_path)], i=list(range(20)))
+    try:
+        with pytest.raises(TaskError, match="boom 1"):
+            evaluate([explode(1), blockers], backend=cluster)
+    finally:
+        gate.set()
+    assert evaluate(double(5), backend=cluster) == 10
+    assert len(os.listdir(tmp_path)) < 20  # the queued ones never ran
+
+
+@task
+def nested(x: int, inner_backend: str) -> int:
+    return evaluate(double(x), backend=inner_backend)
+
+
+def test_nested_evaluate_inside_a_dask_task(cluster):
+    assert evaluate(
+        nested.product(x=[1, 2], inner_backend=["inline", "threads"]), backend=cluster
+    ) == [
+        2,
+        2,
+        4,
+        4,
+    ]
 
 
 # -- data locality -----------------------------------------------------------------------

@@ -140,17 +140,9 @@ class _Kept:
 
 # -- worker side -------------------------------------------------------------------------
 
-# The worker of this process, for threads that are not Dask's (``get_worker()``
-# only works in a task's own thread; the reporter's flusher thread also sends).
-_this_worker: list[Any] = [None]
-
 
 def _run_job(payload: bytes, threshold: int, keys: tuple[str, ...], *kept: Any) -> Any:
     """Run a daglite job on a Dask worker; big results stay here as ``_Kept``."""
-    if _this_worker[0] is None:
-        from distributed import get_worker
-
-        _this_worker[0] = get_worker()
     job = pickle.loads(payload)
     if keys:
         job = _with_kept_inputs(job, dict(zip(keys, kept)))
@@ -169,12 +161,20 @@ def _with_kept_inputs(job: Any, kept: dict[str, _Kept]) -> Any:
 
 
 def _swap_in(value: Any, kept: dict[str, _Kept]) -> Any:
+    """``value`` with its stand-ins replaced; containers without any are kept as is."""
     if isinstance(value, RemoteResult):
         return kept[value.key].value_of(value.token)
     if isinstance(value, dict):
-        return {k: _swap_in(v, kept) for k, v in value.items()}
+        pairs = [(k, _swap_in(v, kept)) for k, v in value.items()]
+        changed = any(new is not old for (_, new), old in zip(pairs, value.values()))
+        return dict(pairs) if changed else value
     if isinstance(value, _CONTAINERS):
-        return type(value)(_swap_in(v, kept) for v in value)
+        items = [_swap_in(v, kept) for v in value]
+        if all(new is old for new, old in zip(items, value)):
+            return value
+        if hasattr(value, "_fields"):  # a namedtuple
+            return type(value)(*items)
+        return type(value)(items)
     return value
 
 
@@ -215,25 +215,27 @@ class _DaskTransport(Transport):
 
     One topic per backend (the scheduler keeps a bounded log per topic, forever),
     and one route per evaluation inside it. Only the caller's copy holds the
-    backend; pickled copies in workers only send.
+    backend; a copy unpickled in a task's thread holds that task's worker, since
+    ``get_worker()`` does not work in the reporter's flusher thread.
     """
 
-    __slots__ = ("_backend", "route", "topic")
+    __slots__ = ("_backend", "_worker", "route", "topic")
 
     def __init__(self, topic: str, route: str, backend: DaskBackend | None = None) -> None:
         self.topic = topic
         self.route = route
         self._backend = backend
+        self._worker: Any = None
 
     def send(self, run_id: str, message: tuple[Any, ...]) -> None:
         if message[0] == "events":
             message = (message[0], message[1], picklable_events(message[2]))
         data = pickle.dumps((self.route, message), protocol=_PICKLE_PROTOCOL)
-        worker = _this_worker[0]
+        worker = self._worker
         if worker is None:
             from distributed import get_worker
 
-            worker = get_worker()
+            worker = self._worker = get_worker()
         worker.log_event(self.topic, data)
 
     def close(self) -> None:
@@ -242,7 +244,19 @@ class _DaskTransport(Transport):
             backend._routes.pop(self.route, None)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_DaskTransport, (self.topic, self.route))
+        return (_worker_transport, (self.topic, self.route))
+
+
+def _worker_transport(topic: str, route: str) -> _DaskTransport:
+    """Unpickle a transport, binding it to the worker whose task unpickles it."""
+    from distributed import get_worker
+
+    transport = _DaskTransport(topic, route)
+    try:
+        transport._worker = get_worker()
+    except ValueError:  # not in a task's thread: looked up when sending
+        pass
+    return transport
 
 
 # -- the backend -------------------------------------------------------------------------
@@ -328,7 +342,7 @@ class DaskBackend(Backend):
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=":0",  # no fixed port: no clash, no warning
+                dashboard_address="127.0.0.1:0",  # loopback, no fixed port: no clash
             )
 
     def stop(self) -> None:

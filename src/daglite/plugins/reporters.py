@@ -107,9 +107,15 @@ class _NodeContext(Reporter):
         """Send the buffered events home now (flusher thread, or before a hard exit)."""
         with self.lock:
             events = _drain(self.events)
-            if events:
-                self.sent += len(events)
+            if not events:
+                return
+            try:
                 self.home.send(("events", self.token, events))
+            except BaseException:
+                # Not sent: keep them, in order, to travel with the result.
+                self.events.extendleft(reversed(events))
+                raise
+            self.sent += len(events)
 
     def finish(self) -> tuple[list[_Event], int]:
         """Events still buffered (they travel with the result) and how many were sent."""
