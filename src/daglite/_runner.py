@@ -114,6 +114,7 @@ class Outcome:
 
     def __reduce__(self) -> tuple[Any, ...]:
         value, ok, tb = self.value, self.ok, ""
+        payload = b""
         if ok:
             try:
                 payload = _dumps(value)

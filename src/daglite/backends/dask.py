@@ -331,7 +331,7 @@ class DaskBackend(Backend):
             self.max_workers = max(1, sum(nthreads.values())) if nthreads else None
 
     def _local_cluster(self, distributed: Any) -> Any:
-        import dask
+        import dask.config
 
         n = self.max_workers or max(2, usable_cpu_count())
         self.max_workers = n
@@ -380,7 +380,8 @@ class DaskBackend(Backend):
 
     def worker_pids(self) -> list[int]:
         """Pids of the cluster's worker processes."""
-        return list(self.client.run(os.getpid).values())
+        pids: dict[str, int] = self.client.run(os.getpid)  # pyright: ignore[reportAssignmentType]
+        return list(pids.values())
 
     # -- events ------------------------------------------------------------------
 

@@ -76,11 +76,16 @@ def _check_event_type(event_type: object) -> None:
         raise TypeError(f"event_type must be a non-empty string, got {event_type!r}")
 
 
+# Guards a task's buffer against the flusher taking it at the same moment; one
+# lock for all tasks, as a flush is rare and short.
+_FLUSH_LOCK: Final = threading.Lock()
+
+
 @final
 class _NodeContext(Reporter):
     """Worker-side state of one running task; also its reporter."""
 
-    __slots__ = ("direct", "events", "home", "key", "lock", "name", "sent", "started", "token")
+    __slots__ = ("direct", "events", "home", "key", "name", "sent", "started", "token")
 
     def __init__(self, home: _Home, token: int, direct: bool, name: str, key: str) -> None:
         self.home = home
@@ -89,9 +94,8 @@ class _NodeContext(Reporter):
         self.key = key
         self.direct = direct
         self.events: deque[_Event] = deque()
-        self.lock = threading.Lock()
         self.sent = 0
-        self.started = time.monotonic()
+        self.started = 0.0 if direct else time.monotonic()
 
     def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
         _check_event_type(event_type)
@@ -105,7 +109,7 @@ class _NodeContext(Reporter):
 
     def flush(self) -> None:
         """Send the buffered events home now (flusher thread, or before a hard exit)."""
-        with self.lock:
+        with _FLUSH_LOCK:
             events = _drain(self.events)
             if not events:
                 return
@@ -119,7 +123,9 @@ class _NodeContext(Reporter):
 
     def finish(self) -> tuple[list[_Event], int]:
         """Events still buffered (they travel with the result) and how many were sent."""
-        with self.lock:
+        if self.direct:
+            return [], self.sent
+        with _FLUSH_LOCK:
             return (_drain(self.events) if self.events else []), self.sent
 
 
