@@ -20,9 +20,9 @@ import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import CoroutineType
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 from daglite.plugins import log_bridge, reporters
 from daglite.plugins.reporters import START_EVENT, _Home, _NodeContext
@@ -56,6 +56,18 @@ class _Call:
         self.timeout = timeout
         # None: call func(**kwargs). Else (positional-only names, *args name, **kwargs name).
         self.style = style
+
+
+class CallLike(Protocol):
+    """What a job needs of a call: ``_Call`` in workers, the engine's units in the caller."""
+
+    token: int
+    name: str
+    key: str
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+    timeout: float | None
+    style: tuple[tuple[str, ...], str | None, str | None] | None
 
 
 @final
@@ -222,7 +234,7 @@ class _Job:
 
     __slots__ = ("calls", "home")
 
-    def __init__(self, home: _Home, calls: list[_Call]) -> None:
+    def __init__(self, home: _Home, calls: Sequence[CallLike]) -> None:
         self.home = home
         self.calls = calls
 
@@ -279,7 +291,7 @@ def _load_job(home: _Home, payload: bytes) -> _Job:
     return _Job(home, _loads_calls(payload))
 
 
-def _dumps_calls(calls: list[_Call]) -> bytes:
+def _dumps_calls(calls: Sequence[CallLike]) -> bytes:
     """Serialise calls; a call that cannot be pickled becomes ``_Poisoned``."""
     import cloudpickle
 
@@ -367,7 +379,7 @@ def _loads_calls(payload: bytes) -> list[_Call]:
 # -- running one call ---------------------------------------------------------------
 
 
-def _invoke(call: _Call) -> Any:
+def _invoke(call: CallLike) -> Any:
     if call.style is None:
         return call.func(**call.kwargs)
     positional_only, var_positional, var_keyword = call.style
@@ -379,7 +391,7 @@ def _invoke(call: _Call) -> Any:
     return call.func(*args, **kwargs, **extra)
 
 
-def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
+def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
     ctx = _NodeContext(home, call.token, direct, call.name, call.key)
     if home.wants_start:
         ctx.report(START_EVENT)
@@ -418,7 +430,7 @@ class _TimedOut(Exception):
         self.error = error
 
 
-def _execute_with_timeout(call: _Call, ctx: _NodeContext, timeout: float) -> Any:
+def _execute_with_timeout(call: CallLike, ctx: _NodeContext, timeout: float) -> Any:
     if asyncio.iscoroutinefunction(call.func):
         try:
             return asyncio.run(asyncio.wait_for(_invoke(call), timeout))
@@ -427,11 +439,11 @@ def _execute_with_timeout(call: _Call, ctx: _NodeContext, timeout: float) -> Any
     return _run_sync_with_timeout(call, ctx, timeout)
 
 
-def _timeout_error(call: _Call) -> TimeoutError:
+def _timeout_error(call: CallLike) -> TimeoutError:
     return TimeoutError(f"task {call.name!r} did not finish within its timeout of {call.timeout}s")
 
 
-def _run_sync_with_timeout(call: _Call, ctx: _NodeContext, timeout: float) -> Any:
+def _run_sync_with_timeout(call: CallLike, ctx: _NodeContext, timeout: float) -> Any:
     """Run in a helper thread; on expiry a process worker ends itself, others abandon it."""
     box: list[Any] = []
     done = threading.Event()

@@ -29,6 +29,7 @@ from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future
 from typing import Any, Final, Literal, TypeVar, final, overload
 
+from daglite._runner import _Job
 from daglite.backends import canonical_name, get_backend
 from daglite.backends.base import Backend
 from daglite.exceptions import (
@@ -73,7 +74,11 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 
 @final
 class _Unit:
-    """One call of one node (or of one element of a fan-out) and its attempts."""
+    """One call of one node (or of one element of a fan-out) and its attempts.
+
+    It is also the call a job runs in this process (``func``, ``name``, ``key``,
+    ``kwargs``, ``timeout``, ``style``, ``token``: the fields of ``_runner._Call``).
+    """
 
     __slots__ = (
         "attempt",
@@ -81,14 +86,18 @@ class _Unit:
         "backend",
         "delivered",
         "elem",
+        "func",
         "key",
         "kwargs",
         "meta",
+        "name",
         "node",
         "parked",
         "resubmits",
         "started",
+        "style",
         "task",
+        "timeout",
         "token",
     )
 
@@ -107,6 +116,10 @@ class _Unit:
         self.key = key
         self.kwargs = kwargs
         self.task = task
+        self.func = task.func
+        self.name = task.name
+        self.timeout = task.timeout
+        self.style = task._sig.call_style
         self.meta = meta
         self.backend = backend
         self.attempt = 1
@@ -162,6 +175,9 @@ class _Run:
         self.parked = 0
         self.awaited = 0
         self.remote_producers: dict[int, Backend] = {}
+        self._remote_kind: dict[int, bool] = {}
+        self._backends: dict[int, Backend] = {}
+        self._keep_all = on_error == "continue"
         self.engine_thread = 0
         self._has_before = hooks.has("before_node_execute")
         self._has_after = hooks.has("after_node_execute")
@@ -260,20 +276,25 @@ class _Run:
         """Node ``i``'s inputs are ready: make its calls and queue them for submission."""
         graph = self.graph
         future = graph.futures[i]
-        backend = self.backend_of(future.task)
+        task = future.task
+        backend = self._backend_for(task)
+        deps = graph.deps[i]
+        kwargs = future.kwargs
         try:
-            if self.remote_producers:
-                self._fetch_remote_inputs(i, backend)
-            kwargs = self._resolve(future.kwargs, graph.deps[i])
+            if deps:
+                if self.remote_producers:
+                    self._fetch_remote_inputs(i, backend)
+                kwargs = self._resolve(kwargs, deps)
             calls = [kwargs] if future.iterated is None else self._expand(i, future, kwargs)
         except Exception as exc:
             self._release_inputs(i)
             self._node_failed_before_running(i, exc)
             return
-        self._release_inputs(i)
-        task, meta, key = future.task, graph.metadata[i], graph.keys[i]
+        if deps:
+            self._release_inputs(i)
+        meta, key = graph.metadata[i], graph.keys[i]
         if future.iterated is None:
-            units = [_Unit(i, -1, key, calls[0], task, meta, backend)]
+            units = [_Unit(i, -1, key, kwargs, task, meta, backend)]
         else:
             if not calls:
                 self._complete_node(i, [])
@@ -289,6 +310,20 @@ class _Run:
         else:
             entry[1].extend(units)
 
+    def _keeps_remote(self, backend: Backend) -> bool:
+        found = self._remote_kind.get(id(backend))
+        if found is None:
+            found = self._remote_kind[id(backend)] = (
+                type(backend).materialize is not Backend.materialize
+            )
+        return found
+
+    def _backend_for(self, task: Task[Any, Any]) -> Backend:
+        found = self._backends.get(id(task))
+        if found is None:
+            found = self._backends[id(task)] = self.backend_of(task)
+        return found
+
     def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:
         """Inputs kept on another backend's workers (Dask stand-ins) are fetched
         once when a task on a different backend needs them."""
@@ -299,8 +334,6 @@ class _Run:
                 del self.remote_producers[d]
 
     def _resolve(self, kwargs: dict[str, Any], deps: tuple[int, ...]) -> dict[str, Any]:
-        if not deps:
-            return kwargs
         index, results = self.graph.index, self.results
         out = {}
         for name, value in kwargs.items():
@@ -387,27 +420,13 @@ class _Run:
                     return
 
     def _submit_job(self, backend: Backend, units: list[_Unit]) -> None:
-        from daglite._runner import _Call, _Job
-
-        calls = []
+        registry = self.units
         for unit in units:
-            unit.token = next(_token_counter)
+            unit.token = token = next(_token_counter)
             unit.started = False
             unit.delivered = 0
-            self.units[unit.token] = unit
-            task = unit.task
-            calls.append(
-                _Call(
-                    unit.token,
-                    task.name,
-                    unit.key,
-                    task.func,
-                    unit.kwargs,
-                    task.timeout,
-                    task._sig.call_style,
-                )
-            )
-        job = _Job(self._home_for(backend), calls)
+            registry[token] = unit
+        job = _Job(self._home_for(backend), units)  # units are the calls
         backend.ensure_started()
         future = backend.submit(job)
         self.in_flight[id(job)] = future
@@ -504,7 +523,8 @@ class _Run:
         self.units.pop(unit.token, None)
         if outcome.events:
             self._deliver(unit, outcome.events)
-        self._node_started(unit)
+        if not unit.started:
+            self._node_started(unit)
         if outcome.ok:
             self._succeeded(unit, outcome.value, outcome.duration)
         else:
@@ -521,10 +541,10 @@ class _Run:
                 duration=duration,
                 reporter=self.reporter,
             )
-        if self.on_error == "continue":
+        if self._keep_all:
             self.kept[unit.key] = value
         i = unit.node
-        if type(unit.backend).materialize is not Backend.materialize:
+        if self._keeps_remote(unit.backend):
             self.remote_producers[i] = unit.backend
         if unit.elem < 0:
             self._complete_node(i, value)

@@ -21,7 +21,6 @@ __all__ = ["build_graph", "iter_futures"]
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _SCANNED = (TaskFuture, *_CONTAINERS)
-_VISITING, _DONE = 1, 2
 
 
 def _may_hold_futures(values: Any) -> bool:
@@ -47,22 +46,15 @@ def iter_futures(value: Any) -> Iterator[TaskFuture[Any]]:
                     stack.append(v)
 
 
-def _argument_values(future: TaskFuture[Any]) -> Iterator[Any]:
-    yield from future.kwargs.values()
-    if future.iterated:
-        yield from future.iterated.values()
-
-
 def _children(future: TaskFuture[Any]) -> list[TaskFuture[Any]]:
+    """The futures ``future`` takes as arguments, in argument order."""
     found: list[TaskFuture[Any]] = []
-    values = list(_argument_values(future))
-    if not _may_hold_futures(values):
-        return found
-    for value in values:
-        if isinstance(value, TaskFuture):
-            found.append(value)
-        elif isinstance(value, _CONTAINERS):
-            found.extend(iter_futures(value))
+    for values in (future.kwargs.values(), future.iterated.values() if future.iterated else ()):
+        for value in values:
+            if isinstance(value, TaskFuture):
+                found.append(value)
+            elif isinstance(value, _CONTAINERS):
+                found.extend(iter_futures(value))
     return found
 
 
@@ -107,66 +99,67 @@ def build_graph(
 def _build(
     roots: Sequence[TaskFuture[Any]], backend_name_of: Callable[[Task[Any, Any]], str]
 ) -> Graph:
+    """Iterative depth-first walk; a node is added once all its children are.
+
+    Stack entries are ``(future, None)`` when first met and ``(future, children)``
+    once its children have been pushed; ``visiting`` holds the current path.
+    """
     graph = Graph()
-    state: dict[int, int] = {}
-    children_of: dict[int, list[TaskFuture[Any]]] = {}
+    index, keys, deps_of, dependents = graph.index, graph.keys, graph.deps, graph.dependents
+    visiting: set[int] = set()
     name_counts: dict[str, int] = {}
-    meta_cache: dict[tuple[int, NodeKind], GraphMetadata] = {}
-    stack: list[tuple[TaskFuture[Any], bool]] = [(f, False) for f in reversed(roots)]
+    meta_cache: dict[tuple[int, bool], GraphMetadata] = {}
+    stack: list[tuple[TaskFuture[Any], list[TaskFuture[Any]] | None]] = [
+        (f, None) for f in reversed(roots)
+    ]
+    pop, push = stack.pop, stack.append
     while stack:
-        future, expanded = stack.pop()
+        future, children = pop()
         fid = id(future)
-        if expanded:
-            children = children_of.pop(fid)
-            _add_node(graph, future, children, name_counts, meta_cache, backend_name_of)
-            state[fid] = _DONE
+        if children is None:  # first met: push it back, then its children
+            if fid in index:
+                continue
+            if fid in visiting:
+                raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
+            visiting.add(fid)
+            children = _children(future)
+            push((future, children))
+            for child in reversed(children):
+                if id(child) not in index:
+                    push((child, None))
             continue
-        seen = state.get(fid)
-        if seen == _DONE:
-            continue
-        if seen == _VISITING:
-            raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
-        state[fid] = _VISITING
-        stack.append((future, True))
-        children = children_of[fid] = _children(future)
-        for child in reversed(children):
-            if state.get(id(child)) != _DONE:
-                stack.append((child, False))
-    graph.roots = [graph.index[id(f)] for f in roots]
+        # All children are in the graph: add the node.
+        visiting.discard(fid)
+        i = len(keys)
+        index[fid] = i
+        task = future.task
+        name = task.name
+        count = name_counts[name] = name_counts.get(name, 0) + 1
+        keys.append(name if count == 1 else f"{name}-{count}")
+        mapped = future.iterated is not None
+        meta = meta_cache.get((id(task), mapped))
+        if meta is None:
+            meta = meta_cache[(id(task), mapped)] = _metadata(task, mapped, backend_name_of)
+        graph.metadata.append(meta)
+        deps = tuple(dict.fromkeys([index[id(c)] for c in children])) if children else ()
+        deps_of.append(deps)
+        dependents.append(None)
+        for d in deps:
+            users = dependents[d]
+            if users is None:
+                dependents[d] = [i]
+            else:
+                users.append(i)
+        graph.futures.append(future)
+        graph.node_count += _known_width(future) if mapped else 1
+    graph.roots = [index[id(f)] for f in roots]
     return graph
 
 
-def _add_node(
-    graph: Graph,
-    future: TaskFuture[Any],
-    children: list[TaskFuture[Any]],
-    name_counts: dict[str, int],
-    meta_cache: dict[tuple[int, NodeKind], GraphMetadata],
-    backend_name_of: Callable[[Task[Any, Any]], str],
-) -> None:
-    i = len(graph.futures)
-    graph.index[id(future)] = i
-    task = future.task
-    count = name_counts.get(task.name, 0) + 1
-    name_counts[task.name] = count
-    graph.keys.append(task.name if count == 1 else f"{task.name}-{count}")
-    kind: NodeKind = "task" if future.iterated is None else "map"
-    meta = meta_cache.get((id(task), kind))
-    if meta is None:
-        meta = GraphMetadata(
-            task.name, task.description, kind, backend_name_of(task), task.retries, task.timeout
-        )
-        meta_cache[(id(task), kind)] = meta
-    graph.metadata.append(meta)
-    index = graph.index
-    deps = tuple(dict.fromkeys([index[id(c)] for c in children])) if children else ()
-    graph.deps.append(deps)
-    graph.dependents.append(None)
-    for d in deps:
-        dependents = graph.dependents[d]
-        if dependents is None:
-            graph.dependents[d] = [i]
-        else:
-            dependents.append(i)
-    graph.futures.append(future)
-    graph.node_count += 1 if kind == "task" else _known_width(future)
+def _metadata(
+    task: Task[Any, Any], mapped: bool, backend_name_of: Callable[[Task[Any, Any]], str]
+) -> GraphMetadata:
+    kind: NodeKind = "map" if mapped else "task"
+    return GraphMetadata(
+        task.name, task.description, kind, backend_name_of(task), task.retries, task.timeout
+    )
