@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future
 from typing import Any, Final, Literal, TypeVar, final, overload
 
-from daglite._runner import _Job
+from daglite._runner import _Job, _run_call
 from daglite.backends import canonical_name, get_backend
 from daglite.backends.base import Backend
 from daglite.exceptions import (
@@ -412,12 +412,32 @@ class _Run:
                 return
             if self._has_lookup:
                 units = [u for u in units if not self._served_from_cache(u)]
+            if backend.runs_in_caller:
+                self._run_here(backend, units)
+                continue
             workers = backend.max_workers or 1
             size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
             for start in range(0, len(units), size):
                 self._submit_job(backend, units[start : start + size])
                 if self.aborting:
                     return
+
+    def _run_here(self, backend: Backend, units: list[_Unit]) -> None:
+        """Run calls on this thread (inline): no job, future or queue in between.
+
+        Same runner and same completion path as every other backend; only the
+        executor round trip is skipped, as it would do nothing but cost time.
+        """
+        home = self._home_for(backend)
+        registry = self.units
+        for unit in units:
+            if self.aborting:
+                return
+            unit.token = token = next(_token_counter)
+            registry[token] = unit  # events the task reports find it by token
+            unit.started = False
+            unit.delivered = 0
+            self._finish_unit(unit, _run_call(home, unit, True))
 
     def _submit_job(self, backend: Backend, units: list[_Unit]) -> None:
         registry = self.units

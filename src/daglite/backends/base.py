@@ -26,10 +26,14 @@ class Backend(ABC):
         max_workers: How many tasks run at once (None: unknown). Used to size batches.
         max_batch: Most task calls daglite packs into one ``submit``. Batching
             ready tasks amortises per-submit costs; 1 turns it off.
+        runs_in_caller: True only for a backend whose ``submit`` would run the
+            call right away on the calling thread (inline); the engine then runs
+            the call itself and skips the executor round trip.
     """
 
     name: ClassVar[str] = "custom"
     max_batch: ClassVar[int] = 64
+    runs_in_caller: ClassVar[bool] = False
     max_workers: int | None = None
 
     _started: bool = False

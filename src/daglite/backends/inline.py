@@ -16,6 +16,7 @@ class InlineBackend(Backend):
 
     name: ClassVar[str] = "inline"
     max_batch: ClassVar[int] = 1024
+    runs_in_caller: ClassVar[bool] = True
     max_workers = 1
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:

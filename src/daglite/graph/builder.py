@@ -121,15 +121,17 @@ def _build(
                 continue
             if fid in visiting:
                 raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
-            visiting.add(fid)
             children = _children(future)
-            push((future, children))
-            for child in reversed(children):
-                if id(child) not in index:
-                    push((child, None))
-            continue
-        # All children are in the graph: add the node.
-        visiting.discard(fid)
+            if children:
+                visiting.add(fid)
+                push((future, children))
+                for child in reversed(children):
+                    if id(child) not in index:
+                        push((child, None))
+                continue
+        else:  # all its children are in the graph now
+            visiting.discard(fid)
+        # Add the node.
         i = len(keys)
         index[fid] = i
         task = future.task

@@ -81,6 +81,9 @@ def _check_event_type(event_type: object) -> None:
 _FLUSH_LOCK: Final = threading.Lock()
 
 
+_NO_BUFFER: Final[deque[Any]] = deque(maxlen=0)
+
+
 @final
 class _NodeContext(Reporter):
     """Worker-side state of one running task; also its reporter."""
@@ -93,7 +96,8 @@ class _NodeContext(Reporter):
         self.name = name
         self.key = key
         self.direct = direct
-        self.events: deque[_Event] = deque()
+        # Direct (inline) tasks deliver each event at once and never buffer.
+        self.events: deque[_Event] = _NO_BUFFER if direct else deque()
         self.sent = 0
         self.started = 0.0 if direct else time.monotonic()
 
