@@ -29,6 +29,8 @@ _forwarder: logging.Handler | None = None
 def install_record_factory() -> None:
     """Attach ``daglite_task``/``daglite_key`` to records made inside tasks (idempotent)."""
     global _factory_installed
+    if _factory_installed:
+        return
     with _lock:
         if _factory_installed:
             return

@@ -194,21 +194,31 @@ class _Flusher:
             self._cond.notify()
 
     def _loop(self) -> None:
+        quiet_since = time.monotonic()
         while True:
-            with self._cond:
-                self._idle = True
-                while not self._running:
-                    self._cond.wait()
-                self._idle = False
+            if not self._running and time.monotonic() - quiet_since > _FLUSHER_GRACE:
+                with self._cond:
+                    self._idle = True
+                    while not self._running:
+                        self._cond.wait()
+                    self._idle = False
             time.sleep(FLUSH_INTERVAL)  # the batching window, not a synchronisation
             now = time.monotonic()
-            for ctx in tuple(self._running.values()):
+            running = tuple(self._running.values())
+            if running:
+                quiet_since = now
+            for ctx in running:
                 if now - ctx.started < FLUSH_INTERVAL:
                     continue
                 try:
                     ctx.flush()
                 except Exception:  # the channel is gone: the result path still works
                     logger.debug("could not flush events home", exc_info=True)
+
+
+# The flusher keeps ticking this long after the last task ends before it sleeps
+# on its condition: waking it for every short task would cost a thread switch each.
+_FLUSHER_GRACE: Final = 1.0
 
 
 _flusher: Final = _Flusher()
@@ -276,13 +286,14 @@ class _Home:
         run_id: str,
         sink: Callable[[_Message], None] | None,
         transport: Transport | None = None,
+        log_level: int | None = None,
     ) -> None:
         self.run_id = run_id
         self.sink = sink
         self.transport = transport
         # Worker processes log at the lowest level the caller listens to, so
         # records the caller would drop anyway are not shipped.
-        self.log_level = _lowest_log_level()
+        self.log_level = _lowest_log_level() if log_level is None else log_level
         # Whether tasks should report their start (someone implements
         # before_node_execute); otherwise the start is implied by the result.
         self.wants_start = True
@@ -331,8 +342,7 @@ def _lowest_log_level() -> int:
 
 
 def _remote_home(run_id: str, transport: Transport, log_level: int, wants_start: bool) -> _Home:
-    home = _Home(run_id, None, transport)
-    home.log_level = log_level
+    home = _Home(run_id, None, transport, log_level)
     home.wants_start = wants_start
     return home
 
