@@ -67,7 +67,7 @@ OnError = Literal["raise", "continue"]
 
 # A call resubmitted this many times because other calls' workers died is failed
 # instead, so a pool that keeps breaking cannot loop forever.
-_MAX_RESUBMITS: Final = 5
+_MAX_RESUBMITS: Final = 3
 _token_counter = itertools.count(1)
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 
@@ -435,7 +435,6 @@ class _Run:
                 return
             unit.token = token = next(_token_counter)
             registry[token] = unit  # events the task reports find it by token
-            unit.started = False
             unit.delivered = 0
             self._finish_unit(unit, _run_call(home, unit, True))
 
@@ -443,7 +442,6 @@ class _Run:
         registry = self.units
         for unit in units:
             unit.token = token = next(_token_counter)
-            unit.started = False
             unit.delivered = 0
             registry[token] = unit
         job = _Job(self._home_for(backend), units)  # units are the calls
@@ -468,11 +466,14 @@ class _Run:
 
     def _job_done(self, job: Any, future: Future[Any]) -> None:
         self.in_flight.pop(id(job), None)
-        units = [self.units.get(c.token) for c in job.calls]
+        units = [u for u in (self.units.get(c.token) for c in job.calls) if u is not None]
         if future.cancelled():
+            # Cancelled by us (aborting), or by someone stopping a shared backend:
+            # then the calls did not run and are not at fault.
             for unit in units:
-                if unit is not None:
-                    self.units.pop(unit.token, None)
+                self._forget(unit)
+                if not self.aborting:
+                    self._resubmit_or_fail(unit, RuntimeError("the backend cancelled the job"))
             return
         exc = future.exception()
         if exc is None:
@@ -481,47 +482,58 @@ class _Run:
             for outcome in outcomes:
                 self._outcome(outcome)
             for token in sent_early:  # their outcome may still be on the channel
-                unit = self.units.get(token)
-                if unit is not None and not unit.awaited:
-                    unit.awaited = True
+                early = self.units.get(token)
+                if early is not None and not early.awaited and early.parked is None:
+                    early.awaited = True
                     self.awaited += 1
             done = {o.token for o in outcomes}.union(sent_early)
             for unit in units:  # calls skipped because the run is aborting
-                if unit is not None and unit.token not in done:
-                    self.units.pop(unit.token, None)
+                if unit.token not in done:
+                    self._forget(unit)
             return
         lost = getattr(exc, "lost", None)
         for unit in units:
-            if unit is None:
-                continue
-            self.units.pop(unit.token, None)
+            self._forget(unit)
             if lost is not None and unit.token in lost:
                 timed_out, description = lost[unit.token]
-                error: BaseException = (
-                    TimeoutError(
-                        f"task {unit.task.name!r} did not finish within its timeout of "
-                        f"{unit.task.timeout}s"
-                    )
-                    if timed_out
-                    else WorkerLostError(
-                        f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: "
-                        f"{description}",
-                        task_name=unit.task.name,
-                        key=unit.key,
-                        error=RuntimeError(description),
-                    )
+                self._attempt_failed(
+                    unit, _lost_error(unit, timed_out, description), 0.0, timed_out
                 )
-                self._attempt_failed(unit, error, 0.0, timed_out)
-            elif lost is not None and unit.resubmits < _MAX_RESUBMITS and not self.aborting:
-                unit.resubmits += 1  # not its fault: run it again on the rebuilt pool
-                self._requeue(unit)
+            elif lost is not None:
+                self._resubmit_or_fail(unit, exc)  # not its fault: run it on the rebuilt pool
             else:
                 self._attempt_failed(unit, exc, 0.0, False)
+
+    def _forget(self, unit: _Unit) -> None:
+        """Stop tracking a submitted call, keeping the wait counters right."""
+        self.units.pop(unit.token, None)
+        if unit.parked is not None:
+            unit.parked = None
+            self.parked -= 1
+        if unit.awaited:
+            unit.awaited = False
+            self.awaited -= 1
+
+    def _resubmit_or_fail(self, unit: _Unit, cause: BaseException) -> None:
+        if self.aborting:
+            return
+        if unit.resubmits < _MAX_RESUBMITS:
+            unit.resubmits += 1
+            self._requeue(unit)
+            return
+        error = WorkerLostError(
+            f"task {unit.task.name!r} (key {unit.key!r}) could not run: its job was lost "
+            f"{unit.resubmits + 1} times ({type(cause).__name__}: {cause})",
+            task_name=unit.task.name,
+            key=unit.key,
+            error=cause,
+        )
+        self._attempt_failed(unit, error, 0.0, False)
 
     def _outcome(self, outcome: Any) -> None:
         """A call finished (reported with its job, or early on the channel)."""
         unit = self.units.get(outcome.token)
-        if unit is None:
+        if unit is None or unit.parked is not None:
             return
         if unit.awaited:
             unit.awaited = False
@@ -540,7 +552,7 @@ class _Run:
             entry[1].append(unit)
 
     def _finish_unit(self, unit: _Unit, outcome: Any) -> None:
-        self.units.pop(unit.token, None)
+        self._forget(unit)
         if outcome.events:
             self._deliver(unit, outcome.events)
         if not unit.started:
@@ -591,6 +603,7 @@ class _Run:
     ) -> None:
         if unit.attempt <= unit.task.retries and not self.aborting:
             unit.attempt += 1
+            unit.started = False  # the next attempt gets its own before_node_execute
             if self.hooks.has("before_node_retry"):
                 self.hooks.call(
                     "before_node_retry",
@@ -750,6 +763,19 @@ class _Run:
             results=self.kept,
             skipped=self.skipped,
         )
+
+
+def _lost_error(unit: _Unit, timed_out: bool, description: str) -> BaseException:
+    if timed_out:
+        return TimeoutError(
+            f"task {unit.task.name!r} did not finish within its timeout of {unit.task.timeout}s"
+        )
+    return WorkerLostError(
+        f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: {description}",
+        task_name=unit.task.name,
+        key=unit.key,
+        error=RuntimeError(description),
+    )
 
 
 def _task_error(task: Task[Any, Any], key: str, error: BaseException, timed_out: bool) -> TaskError:

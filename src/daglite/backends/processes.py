@@ -153,7 +153,7 @@ class ProcessBackend(Backend):
         self._slots: Any = None
         self._generation = 0
         self._lost: dict[int, WorkersLost] = {}
-        self._empty_breaks = 0
+        self._pools_by_generation: dict[int, tuple[Any, Any]] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -166,12 +166,14 @@ class ProcessBackend(Backend):
         slots = ctx.RawArray("q", 3 * (self._workers * 2 + 2))
         self._slots = slots
         self._generation += 1
+        self._pools_by_generation = {self._generation: (None, slots)}
         self._pool = ProcessPoolExecutor(
             self._workers,
             mp_context=ctx,
             initializer=init_pool_worker,
             initargs=(slots, ctx.Lock(), os.getpid()),
         )
+        self._pools_by_generation = {self._generation: (self._pool, slots)}
 
     def stop(self) -> None:
         with self._lock:
@@ -203,7 +205,7 @@ class ProcessBackend(Backend):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         self.ensure_started()
-        outer: Future[Any] = Future()
+        outer: _Relayed = _Relayed()
         for _ in range(_MAX_EMPTY_BREAKS):
             with self._lock:
                 if self._pool is None:
@@ -217,8 +219,8 @@ class ProcessBackend(Backend):
                     self._replace(generation)
         else:
             raise BackendError("the process pool breaks as soon as it starts; see the log")
+        outer.inner = inner
         inner.add_done_callback(partial(self._relay, outer, generation))
-        outer.add_done_callback(lambda f: f.cancelled() and inner.cancel())
         return outer
 
     def _relay(self, outer: Future[Any], generation: int, inner: Future[Any]) -> None:
@@ -243,23 +245,11 @@ class ProcessBackend(Backend):
         with self._lock:
             found = self._lost.get(generation)
             if found is None:
-                found = self._inspect_broken_pool()
+                pool, slots = self._pools_by_generation.get(generation, (self._pool, self._slots))
+                found = _inspect_broken_pool(pool, slots)
                 self._lost = {generation: found}
                 self._replace(generation)
             return found
-
-    def _inspect_broken_pool(self) -> WorkersLost:
-        pool, slots = self._pool, self._slots
-        processes = dict(getattr(pool, "_processes", {}) or {})
-        lost: dict[int, tuple[bool, str]] = {}
-        for i in range(len(slots) // 3):
-            pid, token, timed_out_token = slots[3 * i : 3 * i + 3]
-            if pid == 0 or token == 0 or not _is_dead(pid, processes.get(pid)):
-                continue
-            timed_out = timed_out_token == token
-            lost[token] = (timed_out, _describe_exit(pid, processes.get(pid), timed_out))
-        self._empty_breaks = 0 if lost else self._empty_breaks + 1
-        return WorkersLost(lost, "a worker process of the pool died")
 
     def _replace(self, generation: int) -> None:
         if generation != self._generation:
@@ -269,6 +259,31 @@ class ProcessBackend(Backend):
         if old is not None:
             old.shutdown(wait=False, cancel_futures=False)
         self._new_pool()
+
+
+def _inspect_broken_pool(pool: Any, slots: Any) -> WorkersLost:
+    """Which calls died with their workers, from the pool's shared slot array."""
+    processes = dict(getattr(pool, "_processes", {}) or {})
+    lost: dict[int, tuple[bool, str]] = {}
+    for i in range(len(slots) // 3):
+        pid, token, timed_out_token = slots[3 * i : 3 * i + 3]
+        if pid == 0 or token == 0 or not _is_dead(pid, processes.get(pid)):
+            continue
+        timed_out = timed_out_token == token
+        lost[token] = (timed_out, _describe_exit(pid, processes.get(pid), timed_out))
+    return WorkersLost(lost, "a worker process of the pool died")
+
+
+class _Relayed(Future[Any]):
+    """The future handed to the engine: it mirrors the pool's future, and can only
+    be cancelled while that one can (a job already running in a worker cannot)."""
+
+    inner: Future[Any] | None = None
+
+    def cancel(self) -> bool:
+        if self.inner is not None and not self.inner.cancel():
+            return False
+        return super().cancel()
 
 
 def _is_dead(pid: int, proc: Any) -> bool:
