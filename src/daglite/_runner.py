@@ -137,7 +137,8 @@ class Outcome:
                     f"back from the worker process: {exc}"
                 )
         if not ok:
-            payload, tb = _dumps_error(value)
+            error, tb = _portable_error(value)
+            payload = _dumps(error)
         events = reporters.picklable_events(self.events) if self.events else self.events
         return (
             _load_outcome,
@@ -170,21 +171,6 @@ def _dumps(value: Any) -> bytes:
         return cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)  # type: ignore[no-any-return]
 
 
-def _dumps_error(exc: BaseException) -> tuple[bytes, str]:
-    """Pickle an exception and format its traceback; never fails.
-
-    The caller sets the text as the rebuilt exception's ``__cause__``, so the
-    worker's source lines show up in the caller's traceback.
-    """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    tb = f'\n"""\n{tb}"""'
-    try:
-        return _dumps(exc), tb
-    except Exception:
-        stand_in = RuntimeError(f"{type(exc).__name__}: {exc}")
-        return pickle.dumps(stand_in, protocol=_PICKLE_PROTOCOL), tb
-
-
 class Outcomes(list[Outcome]):
     """What a job returns: its outcomes, plus the tokens already sent home early.
 
@@ -198,33 +184,58 @@ class Outcomes(list[Outcome]):
         self.sent_early: list[int] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
+        tokens = [o.token for o in self]
         try:
             rows = [_fast_row(o) for o in self]
             payload = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
         except Exception:
-            return (_load_outcomes, (None, list(self), self.sent_early))
-        return (_load_outcomes, (payload, None, self.sent_early))
+            return (_load_outcomes, (tokens, None, list(self), self.sent_early))
+        return (_load_outcomes, (tokens, payload, None, self.sent_early))
 
 
 def _fast_row(o: Outcome) -> tuple[Any, ...]:
     if o.ok:
         return (o.token, True, o.value, "", o.duration, o.events, o.sent, o.timed_out)
-    tb = "".join(traceback.format_exception(type(o.value), o.value, o.value.__traceback__))
-    return (o.token, False, o.value, f'\n"""\n{tb}"""', o.duration, o.events, o.sent, o.timed_out)
+    error, tb = _portable_error(o.value)
+    return (o.token, False, error, tb, o.duration, o.events, o.sent, o.timed_out)
+
+
+def _portable_error(exc: BaseException) -> tuple[BaseException, str]:
+    """The exception if it survives a pickle round trip (else a stand-in), and its traceback.
+
+    An exception class whose ``__init__`` takes other arguments than it passes to
+    ``Exception.__init__`` pickles but does not unpickle; caught here, in the
+    worker, it cannot break the caller's result handling.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=_PICKLE_PROTOCOL))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return exc, f'\n"""\n{tb}"""'
 
 
 def _load_outcomes(
-    payload: bytes | None, fallback: list[Outcome] | None, sent_early: list[int]
+    tokens: list[int],
+    payload: bytes | None,
+    fallback: list[Outcome] | None,
+    sent_early: list[int],
 ) -> Outcomes:
-    if payload is None:
-        out = Outcomes(fallback)
-    else:
-        out = Outcomes()
-        for token, ok, value, tb, duration, events, sent, timed_out in pickle.loads(payload):
-            if tb:
-                value.__cause__ = RemoteTraceback(tb)
-            out.append(Outcome(token, ok, value, duration, events, sent, timed_out))
+    out = Outcomes()
     out.sent_early = sent_early
+    if payload is None:
+        out.extend(fallback or ())
+        return out
+    try:
+        rows = pickle.loads(payload)
+    except Exception as exc:  # results that pickle but do not unpickle here
+        error = ResultNotPicklableError(f"the result could not be unpickled in the caller: {exc}")
+        out.extend(Outcome(t, False, error, 0.0, [], 0) for t in tokens)
+        return out
+    for token, ok, value, tb, duration, events, sent, timed_out in rows:
+        if tb:
+            value.__cause__ = RemoteTraceback(tb)
+        out.append(Outcome(token, ok, value, duration, events, sent, timed_out))
     return out
 
 
@@ -415,12 +426,13 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
         ok, value, timed_out = False, exc.error, True
     except Exception as exc:
         ok, value = False, exc
-    duration = time.perf_counter() - start
-    if state.slot >= 0:
-        state.running(0)
-    reporters._current.reset(reset)
-    if not direct:
-        reporters._flusher.remove(ctx)
+    finally:
+        duration = time.perf_counter() - start
+        if state.slot >= 0:
+            state.running(0)
+        reporters._current.reset(reset)
+        if not direct:
+            reporters._flusher.remove(ctx)
     events, sent = ctx.finish()
     return Outcome(call.token, ok, value, duration, events, sent, timed_out)
 
@@ -431,19 +443,31 @@ class _TimedOut(Exception):
 
 
 def _execute_with_timeout(call: CallLike, ctx: _NodeContext, timeout: float) -> Any:
+    """Run with a deadline in a helper thread, whether the task is sync or async.
+
+    ``async def`` tasks are also wrapped in ``asyncio.wait_for``, so a
+    cooperative one is cancelled cleanly; one that blocks is handled like a
+    blocking sync task.
+    """
     if asyncio.iscoroutinefunction(call.func):
-        try:
-            return asyncio.run(asyncio.wait_for(_invoke(call), timeout))
-        except asyncio.TimeoutError:
-            raise _TimedOut(_timeout_error(call)) from None
-    return _run_sync_with_timeout(call, ctx, timeout)
+
+        def run_async() -> Any:
+            try:
+                return asyncio.run(asyncio.wait_for(_invoke(call), timeout))
+            except asyncio.TimeoutError:
+                raise _TimedOut(_timeout_error(call)) from None
+
+        return _run_sync_with_timeout(call, ctx, timeout, run_async)
+    return _run_sync_with_timeout(call, ctx, timeout, lambda: _invoke(call))
 
 
 def _timeout_error(call: CallLike) -> TimeoutError:
     return TimeoutError(f"task {call.name!r} did not finish within its timeout of {call.timeout}s")
 
 
-def _run_sync_with_timeout(call: CallLike, ctx: _NodeContext, timeout: float) -> Any:
+def _run_sync_with_timeout(
+    call: CallLike, ctx: _NodeContext, timeout: float, run: Callable[[], Any]
+) -> Any:
     """Run in a helper thread; on expiry a process worker ends itself, others abandon it."""
     box: list[Any] = []
     done = threading.Event()
@@ -451,7 +475,7 @@ def _run_sync_with_timeout(call: CallLike, ctx: _NodeContext, timeout: float) ->
 
     def target() -> None:
         try:
-            box.append((True, context.run(_invoke, call)))
+            box.append((True, context.run(run)))
         except BaseException as exc:
             box.append((False, exc))
         done.set()

@@ -893,7 +893,7 @@ def _prepare(
         bar = progress_plugin_if_terminal()
         if bar is not None:
             extra.append(bar)
-    hooks = dispatcher_for(extra)
+    hooks = dispatcher_for(extra).for_run()
     return _Run(graph, default, pick, hooks, on_error, is_async), rebuild  # type: ignore[arg-type]
 
 

@@ -108,6 +108,7 @@ def _build(
     index, keys, deps_of, dependents = graph.index, graph.keys, graph.deps, graph.dependents
     visiting: set[int] = set()
     name_counts: dict[str, int] = {}
+    used_keys: set[str] = set()
     meta_cache: dict[tuple[int, bool], GraphMetadata] = {}
     stack: list[tuple[TaskFuture[Any], list[TaskFuture[Any]] | None]] = [
         (f, None) for f in reversed(roots)
@@ -135,9 +136,7 @@ def _build(
         i = len(keys)
         index[fid] = i
         task = future.task
-        name = task.name
-        count = name_counts[name] = name_counts.get(name, 0) + 1
-        keys.append(name if count == 1 else f"{name}-{count}")
+        keys.append(_unique_key(task.name, name_counts, used_keys))
         mapped = future.iterated is not None
         meta = meta_cache.get((id(task), mapped))
         if meta is None:
@@ -156,6 +155,20 @@ def _build(
         graph.node_count += _known_width(future) if mapped else 1
     graph.roots = [index[id(f)] for f in roots]
     return graph
+
+
+def _unique_key(name: str, counts: dict[str, int], used: set[str]) -> str:
+    """``name``, then ``name-2``, ``name-3``...: never a key given out already
+    (a task may itself be called ``load-2``), never one with ``[`` (element keys)."""
+    count = counts.get(name, 0)
+    while True:
+        count += 1
+        key = name if count == 1 else f"{name}-{count}"
+        if key not in used and not (count == 1 and "[" in name):
+            break
+    counts[name] = count
+    used.add(key)
+    return key
 
 
 def _metadata(

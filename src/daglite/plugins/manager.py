@@ -133,22 +133,33 @@ class HookDispatcher:
 
     __slots__ = ("_failures", "_impls", "_pm", "plugins")
 
-    def __init__(self, pm: pluggy.PluginManager, plugins: list[object]) -> None:
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        plugins: list[object],
+        impls: dict[str, list[_HookImpl]] | None = None,
+    ) -> None:
         self._pm: Final = pm
         self.plugins: Final = plugins
-        self._impls: dict[str, list[_HookImpl]] = {}
+        self._impls: dict[str, list[_HookImpl]] = {} if impls is None else impls
         self._failures: dict[tuple[str, str], int] = {}
+        if impls is not None:
+            return
         for name in dir(pm.hook):
             if name.startswith("_"):
                 continue
             caller = getattr(pm.hook, name)
-            impls = caller.get_hookimpls()
-            if impls:
+            impls_of = caller.get_hookimpls()
+            if impls_of:
                 # pluggy calls the last registered (and tryfirst) implementations first.
                 self._impls[name] = [
                     (_display_name(impl), impl.function, tuple(impl.argnames))
-                    for impl in reversed(impls)
+                    for impl in reversed(impls_of)
                 ]
+
+    def for_run(self) -> HookDispatcher:
+        """A copy for one evaluation: same implementations, its own failure counts."""
+        return HookDispatcher(self._pm, self.plugins, self._impls)
 
     def has(self, hook: str) -> bool:
         """Whether any plugin implements ``hook``."""

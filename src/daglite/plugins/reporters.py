@@ -235,6 +235,16 @@ def dumps_events(events: list[_Event]) -> bytes:
         return pickle.dumps(picklable_events(events), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def loads_events(count: int, payload: bytes) -> list[_Event]:
+    """Unpickle events; if that fails, ``count`` 'dropped' markers keep the tally right."""
+    try:
+        events: list[_Event] = pickle.loads(payload)
+        return events
+    except Exception as exc:
+        reason = f"could not be unpickled in the caller: {exc!r}"
+        return [(DROPPED_EVENT, {"event_type": "?", "reason": reason})] * count
+
+
 def picklable_events(events: list[_Event]) -> list[_Event]:
     """``events`` with each unpicklable one replaced by a 'dropped' marker."""
     kept: list[_Event] = []
@@ -362,7 +372,10 @@ class _SocketTransport(Transport):
 
     def send(self, run_id: str, message: _Message) -> None:
         if message[0] == "events":
-            message = (message[0], message[1], picklable_events(message[2]))
+            # Envelope and events pickled apart: if the caller cannot unpickle the
+            # events, it still knows how many were lost, for whom.
+            events = dumps_events(message[2])
+            message = ("events", message[1], len(message[2]), events)
         data = pickle.dumps((run_id, message), protocol=pickle.HIGHEST_PROTOCOL)
         conn, lock = _connection(self.address, self.authkey)
         with lock:
@@ -403,6 +416,7 @@ class _Hub:
         self._listener = Listener(family=family, authkey=self._authkey, backlog=128)
         self._routes: dict[str, Callable[[_Message], None]] = {}
         self._lock = threading.Lock()
+        self.pid = os.getpid()
         threading.Thread(target=self._accept_loop, name="daglite-hub", daemon=True).start()
 
     def transport(self) -> _SocketTransport:
@@ -452,11 +466,13 @@ _HUB_LOCK = threading.Lock()
 
 def _hub() -> _Hub:
     global _HUB
-    if _HUB is None or getattr(_HUB, "_pid", os.getpid()) != os.getpid():
+    hub = _HUB
+    if hub is None or hub.pid != os.getpid():  # none yet, or inherited through fork
         with _HUB_LOCK:
-            if _HUB is None:
+            if _HUB is None or _HUB.pid != os.getpid():
                 _HUB = _Hub()
-    return _HUB
+            hub = _HUB
+    return hub
 
 
 # -- caller-side registry -----------------------------------------------------------
