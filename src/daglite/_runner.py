@@ -209,7 +209,7 @@ def _portable_error(exc: BaseException) -> tuple[BaseException, str]:
     """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        pickle.loads(pickle.dumps(exc, protocol=_PICKLE_PROTOCOL))
+        pickle.loads(_dumps(exc))
     except Exception:
         exc = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
     return exc, f'\n"""\n{tb}"""'

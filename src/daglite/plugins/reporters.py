@@ -450,6 +450,8 @@ class _Hub:
                     return
                 try:
                     run_id, message = pickle.loads(data)
+                    if message[0] == "events":
+                        message = ("events", message[1], loads_events(message[2], message[3]))
                 except Exception:
                     logger.warning(
                         "hub: dropped a message that could not be unpickled", exc_info=True
