@@ -287,7 +287,7 @@ class _Job:
         return outcomes
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_job, (self.home, _dumps_calls(self.calls)))
+        return (_load_job, (self.home, *_dumps_calls(self.calls)))
 
 
 def _send_outcome(home: _Home, outcome: Outcome) -> bool:
@@ -298,12 +298,17 @@ def _send_outcome(home: _Home, outcome: Outcome) -> bool:
     return True
 
 
-def _load_job(home: _Home, payload: bytes) -> _Job:
-    return _Job(home, _loads_calls(payload))
+def _load_job(home: _Home, funcs: dict[int, bytes], body: bytes) -> _Job:
+    return _Job(home, _loads_calls(funcs, body))
 
 
-def _dumps_calls(calls: Sequence[CallLike]) -> bytes:
-    """Serialise calls; a call that cannot be pickled becomes ``_Poisoned``."""
+def _dumps_calls(calls: Sequence[CallLike]) -> tuple[dict[int, bytes], bytes]:
+    """Serialise calls: the functions (each once) and the call rows.
+
+    A call that cannot be pickled becomes ``_Poisoned``. The two parts are
+    handed to the executor's pickler as they are, not pickled once more, so a
+    large argument is copied as few times as possible.
+    """
     import cloudpickle
 
     funcs: dict[int, bytes] = {}
@@ -325,7 +330,7 @@ def _dumps_calls(calls: Sequence[CallLike]) -> bytes:
     except Exception:
         rows = [_poison_if_unpicklable(row) for row in rows]
         body = cloudpickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
-    return pickle.dumps((funcs, body), protocol=_PICKLE_PROTOCOL)
+    return funcs, body
 
 
 def _poison_if_unpicklable(row: Any) -> Any:
@@ -366,8 +371,7 @@ def _cached_function_pickle(func: Callable[..., Any]) -> bytes:
 _loaded_functions: dict[bytes, Callable[..., Any]] = {}
 
 
-def _loads_calls(payload: bytes) -> list[_Call]:
-    funcs_bytes, body = pickle.loads(payload)
+def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
     funcs: dict[int, Callable[..., Any]] = {}
     for fid, data in funcs_bytes.items():
         func = _loaded_functions.get(data)
