@@ -386,7 +386,11 @@ class _Run:
             combos: Iterable[tuple[Any, ...]] = zip(*seqs)
         else:
             combos = itertools.product(*seqs)
-        calls = [{**base, **dict(zip(names, combo))} for combo in combos]
+        if len(names) == 1:  # the common case, without building a pair per element
+            name = names[0]
+            calls = [{**base, name: value} for value in seqs[0]]
+        else:
+            calls = [{**base, **dict(zip(names, combo))} for combo in combos]
         if dynamic:
             self.node_count += len(calls)
             self.hooks.call(
@@ -486,10 +490,11 @@ class _Run:
                 if early is not None and not early.awaited and early.parked is None:
                     early.awaited = True
                     self.awaited += 1
-            done = {o.token for o in outcomes}.union(sent_early)
-            for unit in units:  # calls skipped because the run is aborting
-                if unit.token not in done:
-                    self._forget(unit)
+            if len(outcomes) + len(sent_early) < len(job.calls):  # calls skipped: aborting
+                done = {o.token for o in outcomes}.union(sent_early)
+                for unit in units:
+                    if unit.token not in done:
+                        self._forget(unit)
             return
         lost = getattr(exc, "lost", None)
         for unit in units:
