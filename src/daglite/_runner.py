@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from types import CoroutineType
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, NamedTuple, Protocol, final
 
 from daglite.plugins import log_bridge, reporters
 from daglite.plugins.reporters import START_EVENT, _Home, _NodeContext
@@ -100,29 +100,20 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-@final
-class Outcome:
-    """What one call produced: a value or an error, its run time and its events."""
+class Outcome(NamedTuple):
+    """What one call produced: a value or an error, its run time and its events.
 
-    __slots__ = ("duration", "events", "ok", "sent", "timed_out", "token", "value")
+    A named tuple, so a batch of them crosses a process boundary as plain
+    tuples and is rebuilt without a constructor call per element.
+    """
 
-    def __init__(
-        self,
-        token: int,
-        ok: bool,
-        value: Any,
-        duration: float,
-        events: list[tuple[str, dict[str, Any]]],
-        sent: int,
-        timed_out: bool = False,
-    ) -> None:
-        self.token = token
-        self.ok = ok
-        self.value = value
-        self.duration = duration
-        self.events = events
-        self.sent = sent
-        self.timed_out = timed_out
+    token: int
+    ok: bool
+    value: Any
+    duration: float
+    events: list[tuple[str, dict[str, Any]]]
+    sent: int
+    timed_out: bool = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         value, ok, tb = self.value, self.ok, ""
@@ -195,9 +186,9 @@ class Outcomes(list[Outcome]):
 
 def _fast_row(o: Outcome) -> tuple[Any, ...]:
     if o.ok:
-        return (o.token, True, o.value, "", o.duration, o.events, o.sent, o.timed_out)
-    error, tb = _portable_error(o.value)
-    return (o.token, False, error, tb, o.duration, o.events, o.sent, o.timed_out)
+        return tuple(o)
+    # A failure carries (error, traceback text) until it is rebuilt in the caller.
+    return (o.token, False, _portable_error(o.value), o.duration, o.events, o.sent, o.timed_out)
 
 
 def _portable_error(exc: BaseException) -> tuple[BaseException, str]:
@@ -232,10 +223,12 @@ def _load_outcomes(
         error = ResultNotPicklableError(f"the result could not be unpickled in the caller: {exc}")
         out.extend(Outcome(t, False, error, 0.0, [], 0) for t in tokens)
         return out
-    for token, ok, value, tb, duration, events, sent, timed_out in rows:
-        if tb:
-            value.__cause__ = RemoteTraceback(tb)
-        out.append(Outcome(token, ok, value, duration, events, sent, timed_out))
+    out.extend(map(Outcome._make, rows))
+    for i, outcome in enumerate(out):
+        if not outcome.ok:
+            error, tb = outcome.value
+            error.__cause__ = RemoteTraceback(tb)
+            out[i] = outcome._replace(value=error)
     return out
 
 
