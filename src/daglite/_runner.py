@@ -250,45 +250,86 @@ class _Job:
         """Run the calls in order.
 
         Returns:
-            The outcomes. Once a batch has run longer than ``FLUSH_INTERVAL``,
-            each finished call is sent home at once through the reporter
-            channel, so its ``after_node_execute`` and its dependents do not
-            wait for the batch; those tokens are listed in ``.sent_early``.
+            The outcomes. Once a job has run longer than ``FLUSH_INTERVAL``,
+            its finished calls are sent home at once through the reporter
+            channel (by the job itself between calls, and by the flusher thread
+            while a call runs long), so a quick result or failure never waits
+            for the rest of the job; those tokens are listed in ``.sent_early``.
         """
         home = self.home
         direct = home.on_engine_thread()
         local = home.local()
         if not local:
             log_bridge.forward_worker_logs(home.log_level)
-        outcomes = Outcomes()
-        sent_early = outcomes.sent_early
-        started = time.monotonic()
+        held = _HeldOutcomes(home)
+        if not direct:
+            reporters._flusher.add(held)
         last = len(self.calls) - 1
-        for i, call in enumerate(self.calls):
-            if local and home.abort:
-                break
-            if isinstance(call, _Poisoned):
-                error = ArgumentsNotPicklableError(call.message)
-                outcome = Outcome(call.token, False, error, 0.0, [], 0)
-            else:
-                outcome = _run_call(home, call, direct)
-            slow = time.monotonic() - started >= reporters.FLUSH_INTERVAL
-            if i < last and not direct and slow and _send_outcome(home, outcome):
-                sent_early.append(outcome.token)
-                continue
-            outcomes.append(outcome)
-        return outcomes
+        try:
+            for i, call in enumerate(self.calls):
+                if local and home.abort:
+                    break
+                if isinstance(call, _Poisoned):
+                    error = ArgumentsNotPicklableError(call.message)
+                    outcome = Outcome(call.token, False, error, 0.0, [], 0)
+                else:
+                    outcome = _run_call(home, call, direct)
+                held.append(outcome)
+                if i < last and not direct and time.monotonic() - held.started >= _FLUSH:
+                    held.flush()
+        finally:
+            if not direct:
+                reporters._flusher.remove(held)
+        return held.finish()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_load_job, (self.home, *_dumps_calls(self.calls)))
 
 
-def _send_outcome(home: _Home, outcome: Outcome) -> bool:
-    try:
-        home.send(("outcome", outcome))
-    except Exception:  # the channel is gone: the outcome goes with the job's result
-        return False
-    return True
+_FLUSH: Final = reporters.FLUSH_INTERVAL
+
+
+@final
+class _HeldOutcomes:
+    """Outcomes of a running job that have not gone home yet.
+
+    The job appends each finished call; ``flush`` (from the job, or from the
+    process's flusher thread while a call runs long) sends what is held through
+    the reporter channel; ``finish`` hands the rest back as the job's result.
+    The lock makes each outcome go exactly one way.
+    """
+
+    __slots__ = ("_held", "_lock", "home", "outcomes", "started")
+
+    def __init__(self, home: _Home) -> None:
+        self.home = home
+        self.outcomes = Outcomes()
+        self.started = time.monotonic()
+        self._held: list[Outcome] = []
+        self._lock = threading.Lock()
+
+    def append(self, outcome: Outcome) -> None:
+        self._held.append(outcome)  # atomic under the GIL; drained under the lock
+
+    def flush(self) -> None:
+        with self._lock:
+            held = self._held
+            sent = 0
+            for outcome in held:
+                try:
+                    self.home.send(("outcome", outcome))
+                except Exception:  # the channel is gone: the rest go with the result
+                    break
+                sent += 1
+            if sent:
+                self.outcomes.sent_early.extend(o.token for o in held[:sent])
+                del held[:sent]
+
+    def finish(self) -> Outcomes:
+        with self._lock:
+            self.outcomes.extend(self._held)
+            self._held.clear()
+        return self.outcomes
 
 
 def _load_job(home: _Home, funcs: dict[int, bytes], body: bytes) -> _Job:

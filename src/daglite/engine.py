@@ -87,6 +87,7 @@ class _Unit:
         "delivered",
         "elem",
         "func",
+        "isolate",
         "key",
         "kwargs",
         "meta",
@@ -129,6 +130,7 @@ class _Unit:
         self.delivered = 0
         self.parked: Any = None
         self.awaited = False
+        self.isolate = False
 
 
 @final
@@ -419,6 +421,11 @@ class _Run:
             if backend.runs_in_caller:
                 self._run_here(backend, units)
                 continue
+            isolated = [u for u in units if u.isolate]
+            if isolated:
+                units = [u for u in units if not u.isolate]
+                for unit in isolated:
+                    self._submit_job(backend, [unit])
             workers = backend.max_workers or 1
             size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
             for start in range(0, len(units), size):
@@ -497,6 +504,11 @@ class _Run:
                         self._forget(unit)
             return
         lost = getattr(exc, "lost", None)
+        if lost is not None and len(units) > 1 and not any(u.token in lost for u in units):
+            # Nobody in this job was blamed: run each alone, so a call that kills
+            # its worker again is caught by itself and the others go through.
+            for unit in units:
+                unit.isolate = True
         for unit in units:
             self._forget(unit)
             if lost is not None and unit.token in lost:

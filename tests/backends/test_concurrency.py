@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from daglite import evaluate, task
+from daglite import TaskError, evaluate, task
 from daglite.backends import ProcessBackend
 from daglite.plugins.hooks import hook_impl
 
@@ -217,3 +217,34 @@ def test_backend_as_context_manager_leaves_no_child_processes(mp_manager):
     assert len(set(pids)) == 2
     assert _gone(set(pids), time.monotonic() + 20) == set()
     assert not (set(pids) & {p.pid for p in psutil.Process().children(recursive=True)})
+
+
+class OpenGateOnError:
+    """Opens the gate when the engine learns of a failure (in the caller)."""
+
+    def __init__(self, gate: Any) -> None:
+        self.gate = gate
+
+    @hook_impl
+    def on_node_error(self, key):
+        self.gate.set()
+
+
+@task
+def fail_first_then_wait(i: int, gate: Any, seen: Any) -> int:
+    if i == 0:
+        raise ValueError("first call fails at once")
+    seen.put(gate.wait(WAIT))
+    return i
+
+
+@pytest.mark.parametrize("backend", POOLS)
+def test_quick_failure_is_not_held_back_by_a_long_call_in_the_same_job(backend, mp_manager):
+    # One worker and four calls: calls 0 and 1 travel in one job. Call 1 blocks
+    # until the caller has seen call 0 fail, which it only can if that outcome
+    # goes home while call 1 still runs.
+    gate, seen = mp_manager.Event(), mp_manager.Queue()
+    dag = fail_first_then_wait.product(i=list(range(4)), gate=[gate], seen=[seen])
+    with pytest.raises(TaskError, match="first call fails at once"):
+        evaluate(dag, backend=backend, max_workers=1, plugins=[OpenGateOnError(gate)])
+    assert seen.get(timeout=WAIT) is True

@@ -444,7 +444,7 @@ def test_registry_name_gives_a_shared_dask_backend():
     backend = get_backend("dask")
     assert isinstance(backend, DaskBackend)
     assert get_backend("dask") is backend
-    assert backend.max_batch == 1
+    assert backend.max_batch > 1  # ready calls travel in jobs, as on processes
 
 
 # -- optional dependency -----------------------------------------------------------------

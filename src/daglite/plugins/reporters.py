@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 __all__ = ["EventRegistry", "Reporter", "get_reporter"]
 
@@ -157,9 +157,20 @@ def get_reporter() -> Reporter:
 # -- worker-side flusher ------------------------------------------------------------
 
 
+class _Flushable(Protocol):
+    """What the flusher watches: a running task's events, or a running job's outcomes."""
+
+    started: float
+
+    def flush(self) -> None: ...
+
+
 @final
 class _Flusher:
-    """One daemon thread per process that sends long-running tasks' events home.
+    """One daemon thread per process that sends what long-running work holds home.
+
+    Watched are running tasks (their buffered events) and running jobs (the
+    outcomes of their finished calls).
 
     It sleeps on a condition while no task runs, and wakes every
     ``FLUSH_INTERVAL`` while some do. Registering a task is a plain dict store
@@ -168,19 +179,19 @@ class _Flusher:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._running: dict[int, _NodeContext] = {}
+        self._running: dict[int, _Flushable] = {}
         self._idle = True
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
-    def add(self, ctx: _NodeContext) -> None:
+    def add(self, ctx: _Flushable) -> None:
         self._running[id(ctx)] = ctx
         # Stored before the check, and the flusher marks itself idle before it
         # re-checks the dict: a wake-up cannot be lost.
         if self._idle or self._pid != os.getpid():
             self._wake()
 
-    def remove(self, ctx: _NodeContext) -> None:
+    def remove(self, ctx: _Flushable) -> None:
         self._running.pop(id(ctx), None)
 
     def _wake(self) -> None:
