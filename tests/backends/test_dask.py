@@ -19,7 +19,7 @@ pytest.importorskip("distributed")
 from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, task
 from daglite.backends import get_backend
 from daglite.backends.dask import DaskBackend, RemoteResult
-from daglite.exceptions import BackendError
+from daglite.exceptions import BackendError, EvaluationError
 from daglite.plugins.hooks import hook_impl
 from daglite.plugins.reporters import get_reporter
 
@@ -315,6 +315,26 @@ def test_worker_death_raises_worker_lost_error(cluster):
     assert info.value.task_name == "die"
     assert [type(e) for e in plugin.errors] == [WorkerLostError]
     assert evaluate(total(double.product(x=[1, 2])), backend=cluster) == 6  # cluster recovers
+
+
+@task
+def die_at(i: int, fatal: int) -> int:
+    if i == fatal:
+        os._exit(1)
+    return i
+
+
+def test_worker_death_in_a_batched_job_blames_only_the_dying_call(cluster):
+    # The calls travel to Dask together; when their job loses its worker, each
+    # is rerun alone, so only the call that kills its worker again fails.
+    plugin = Recorder()
+    dag = die_at.product(i=list(range(6)), fatal=[3])
+    with pytest.raises(EvaluationError) as info:
+        evaluate(dag, backend=cluster, plugins=[plugin], on_error="continue")
+    assert list(info.value.errors) == ["die_at[3]"]
+    assert isinstance(info.value.errors["die_at[3]"], WorkerLostError)
+    assert sorted(info.value.results) == [f"die_at[{i}]" for i in (0, 1, 2, 4, 5)]
+    assert [type(e) for e in plugin.errors] == [WorkerLostError]
 
 
 def test_worker_death_is_retried(cluster, tmp_path):
