@@ -36,7 +36,7 @@ _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 class _Call:
     """One attempt of one node: what to run, with which arguments."""
 
-    __slots__ = ("func", "key", "kwargs", "name", "style", "timeout", "token")
+    __slots__ = ("elems", "func", "key", "kwargs", "name", "style", "timeout", "token")
 
     def __init__(
         self,
@@ -47,6 +47,7 @@ class _Call:
         kwargs: dict[str, Any],
         timeout: float | None,
         style: tuple[tuple[str, ...], str | None, str | None] | None,
+        elems: Elements | None = None,
     ) -> None:
         self.token = token
         self.name = name
@@ -56,6 +57,26 @@ class _Call:
         self.timeout = timeout
         # None: call func(**kwargs). Else (positional-only names, *args name, **kwargs name).
         self.style = style
+        # None: one call. Else a slice of a fan-out: ``kwargs`` plus each element.
+        self.elems = elems
+
+
+class Elements(NamedTuple):
+    """A slice of a fan-out's elements, run as one call (see ``_run_slice``).
+
+    ``rows`` holds one value per element when ``names`` has one name, else one
+    tuple per element; ``first`` is the index of the first element in the
+    fan-out (keys are ``key[first + i]``); ``stop_on_error`` ends the slice at
+    its first failure (the evaluation fails fast anyway); ``positional`` says
+    the one name is the function's first parameter, so each element is passed
+    positionally (no dict per element).
+    """
+
+    names: tuple[str, ...]
+    rows: list[Any]
+    first: int
+    stop_on_error: bool
+    positional: bool
 
 
 class CallLike(Protocol):
@@ -68,6 +89,7 @@ class CallLike(Protocol):
     kwargs: dict[str, Any]
     timeout: float | None
     style: tuple[tuple[str, ...], str | None, str | None] | None
+    elems: Elements | None
 
 
 @final
@@ -160,6 +182,52 @@ def _dumps(value: Any) -> bytes:
         import cloudpickle
 
         return cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)  # type: ignore[no-any-return]
+
+
+@final
+class SliceValues:
+    """What a slice of a fan-out returns: a value per element run, and the errors.
+
+    ``values[i]`` is None where element ``i`` failed (``errors[i]`` holds its
+    exception and run time). Pickled on its own: an element whose result cannot be pickled
+    becomes that element's error, naming "result", and spoils no other.
+    """
+
+    __slots__ = ("errors", "values")
+
+    def __init__(self, values: list[Any], errors: dict[int, tuple[BaseException, float]]) -> None:
+        self.values = values
+        self.errors = errors
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        values, errors = self.values, dict(self.errors)
+        try:
+            payload = pickle.dumps(values, protocol=_PICKLE_PROTOCOL)
+        except Exception:
+            values = list(values)
+            for i, value in enumerate(values):
+                try:
+                    _dumps(value)
+                except Exception as exc:
+                    values[i] = None
+                    error = ResultNotPicklableError(
+                        f"the result ({type(value).__name__}) cannot be pickled to send it "
+                        f"back from the worker process: {exc}"
+                    )
+                    errors[i] = (error, 0.0)
+            payload = _dumps(values)
+        portable = {i: (*_portable_error(e), d) for i, (e, d) in errors.items()}
+        return (_load_slice_values, (payload, portable))
+
+
+def _load_slice_values(
+    payload: bytes, errors: dict[int, tuple[BaseException, str, float]]
+) -> SliceValues:
+    rebuilt = {}
+    for i, (error, tb, duration) in errors.items():
+        error.__cause__ = RemoteTraceback(tb)
+        rebuilt[i] = (error, duration)
+    return SliceValues(pickle.loads(payload), rebuilt)
 
 
 class Outcomes(list[Outcome]):
@@ -358,7 +426,8 @@ def _dumps_calls(calls: Sequence[CallLike]) -> tuple[dict[int, bytes], bytes]:
             except Exception as exc:
                 rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
                 continue
-        rows.append((call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style))
+        row = (call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style)
+        rows.append((*row, call.elems))
     try:
         body = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
     except Exception:
@@ -372,7 +441,12 @@ def _poison_if_unpicklable(row: Any) -> Any:
 
     if isinstance(row, _Poisoned):
         return row
-    token, name, _key, _fid, kwargs, _timeout, _style = row
+    token, name, _key, _fid, kwargs, _timeout, _style, elems = row
+    if elems is not None:
+        try:
+            cloudpickle.dumps(elems, protocol=_PICKLE_PROTOCOL)
+        except Exception as exc:
+            return _Poisoned(token, f"task {name!r}: an element cannot be pickled: {exc}")
     for param, value in kwargs.items():
         try:
             cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)
@@ -420,8 +494,8 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
         if isinstance(row, _Poisoned):
             calls.append(row)
         else:
-            token, name, key, fid, kwargs, timeout, style = row
-            calls.append(_Call(token, name, key, funcs[fid], kwargs, timeout, style))
+            token, name, key, fid, kwargs, timeout, style, elems = row
+            calls.append(_Call(token, name, key, funcs[fid], kwargs, timeout, style, elems))
     return calls
 
 
@@ -431,16 +505,35 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
 def _invoke(call: CallLike) -> Any:
     if call.style is None:
         return call.func(**call.kwargs)
-    positional_only, var_positional, var_keyword = call.style
-    kwargs = dict(call.kwargs)
+    return _invoke_style(call.func, call.style, call.kwargs)
+
+
+def _call_with(
+    func: Callable[..., Any],
+    style: tuple[tuple[str, ...], str | None, str | None] | None,
+    kwargs: dict[str, Any],
+) -> Any:
+    return func(**kwargs) if style is None else _invoke_style(func, style, kwargs)
+
+
+def _invoke_style(
+    func: Callable[..., Any],
+    style: tuple[tuple[str, ...], str | None, str | None],
+    given: dict[str, Any],
+) -> Any:
+    """Call ``func`` with positional-only, ``*args`` and ``**kwargs`` parameters unpacked."""
+    positional_only, var_positional, var_keyword = style
+    kwargs = dict(given)
     args = [kwargs.pop(n) for n in positional_only]
     if var_positional is not None:
         args.extend(kwargs.pop(var_positional, ()))
     extra = kwargs.pop(var_keyword, {}) if var_keyword is not None else {}
-    return call.func(*args, **kwargs, **extra)
+    return func(*args, **kwargs, **extra)
 
 
 def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
+    if call.elems is not None:
+        return _run_slice(home, call, direct)
     ctx = _NodeContext(home, call.token, direct, call.name, call.key)
     if home.wants_start:
         ctx.report(START_EVENT)
@@ -473,6 +566,68 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
             reporters._flusher.remove(ctx)
     events, sent = ctx.finish()
     return Outcome(call.token, ok, value, duration, events, sent, timed_out)
+
+
+def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:
+    """Run the task once per element of a slice, under one node context.
+
+    The context's key follows the element, so log records name it. Only the
+    engine's bulk path sends slices: nobody watches single elements then (no
+    node hooks, no event handlers), so elements get no start event of their
+    own, and a failed element's duration is its own run time.
+    """
+    elems = call.elems
+    assert elems is not None
+    names, rows, first, stop_on_error, positional = elems
+    ctx = _NodeContext(home, call.token, direct, call.name, call.key)
+    if not direct:
+        reporters._flusher.add(ctx)
+    reset = reporters._current.set(ctx)
+    state = _worker_state
+    if state.slot >= 0:
+        state.running(call.token)
+    func, base, style = call.func, call.kwargs, call.style
+    single = names[0] if len(names) == 1 else None
+    local = home.local()
+    values: list[Any] = []
+    errors: dict[int, tuple[BaseException, float]] = {}
+    start = last = time.perf_counter()
+    try:
+        for i, row in enumerate(rows):
+            if local and home.abort:
+                break
+            ctx.elem = first + i
+            try:
+                if positional:
+                    value = func(row, **base) if base else func(row)
+                elif single is not None:
+                    value = _call_with(func, style, {**base, single: row})
+                else:
+                    kwargs = dict(base)
+                    kwargs.update(zip(names, row))
+                    value = _call_with(func, style, kwargs)
+                if type(value) is CoroutineType:
+                    value = asyncio.run(value)
+            except Exception as exc:
+                now = time.perf_counter()
+                values.append(None)
+                errors[i] = (exc, now - last)
+                last = now
+                if stop_on_error:
+                    break
+                continue
+            values.append(value)
+            last = time.perf_counter()
+    finally:
+        duration = time.perf_counter() - start
+        if state.slot >= 0:
+            state.running(0)
+        reporters._current.reset(reset)
+        if not direct:
+            reporters._flusher.remove(ctx)
+    ctx.elem = -1
+    events, sent = ctx.finish()
+    return Outcome(call.token, True, SliceValues(values, errors), duration, events, sent)
 
 
 class _TimedOut(Exception):

@@ -18,6 +18,7 @@ their inputs are ready, so widths known only at run time work the same way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import math
@@ -29,7 +30,7 @@ from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future
 from typing import Any, Final, Literal, TypeVar, final, overload
 
-from daglite._runner import _Job, _run_call
+from daglite._runner import Elements, _Job, _run_call
 from daglite.backends import canonical_name, get_backend
 from daglite.backends.base import Backend
 from daglite.exceptions import (
@@ -76,6 +77,9 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 class _Unit:
     """One call of one node (or of one element of a fan-out) and its attempts.
 
+    On the bulk path a unit is a slice of a fan-out's elements instead
+    (``elems``; ``elem`` is then the index of its first element).
+
     It is also the call a job runs in this process (``func``, ``name``, ``key``,
     ``kwargs``, ``timeout``, ``style``, ``token``: the fields of ``_runner._Call``).
     """
@@ -86,6 +90,7 @@ class _Unit:
         "backend",
         "delivered",
         "elem",
+        "elems",
         "func",
         "isolate",
         "key",
@@ -131,6 +136,8 @@ class _Unit:
         self.parked: Any = None
         self.awaited = False
         self.isolate = False
+        # A slice of a fan-out run as one call (bulk path), else None.
+        self.elems: Elements | None = None
 
 
 @final
@@ -167,6 +174,10 @@ class _Run:
         self.units: dict[int, _Unit] = {}
         self.pending: dict[int, tuple[Backend, list[_Unit]]] = {}
         self.in_flight: dict[int, Future[Any]] = {}
+        # Calls that were on a worker that died, not shown at fault: each runs
+        # alone, nothing else of this run in flight, so a repeat death names it.
+        self.quarantine: collections.deque[_Unit] = collections.deque()
+        self.quarantined_job = 0
         self.homes: dict[int, _Home] = {}
         self.failed_nodes: set[int] = set()
         self.errors: dict[str, TaskError] = {}
@@ -184,6 +195,9 @@ class _Run:
         self._has_before = hooks.has("before_node_execute")
         self._has_after = hooks.has("after_node_execute")
         self._has_lookup = hooks.has("lookup_node_result")
+        # Set once plugins registered their handlers: whether nobody watches
+        # single nodes, so wide fan-outs may travel in slices (``_slices``).
+        self._bulk = False
 
     # -- messages ------------------------------------------------------------------
 
@@ -287,7 +301,7 @@ class _Run:
                 if self.remote_producers:
                     self._fetch_remote_inputs(i, backend)
                 kwargs = self._resolve(kwargs, deps)
-            calls = [kwargs] if future.iterated is None else self._expand(i, future, kwargs)
+            names, rows = ((), []) if future.iterated is None else self._expand(i, future, kwargs)
         except Exception as exc:
             self._release_inputs(i)
             self._node_failed_before_running(i, exc)
@@ -298,14 +312,26 @@ class _Run:
         if future.iterated is None:
             units = [_Unit(i, -1, key, kwargs, task, meta, backend)]
         else:
-            if not calls:
+            if not rows:
                 self._complete_node(i, [])
                 return
-            self.map_left[i] = len(calls)
-            self.map_results[i] = [None] * len(calls)
+            self.map_left[i] = len(rows)
+            self.map_results[i] = [None] * len(rows)
+            if self._sliceable(task, backend, len(rows)):
+                self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
+                return
             units = [
-                _Unit(i, e, f"{key}[{e}]", kw, task, meta, backend) for e, kw in enumerate(calls)
+                _Unit(i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), task, meta, backend)
+                for e, row in enumerate(rows)
             ]
+        self._queue_units(backend, units)
+
+    def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool:
+        """Whether a fan-out may take the bulk path: nobody watches its elements,
+        they have no deadline of their own, and results come home (not Dask)."""
+        return self._bulk and width > 1 and task.timeout is None and not self._keeps_remote(backend)
+
+    def _queue_units(self, backend: Backend, units: list[_Unit]) -> None:
         entry = self.pending.get(id(backend))
         if entry is None:
             self.pending[id(backend)] = (backend, units)
@@ -359,9 +385,57 @@ class _Run:
             return type(value)(items)
         return value
 
+    def _slices(
+        self,
+        i: int,
+        base: dict[str, Any],
+        names: tuple[str, ...],
+        rows: list[Any],
+        backend: Backend,
+    ) -> list[_Unit]:
+        """A fan-out's elements in a few slices, each run as one call (bulk path).
+
+        Like ``Executor.map`` with a chunksize: four slices per worker (one on
+        inline), so the caller handles a handful of calls instead of one per
+        element. An element that fails is taken out and handled on its own
+        (retries, ``on_node_error``, its key in the error).
+        """
+        task, meta, key = self.graph.futures[i].task, self.graph.metadata[i], self.graph.keys[i]
+        parts = 1 if backend.runs_in_caller else 4 * (backend.max_workers or 1)
+        size = math.ceil(len(rows) / parts)
+        # A slice may end at its first failure only if that fails the run.
+        stop = self.on_error == "raise" and task.retries == 0
+        sig = task._sig
+        positional = len(names) == 1 and sig.call_style is None and sig.params[:1] == names
+        units = []
+        for first in range(0, len(rows), size):
+            unit = _Unit(i, first, key, base, task, meta, backend)
+            unit.elems = Elements(names, rows[first : first + size], first, stop, positional)
+            units.append(unit)
+        return units
+
+    def _element_unit(self, piece: _Unit, e: int) -> _Unit:
+        """Element ``e`` of slice ``piece`` as a unit of its own."""
+        assert piece.elems is not None
+        names, rows, first = piece.elems[:3]
+        kwargs = _element_kwargs(piece.kwargs, names, rows[e - first])
+        key = f"{piece.key}[{e}]"
+        return _Unit(piece.node, e, key, kwargs, piece.task, piece.meta, piece.backend)
+
+    def _split(self, piece: _Unit, isolate: bool) -> None:
+        """Run a slice's elements one by one instead (the slice failed as a whole)."""
+        assert piece.elems is not None
+        first = piece.elems.first
+        for e in range(first, first + len(piece.elems.rows)):
+            unit = self._element_unit(piece, e)
+            unit.isolate = isolate
+            self._requeue(unit)
+
     def _expand(
         self, i: int, future: TaskFuture[Any], base: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[tuple[str, ...], list[Any]]:
+        """The fan-out's parameter names and its rows: a value per element for one
+        name, else a tuple per element."""
         assert future.iterated is not None
         names = list(future.iterated)
         seqs = []
@@ -385,24 +459,19 @@ class _Run:
                 raise GraphError(
                     f"task {future.task.name!r}: zip() needs sequences of equal length, got {shown}"
                 )
-            combos: Iterable[tuple[Any, ...]] = zip(*seqs)
+            rows = seqs[0] if len(names) == 1 else list(zip(*seqs))
         else:
-            combos = itertools.product(*seqs)
-        if len(names) == 1:  # the common case, without building a pair per element
-            name = names[0]
-            calls = [{**base, name: value} for value in seqs[0]]
-        else:
-            calls = [{**base, **dict(zip(names, combo))} for combo in combos]
+            rows = seqs[0] if len(names) == 1 else list(itertools.product(*seqs))
         if dynamic:
-            self.node_count += len(calls)
+            self.node_count += len(rows)
             self.hooks.call(
                 "on_graph_expand",
                 root_id=self.run_id,
                 key=self.graph.keys[i],
-                added=len(calls),
+                added=len(rows),
                 node_count=self.node_count,
             )
-        return calls
+        return tuple(names), rows
 
     def _release_inputs(self, i: int) -> None:
         """Drop upstream results nobody needs any more (memory stays bounded)."""
@@ -412,6 +481,8 @@ class _Run:
                 self.results[d] = None
 
     def _submit_pending(self) -> None:
+        if self.quarantined_job:
+            return  # a quarantined call runs alone
         while self.pending:
             _, (backend, units) = self.pending.popitem()
             if self.aborting:
@@ -421,17 +492,21 @@ class _Run:
             if backend.runs_in_caller:
                 self._run_here(backend, units)
                 continue
-            isolated = [u for u in units if u.isolate]
-            if isolated:
-                units = [u for u in units if not u.isolate]
-                for unit in isolated:
-                    self._submit_job(backend, [unit])
+            if any(u.isolate or u.elems is not None for u in units):
+                self.quarantine.extend(u for u in units if u.isolate)
+                for unit in units:
+                    if unit.elems is not None and not unit.isolate:
+                        self._submit_job(backend, [unit])  # a slice is a job of its own
+                units = [u for u in units if not (u.isolate or u.elems is not None)]
             workers = backend.max_workers or 1
             size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
             for start in range(0, len(units), size):
                 self._submit_job(backend, units[start : start + size])
                 if self.aborting:
                     return
+        if self.quarantine and not self.in_flight:
+            unit = self.quarantine.popleft()
+            self.quarantined_job = self._submit_job(unit.backend, [unit])
 
     def _run_here(self, backend: Backend, units: list[_Unit]) -> None:
         """Run calls on this thread (inline): no job, future or queue in between.
@@ -449,7 +524,8 @@ class _Run:
             unit.delivered = 0
             self._finish_unit(unit, _run_call(home, unit, True))
 
-    def _submit_job(self, backend: Backend, units: list[_Unit]) -> None:
+    def _submit_job(self, backend: Backend, units: list[_Unit]) -> int:
+        """Hand ``units`` to ``backend`` as one job; returns the job's id."""
         registry = self.units
         for unit in units:
             unit.token = token = next(_token_counter)
@@ -462,6 +538,7 @@ class _Run:
         # Always through the queue: a callback that runs at once (inline) must not
         # call hooks inside add_done_callback, which would swallow their errors.
         future.add_done_callback(lambda f: self.queue.put(("done", job, f)))
+        return id(job)
 
     def _served_from_cache(self, unit: _Unit) -> bool:
         found = self.hooks.first_result(
@@ -477,6 +554,8 @@ class _Run:
 
     def _job_done(self, job: Any, future: Future[Any]) -> None:
         self.in_flight.pop(id(job), None)
+        if self.quarantined_job == id(job):
+            self.quarantined_job = 0
         units = [u for u in (self.units.get(c.token) for c in job.calls) if u is not None]
         if future.cancelled():
             # Cancelled by us (aborting), or by someone stopping a shared backend:
@@ -504,22 +583,47 @@ class _Run:
                         self._forget(unit)
             return
         lost = getattr(exc, "lost", None)
-        if lost is not None and len(units) > 1 and not any(u.token in lost for u in units):
-            # Nobody in this job was blamed: run each alone, so a call that kills
-            # its worker again is caught by itself and the others go through.
-            for unit in units:
-                unit.isolate = True
+        if lost is not None:
+            self._workers_lost(units, lost, exc)
+            return
         for unit in units:
             self._forget(unit)
-            if lost is not None and unit.token in lost:
+            if unit.elems is not None:  # the slice failed as a whole: run its elements
+                self._split(unit, isolate=False)
+            else:
+                self._attempt_failed(unit, exc, 0.0, False)
+
+    def _workers_lost(
+        self, units: list[_Unit], lost: dict[int, tuple[bool, str]], exc: BaseException
+    ) -> None:
+        """A job's worker died: fail the calls the backend blames (``lost``).
+
+        A backend that cannot tell which call killed its worker (Dask: a task
+        queued on a dying worker fails like the one running there) blames none.
+        Then every call of the job goes to quarantine and is rerun alone; one
+        that loses its worker there is blamed. Calls not blamed while another
+        was are rerun on the rebuilt pool as usual.
+        """
+        if not lost and len(units) == 1 and units[0].isolate:
+            lost = {units[0].token: (False, str(exc))}  # it ran alone: it is the one
+        suspects = not lost
+        for unit in units:
+            self._forget(unit)
+            if unit.token in lost:
+                if unit.elems is not None:  # somewhere in this slice: find which element
+                    self._split(unit, isolate=True)
+                    continue
                 timed_out, description = lost[unit.token]
                 self._attempt_failed(
                     unit, _lost_error(unit, timed_out, description), 0.0, timed_out
                 )
-            elif lost is not None:
-                self._resubmit_or_fail(unit, exc)  # not its fault: run it on the rebuilt pool
-            else:
-                self._attempt_failed(unit, exc, 0.0, False)
+                continue
+            if suspects:
+                if unit.elems is not None:
+                    self._split(unit, isolate=True)
+                    continue
+                unit.isolate = True
+            self._resubmit_or_fail(unit, exc)
 
     def _forget(self, unit: _Unit) -> None:
         """Stop tracking a submitted call, keeping the wait counters right."""
@@ -562,16 +666,15 @@ class _Run:
             self._finish_unit(unit, outcome)
 
     def _requeue(self, unit: _Unit) -> None:
-        entry = self.pending.get(id(unit.backend))
-        if entry is None:
-            self.pending[id(unit.backend)] = (unit.backend, [unit])
-        else:
-            entry[1].append(unit)
+        self._queue_units(unit.backend, [unit])
 
     def _finish_unit(self, unit: _Unit, outcome: Any) -> None:
         self._forget(unit)
         if outcome.events:
             self._deliver(unit, outcome.events)
+        if unit.elems is not None:
+            self._slice_finished(unit, outcome)
+            return
         if not unit.started:
             self._node_started(unit)
         if outcome.ok:
@@ -599,12 +702,37 @@ class _Run:
             self._complete_node(i, value)
             return
         self.map_results[i][unit.elem] = value
-        self.map_left[i] -= 1
-        if self.map_left[i] == 0:
-            del self.map_left[i]
-            values = self.map_results.pop(i)
-            if i not in self.failed_nodes:
-                self._complete_node(i, values)
+        self._elements_done(i, 1)
+
+    def _slice_finished(self, piece: _Unit, outcome: Any) -> None:
+        if not outcome.ok:  # the slice could not run (say, an element would not pickle)
+            self._split(piece, isolate=False)
+            return
+        assert piece.elems is not None
+        values, errors = outcome.value.values, outcome.value.errors
+        i, first = piece.node, piece.elem
+        self.map_results[i][first : first + len(values)] = values
+        if self._keep_all:
+            for e, value in enumerate(values):
+                if e not in errors:
+                    self.kept[f"{piece.key}[{first + e}]"] = value
+        for e, (error, duration) in errors.items():
+            self._attempt_failed(self._element_unit(piece, first + e), error, duration, False)
+        if not self.aborting:  # elements a slice skipped after a failure still run
+            for e in range(first + len(values), first + len(piece.elems.rows)):
+                self._requeue(self._element_unit(piece, e))
+        self._elements_done(i, len(values) - len(errors))
+
+    def _elements_done(self, i: int, n: int) -> None:
+        """``n`` more elements of fan-out ``i`` succeeded; complete it after the last."""
+        left = self.map_left[i] - n
+        if left:
+            self.map_left[i] = left
+            return
+        del self.map_left[i]
+        values = self.map_results.pop(i)
+        if i not in self.failed_nodes:
+            self._complete_node(i, values)
 
     def _complete_node(self, i: int, value: Any) -> None:
         self.results[i] = value
@@ -677,6 +805,7 @@ class _Run:
         """Fail fast: submit nothing more, cancel queued jobs, await running ones."""
         self.aborting = True
         self.pending.clear()
+        self.quarantine.clear()
         for home in self.homes.values():
             home.abort = True
         for future in list(self.in_flight.values()):
@@ -691,6 +820,7 @@ class _Run:
             register = getattr(plugin, "register_event_handlers", None)
             if callable(register):
                 register(self.registry)
+        self._bulk = not (self._has_before or self._has_after or self._has_lookup or self.registry)
         started = time.perf_counter()
         hooks.call(
             "before_graph_execute",
@@ -746,7 +876,9 @@ class _Run:
         wait = self.queue.get  # blocks; Ctrl-C still interrupts it on the main thread
         while True:
             self._submit_pending()
-            if not (self.in_flight or self.pending or self.parked or self.awaited):
+            if not (
+                self.in_flight or self.pending or self.parked or self.awaited or self.quarantine
+            ):
                 break
             handle(wait())
             while True:
@@ -780,6 +912,15 @@ class _Run:
             results=self.kept,
             skipped=self.skipped,
         )
+
+
+def _element_kwargs(base: dict[str, Any], names: tuple[str, ...], row: Any) -> dict[str, Any]:
+    """One fan-out element's arguments: ``base`` plus the element's values."""
+    if len(names) == 1:
+        return {**base, names[0]: row}
+    kwargs = dict(base)
+    kwargs.update(zip(names, row))
+    return kwargs
 
 
 def _lost_error(unit: _Unit, timed_out: bool, description: str) -> BaseException:

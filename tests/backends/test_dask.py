@@ -341,7 +341,9 @@ def test_worker_death_is_retried(cluster, tmp_path):
     plugin = Recorder()
     result = evaluate(die_once(str(tmp_path / "died")), backend=cluster, plugins=[plugin])
     assert result == "survived"
-    assert plugin.retries == [2]
+    # Dask cannot tell whether the task killed its worker or was only queued there,
+    # so the first death is not charged to it: it is rerun alone, not retried.
+    assert plugin.retries == []
 
 
 @task

@@ -19,9 +19,12 @@ receives a stand-in gets the Dask future of the kept value as an argument, so
 Dask moves the data between workers itself; ``materialize`` fetches the final
 results. A stand-in holds its future: the data lives as long as the stand-in.
 
-A worker that dies fails the task it ran with ``WorkersLost`` (the engine turns
-it into ``WorkerLostError``). The embedded cluster sets
-``distributed.scheduler.allowed-failures`` to 0 so that happens at once.
+A worker that dies fails its job with ``WorkersLost`` naming no call: Dask
+fails the tasks queued on a dying worker just like the one it ran. The engine
+reruns those calls one at a time, alone (quarantine), and a call that loses
+its worker there fails with ``WorkerLostError``. The embedded cluster sets
+``distributed.scheduler.allowed-failures`` to 0 so a death surfaces at once
+instead of Dask rerunning the task on the next worker to kill.
 """
 
 from __future__ import annotations
@@ -616,6 +619,8 @@ def _map_error(exc: BaseException, token: int) -> BaseException:
         description = f"the connection to its Dask worker was lost ({exc})"
     else:
         return exc
-    lost = WorkersLost({token: (False, description)} if token else {}, description)
+    # Blame nobody: Dask fails a task queued on a dying worker like the one that
+    # ran there. The engine reruns the job's calls alone and blames a repeat.
+    lost = WorkersLost({}, description)
     lost.__cause__ = exc
     return lost

@@ -88,18 +88,25 @@ _NO_BUFFER: Final[deque[Any]] = deque(maxlen=0)
 class _NodeContext(Reporter):
     """Worker-side state of one running task; also its reporter."""
 
-    __slots__ = ("direct", "events", "home", "key", "name", "sent", "started", "token")
+    __slots__ = ("_key", "direct", "elem", "events", "home", "name", "sent", "started", "token")
 
     def __init__(self, home: _Home, token: int, direct: bool, name: str, key: str) -> None:
         self.home = home
         self.token = token
         self.name = name
-        self.key = key
+        self._key = key
+        # The element running now when this context serves a slice of a fan-out.
+        self.elem = -1
         self.direct = direct
         # Direct (inline) tasks deliver each event at once and never buffer.
         self.events: deque[_Event] = _NO_BUFFER if direct else deque()
         self.sent = 0
         self.started = 0.0 if direct else time.monotonic()
+
+    @property
+    def key(self) -> str:
+        """Key of the running node (of the running element, for a slice)."""
+        return self._key if self.elem < 0 else f"{self._key}[{self.elem}]"
 
     def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
         _check_event_type(event_type)
