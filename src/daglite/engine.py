@@ -165,7 +165,9 @@ class _Run:
         self.reporter = _CallerReporter(self._dispatch_event)
         n = len(graph)
         self.waiting = [len(d) for d in graph.deps]
-        self.consumers = [len(d) if d else 0 for d in graph.dependents]
+        self.consumers = [
+            0 if d is None else 1 if isinstance(d, int) else len(d) for d in graph.dependents
+        ]
         self.results: list[Any] = [None] * n
         self.roots = set(graph.roots)
         self.map_left: dict[int, int] = {}
@@ -366,7 +368,7 @@ class _Run:
         out = {}
         for name, value in kwargs.items():
             if isinstance(value, TaskFuture):
-                out[name] = results[index[id(value)]]
+                out[name] = results[index[value]]
             elif isinstance(value, _CONTAINERS):
                 out[name] = self._substitute(value)
             else:
@@ -375,7 +377,7 @@ class _Run:
 
     def _substitute(self, value: Any) -> Any:
         if isinstance(value, TaskFuture):
-            return self.results[self.graph.index[id(value)]]
+            return self.results[self.graph.index[value]]
         if isinstance(value, dict):
             return {k: self._substitute(v) for k, v in value.items()}
         if isinstance(value, _CONTAINERS):
@@ -738,7 +740,10 @@ class _Run:
         self.results[i] = value
         if self.aborting:
             return
-        for d in self.graph.dependents[i] or ():
+        users = self.graph.dependents[i]
+        if users is None:
+            return
+        for d in (users,) if isinstance(users, int) else users:
             self.waiting[d] -= 1
             if self.waiting[d] == 0 and d not in self.failed_nodes:
                 self._schedule(d)
@@ -792,14 +797,14 @@ class _Run:
             self._skip_dependents(i)
 
     def _skip_dependents(self, i: int) -> None:
-        stack = list(self.graph.dependents[i] or ())
+        stack = self.graph.dependents_of(i)
         while stack:
             d = stack.pop()
             if d in self.failed_nodes:
                 continue
             self.failed_nodes.add(d)
             self.skipped.append(self.graph.keys[d])
-            stack.extend(self.graph.dependents[d] or ())
+            stack.extend(self.graph.dependents_of(d))
 
     def _abort(self) -> None:
         """Fail fast: submit nothing more, cancel queued jobs, await running ones."""

@@ -36,12 +36,16 @@ class _Signature:
         "_call_style",
         "defaults",
         "keyword_ok",
+        "n_positional",
+        "n_required",
         "params",
         "positional",
         "positional_only",
         "required",
+        "unary",
         "var_keyword",
         "var_positional",
+        "zip_bind",
     )
 
     def __init__(self, func: Callable[..., Any]) -> None:
@@ -79,6 +83,15 @@ class _Signature:
             and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
         )
         self._call_style = self._compute_call_style()
+        # Positional arguments alone can be bound by zipping them with the
+        # parameter names when the function is plain and its required
+        # parameters come first (the common ``add(1, 2)``): ``Task._bind`` then
+        # skips the general walk.
+        self.zip_bind = self.is_plain and self.required == self.positional[: len(self.required)]
+        self.n_required = len(self.required)
+        self.n_positional = len(self.positional)
+        # One parameter, required, nothing else: ``f(x)`` binds as ``{"x": x}``.
+        self.unary = self.zip_bind and not self.defaults and self.n_positional == 1
 
     @property
     def is_plain(self) -> bool:
@@ -229,6 +242,14 @@ class Task(Generic[P, R]):
         """
         sig = self._sig
         fixed = self.fixed
+        if not kwargs and not fixed and sig.zip_bind:
+            n = len(args)
+            if sig.n_required <= n <= sig.n_positional:
+                if n == 1 and not sig.defaults:
+                    return {sig.positional[0]: args[0]}
+                bound = dict(sig.defaults)
+                bound.update(zip(sig.positional, args))
+                return bound
         bound = dict(sig.defaults)
         extras: dict[str, Any] = {}
         for name, value in fixed.items():
@@ -268,6 +289,8 @@ class Task(Generic[P, R]):
         Raises:
             TypeError: For a missing, unknown or already fixed parameter.
         """
+        if len(args) == 1 and not kwargs and self._sig.unary and not self.fixed:
+            return TaskFuture(self, {self._sig.positional[0]: args[0]})  # the common f(x)
         return TaskFuture(self, self._bind(args, kwargs))
 
     def _first_unbound(self, taken: Iterable[str]) -> str:

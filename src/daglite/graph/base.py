@@ -64,9 +64,11 @@ class Graph:
         self.futures: Final[list[TaskFuture[Any]]] = []
         self.keys: Final[list[str]] = []
         self.deps: Final[list[tuple[int, ...]]] = []
-        self.dependents: Final[list[list[int] | None]] = []
+        # None (no dependent), one node index, or a list of them: most nodes
+        # have at most one dependent, and a one-item list per node costs 64 bytes.
+        self.dependents: Final[list[int | list[int] | None]] = []
         self.metadata: Final[list[GraphMetadata]] = []
-        self.index: Final[dict[int, int]] = {}
+        self.index: Final[dict[TaskFuture[Any], int]] = {}  # by identity
         self.roots: list[int] = []
         self.node_count = 0
 
@@ -75,4 +77,11 @@ class Graph:
 
     def node_of(self, future: TaskFuture[Any]) -> int:
         """Index of the node built for ``future``."""
-        return self.index[id(future)]
+        return self.index[future]
+
+    def dependents_of(self, i: int) -> list[int]:
+        """Indices of the nodes that take node ``i``'s result."""
+        users = self.dependents[i]
+        if users is None:
+            return []
+        return [users] if isinstance(users, int) else list(users)

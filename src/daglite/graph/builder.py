@@ -54,7 +54,10 @@ def _children(future: TaskFuture[Any]) -> list[TaskFuture[Any]]:
             if isinstance(value, TaskFuture):
                 found.append(value)
             elif isinstance(value, _CONTAINERS):
-                found.extend(iter_futures(value))
+                if type(value) is list and set(map(type, value)) == {TaskFuture}:
+                    found.extend(value)  # a plain list of futures, the common join
+                else:
+                    found.extend(iter_futures(value))
     return found
 
 
@@ -106,10 +109,13 @@ def _build(
     """
     graph = Graph()
     index, keys, deps_of, dependents = graph.index, graph.keys, graph.deps, graph.dependents
+    add_key, add_deps, add_dependents = keys.append, deps_of.append, dependents.append
+    add_meta, add_future = graph.metadata.append, graph.futures.append
     visiting: set[int] = set()
     name_counts: dict[str, int] = {}
     used_keys: set[str] = set()
-    meta_cache: dict[tuple[int, bool], GraphMetadata] = {}
+    metas: tuple[dict[int, GraphMetadata], dict[int, GraphMetadata]] = ({}, {})
+    node_count = 0
     stack: list[tuple[TaskFuture[Any], list[TaskFuture[Any]] | None]] = [
         (f, None) for f in reversed(roots)
     ]
@@ -118,42 +124,69 @@ def _build(
         future, children = pop()
         fid = id(future)
         if children is None:  # first met: push it back, then its children
-            if fid in index:
+            if future in index:
                 continue
             if fid in visiting:
                 raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
-            children = _children(future)
-            if children:
-                visiting.add(fid)
-                push((future, children))
-                for child in reversed(children):
-                    if id(child) not in index:
-                        push((child, None))
-                continue
+            for value in future.kwargs.values():  # a cheap look for arguments to walk
+                if isinstance(value, _SCANNED):
+                    break
+            else:
+                value = None
+            if value is not None or future.iterated is not None:
+                children = _children(future)
+                if children:
+                    visiting.add(fid)
+                    push((future, children))
+                    for child in reversed(children):
+                        if child not in index:
+                            push((child, None))
+                    continue
         else:  # all its children are in the graph now
             visiting.discard(fid)
         # Add the node.
         i = len(keys)
-        index[fid] = i
+        index[future] = i
         task = future.task
-        keys.append(_unique_key(task.name, name_counts, used_keys))
+        name = task.name
+        count = name_counts.get(name)
+        if count is None:
+            key = name if name not in used_keys and "[" not in name else None
+            count = 1
+        else:
+            count += 1
+            key = f"{name}-{count}"
+            if key in used_keys:
+                key = None
+        if key is None:  # taken already (a task may be called 'load-2'), or holds '['
+            key = _unique_key(name, name_counts, used_keys)
+        else:
+            name_counts[name] = count
+            used_keys.add(key)
+        add_key(key)
         mapped = future.iterated is not None
-        meta = meta_cache.get((id(task), mapped))
+        meta = metas[mapped].get(id(task))
         if meta is None:
-            meta = meta_cache[(id(task), mapped)] = _metadata(task, mapped, backend_name_of)
-        graph.metadata.append(meta)
-        deps = tuple(dict.fromkeys([index[id(c)] for c in children])) if children else ()
-        deps_of.append(deps)
-        dependents.append(None)
-        for d in deps:
-            users = dependents[d]
-            if users is None:
-                dependents[d] = [i]
-            else:
-                users.append(i)
-        graph.futures.append(future)
-        graph.node_count += _known_width(future) if mapped else 1
-    graph.roots = [index[id(f)] for f in roots]
+            meta = metas[mapped][id(task)] = _metadata(task, mapped, backend_name_of)
+        add_meta(meta)
+        if children:
+            deps = tuple(dict.fromkeys([index[c] for c in children]))
+            for d in deps:
+                users = dependents[d]
+                if users is None:
+                    dependents[d] = i
+                elif isinstance(users, int):
+                    dependents[d] = [users, i]
+                else:
+                    users.append(i)
+        else:
+            deps = ()
+        add_deps(deps)
+        add_dependents(None)
+        add_future(future)
+        node_count += _known_width(future) if mapped else 1
+    graph.node_count = node_count
+    graph.roots = [index[f] for f in roots]
     return graph
 
 
