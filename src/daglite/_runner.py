@@ -36,7 +36,7 @@ _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 class _Call:
     """One attempt of one node: what to run, with which arguments."""
 
-    __slots__ = ("elems", "func", "key", "kwargs", "name", "style", "timeout", "token")
+    __slots__ = ("elems", "follows", "func", "key", "kwargs", "name", "style", "timeout", "token")
 
     def __init__(
         self,
@@ -48,6 +48,7 @@ class _Call:
         timeout: float | None,
         style: tuple[tuple[str, ...], str | None, str | None] | None,
         elems: Elements | None = None,
+        follows: tuple[str, ...] | None = None,
     ) -> None:
         self.token = token
         self.name = name
@@ -59,6 +60,9 @@ class _Call:
         self.style = style
         # None: one call. Else a slice of a fan-out: ``kwargs`` plus each element.
         self.elems = elems
+        # Parameters that take the result of the call before it in the job (a
+        # fused chain); None for an independent call.
+        self.follows = follows
 
 
 class Elements(NamedTuple):
@@ -90,6 +94,7 @@ class CallLike(Protocol):
     timeout: float | None
     style: tuple[tuple[str, ...], str | None, str | None] | None
     elems: Elements | None
+    follows: tuple[str, ...] | None
 
 
 @final
@@ -333,6 +338,7 @@ class _Job:
         if not direct:
             reporters._flusher.add(held)
         last = len(self.calls) - 1
+        previous: Outcome | None = None
         try:
             for i, call in enumerate(self.calls):
                 if local and home.abort:
@@ -341,7 +347,14 @@ class _Job:
                     error = ArgumentsNotPicklableError(call.message)
                     outcome = Outcome(call.token, False, error, 0.0, [], 0)
                 else:
+                    if call.follows is not None:
+                        if previous is None or not previous.ok:
+                            break  # its input failed: the caller reschedules it
+                        call = _fed(call, previous.value)
+                        if home.wants_start and not direct:
+                            held.flush()  # its start must not overtake the result it takes
                     outcome = _run_call(home, call, direct)
+                previous = outcome
                 held.append(outcome)
                 if i < last and not direct and time.monotonic() - held.started >= _FLUSH:
                     held.flush()
@@ -355,6 +368,15 @@ class _Job:
 
 
 _FLUSH: Final = reporters.FLUSH_INTERVAL
+
+
+def _fed(call: CallLike, value: Any) -> _Call:
+    """A fused call with the previous call's result in its ``follows`` parameters."""
+    assert call.follows is not None
+    kwargs = dict(call.kwargs)
+    for name in call.follows:
+        kwargs[name] = value
+    return _Call(call.token, call.name, call.key, call.func, kwargs, call.timeout, call.style)
 
 
 @final
@@ -427,7 +449,7 @@ def _dumps_calls(calls: Sequence[CallLike]) -> tuple[dict[int, bytes], bytes]:
                 rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
                 continue
         row = (call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style)
-        rows.append((*row, call.elems))
+        rows.append((*row, call.elems, call.follows))
     try:
         body = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
     except Exception:
@@ -441,7 +463,7 @@ def _poison_if_unpicklable(row: Any) -> Any:
 
     if isinstance(row, _Poisoned):
         return row
-    token, name, _key, _fid, kwargs, _timeout, _style, elems = row
+    token, name, _key, _fid, kwargs, _timeout, _style, elems, _follows = row
     if elems is not None:
         try:
             cloudpickle.dumps(elems, protocol=_PICKLE_PROTOCOL)
@@ -494,8 +516,9 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
         if isinstance(row, _Poisoned):
             calls.append(row)
         else:
-            token, name, key, fid, kwargs, timeout, style, elems = row
-            calls.append(_Call(token, name, key, funcs[fid], kwargs, timeout, style, elems))
+            token, name, key, fid, kwargs, timeout, style, elems, follows = row
+            func = funcs[fid]
+            calls.append(_Call(token, name, key, func, kwargs, timeout, style, elems, follows))
     return calls
 
 

@@ -41,7 +41,7 @@ from daglite.exceptions import (
     WorkerLostError,
 )
 from daglite.graph.base import Graph, GraphMetadata
-from daglite.graph.builder import build_graph
+from daglite.graph.builder import build_graph, iter_futures
 from daglite.plugins import log_bridge
 from daglite.plugins.hooks import CachedResult
 from daglite.plugins.manager import HookDispatcher, dispatcher_for
@@ -88,9 +88,12 @@ class _Unit:
         "attempt",
         "awaited",
         "backend",
+        "chain",
         "delivered",
+        "done",
         "elem",
         "elems",
+        "follows",
         "func",
         "isolate",
         "key",
@@ -101,10 +104,12 @@ class _Unit:
         "parked",
         "resubmits",
         "started",
+        "stash",
         "style",
         "task",
         "timeout",
         "token",
+        "upstream",
     )
 
     def __init__(
@@ -138,6 +143,15 @@ class _Unit:
         self.isolate = False
         # A slice of a fan-out run as one call (bulk path), else None.
         self.elems: Elements | None = None
+        # Chain fusion (``_fuse``): a head carries the units that follow it in
+        # its job; a follower names the parameters fed by the call before it,
+        # and the unit it waits for. Messages a follower sends before that
+        # unit is done wait in the upstream's ``stash``.
+        self.chain: list[_Unit] | None = None
+        self.follows: tuple[str, ...] | None = None
+        self.upstream: _Unit | None = None
+        self.stash: list[tuple[Any, ...]] | None = None
+        self.done = False
 
 
 @final
@@ -180,6 +194,10 @@ class _Run:
         # alone, nothing else of this run in flight, so a repeat death names it.
         self.quarantine: collections.deque[_Unit] = collections.deque()
         self.quarantined_job = 0
+        # Nodes already in flight as followers of a fused chain.
+        self.fused: set[int] = set()
+        # Followers whose input is done while messages of theirs wait in a stash.
+        self.ready: collections.deque[_Unit] = collections.deque()
         self.homes: dict[int, _Home] = {}
         self.failed_nodes: set[int] = set()
         self.errors: dict[str, TaskError] = {}
@@ -200,6 +218,8 @@ class _Run:
         # Set once plugins registered their handlers: whether nobody watches
         # single nodes, so wide fan-outs may travel in slices (``_slices``).
         self._bulk = False
+        # A cache plugin answers per call at submit time: chains are not fused then.
+        self._fuse_ok = not self._has_lookup
 
     # -- messages ------------------------------------------------------------------
 
@@ -225,7 +245,7 @@ class _Run:
             self._job_done(message[1], message[2])
         elif kind == "events":
             unit = self.units.get(message[1])
-            if unit is None:
+            if unit is None or self._gated(unit, message):
                 return
             self._deliver(unit, message[2])
             unit.delivered += len(message[2])
@@ -240,6 +260,25 @@ class _Run:
             raise asyncio.CancelledError()
         else:  # pragma: no cover - a bug, never user input
             raise RuntimeError(f"engine got an unknown message {kind!r}")
+
+    def _gated(self, unit: _Unit, message: tuple[Any, ...]) -> bool:
+        """Hold a fused follower's message until the call before it is done here
+        (its outcome may come home after the follower's, on another path)."""
+        upstream = unit.upstream
+        if upstream is None or (upstream.done and unit.stash is None):
+            return False
+        if unit.stash is None:
+            unit.stash = []
+        unit.stash.append(message)
+        return True
+
+    def _replay(self) -> None:
+        """Handle the held messages of followers whose input is now done, in order."""
+        while self.ready:
+            unit = self.ready.popleft()
+            stash, unit.stash = unit.stash, None
+            for message in stash or ():
+                self._handle(message)
 
     def _deliver(self, unit: _Unit, events: list[tuple[str, dict[str, Any]]]) -> None:
         for event_type, data in events:
@@ -312,7 +351,10 @@ class _Run:
             self._release_inputs(i)
         meta, key = graph.metadata[i], graph.keys[i]
         if future.iterated is None:
-            units = [_Unit(i, -1, key, kwargs, task, meta, backend)]
+            unit = _Unit(i, -1, key, kwargs, task, meta, backend)
+            if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
+                self._fuse(unit)
+            units = [unit]
         else:
             if not rows:
                 self._complete_node(i, [])
@@ -327,6 +369,50 @@ class _Run:
                 for e, row in enumerate(rows)
             ]
         self._queue_units(backend, units)
+
+    def _fuse(self, head: _Unit) -> None:
+        """Send the single-call chain hanging off ``head`` in one job with it.
+
+        A node whose only input is the node before it, on the same backend,
+        and which is that node's only consumer, can run in the same worker
+        right after it: no round trip through the caller per hop (Dask's
+        ``fuse`` optimisation does the same with linear chains). Hooks and
+        events keep their order: a follower's messages are held until the call
+        before it is done in the caller.
+        """
+        graph, length, unit = self.graph, 1, head
+        while length < unit.backend.max_batch:
+            nxt = self._follower(unit.node, unit.backend)
+            if nxt is None:
+                break
+            d, names = nxt
+            future = graph.futures[d]
+            kwargs = {n: (None if n in names else v) for n, v in future.kwargs.items()}
+            follower = _Unit(
+                d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
+            )
+            follower.follows, follower.upstream = names, unit
+            self.fused.add(d)
+            unit.chain = [follower]
+            unit = follower
+            length += 1
+
+    def _follower(self, i: int, backend: Backend) -> tuple[int, tuple[str, ...]] | None:
+        """Node ``i``'s sole consumer and the parameters it takes ``i``'s result
+        in, if it can be fused after ``i``; else None."""
+        graph = self.graph
+        d = graph.dependents[i]
+        if not isinstance(d, int) or graph.deps[d] != (i,) or d in self.failed_nodes:
+            return None
+        future = graph.futures[d]
+        if future.iterated is not None or self._backend_for(future.task) is not backend:
+            return None
+        upstream = graph.futures[i]
+        names = tuple(n for n, v in future.kwargs.items() if v is upstream)
+        for value in future.kwargs.values():
+            if isinstance(value, _CONTAINERS) and any(True for _ in iter_futures(value)):
+                return None  # the result is nested in an argument: resolved in the caller
+        return (d, names) if names else None
 
     def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool:
         """Whether a fan-out may take the bulk path: nobody watches its elements,
@@ -494,12 +580,16 @@ class _Run:
             if backend.runs_in_caller:
                 self._run_here(backend, units)
                 continue
-            if any(u.isolate or u.elems is not None for u in units):
+            if any(u.isolate or u.elems is not None or u.chain for u in units):
                 self.quarantine.extend(u for u in units if u.isolate)
                 for unit in units:
-                    if unit.elems is not None and not unit.isolate:
+                    if unit.isolate:
+                        continue
+                    if unit.elems is not None:
                         self._submit_job(backend, [unit])  # a slice is a job of its own
-                units = [u for u in units if not (u.isolate or u.elems is not None)]
+                    elif unit.chain:
+                        self._submit_job(backend, _chain_of(unit))  # so is a fused chain
+                units = [u for u in units if not (u.isolate or u.elems is not None or u.chain)]
             workers = backend.max_workers or 1
             size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
             for start in range(0, len(units), size):
@@ -559,6 +649,8 @@ class _Run:
         if self.quarantined_job == id(job):
             self.quarantined_job = 0
         units = [u for u in (self.units.get(c.token) for c in job.calls) if u is not None]
+        if future.cancelled() or future.exception() is not None:
+            units = [u for u in units if self._unfuse(u)]
         if future.cancelled():
             # Cancelled by us (aborting), or by someone stopping a shared backend:
             # then the calls did not run and are not at fault.
@@ -578,10 +670,11 @@ class _Run:
                 if early is not None and not early.awaited and early.parked is None:
                     early.awaited = True
                     self.awaited += 1
-            if len(outcomes) + len(sent_early) < len(job.calls):  # calls skipped: aborting
+            if len(outcomes) + len(sent_early) < len(job.calls):
+                # Calls skipped: the run is failing fast, or a fused call's input failed.
                 done = {o.token for o in outcomes}.union(sent_early)
                 for unit in units:
-                    if unit.token not in done:
+                    if unit.token not in done and self._unfuse(unit):
                         self._forget(unit)
             return
         lost = getattr(exc, "lost", None)
@@ -661,6 +754,8 @@ class _Run:
         if unit.awaited:
             unit.awaited = False
             self.awaited -= 1
+        if self._gated(unit, ("outcome", outcome)):
+            return
         if outcome.sent > unit.delivered:
             unit.parked = outcome  # its flushed events are still on the way
             self.parked += 1
@@ -701,10 +796,42 @@ class _Run:
         if self._keeps_remote(unit.backend):
             self.remote_producers[i] = unit.backend
         if unit.elem < 0:
+            unit.done = True
             self._complete_node(i, value)
+            if unit.chain:
+                self._input_done(unit.chain[0], value)
             return
         self.map_results[i][unit.elem] = value
         self._elements_done(i, 1)
+
+    def _input_done(self, follower: _Unit, value: Any) -> None:
+        """The call before ``follower`` in its fused chain is done: fill in its input."""
+        assert follower.follows is not None
+        for name in follower.follows:
+            follower.kwargs[name] = value
+        self._release_inputs(follower.node)
+        if follower.stash is not None:
+            self.ready.append(follower)
+
+    def _unfuse(self, unit: _Unit) -> bool:
+        """Detach ``unit`` from its fused chain: its job failed or skipped it.
+
+        Returns:
+            True when the unit is now a plain call (its input, if any, is done);
+            False for a follower whose input is not: it is dropped, and its node
+            is scheduled as usual once that input is done.
+        """
+        unit.chain = None
+        upstream = unit.upstream
+        if upstream is None:
+            return True
+        unit.upstream = unit.follows = unit.stash = None
+        upstream.chain = None
+        self.fused.discard(unit.node)
+        if upstream.done:
+            return True
+        self._forget(unit)
+        return False
 
     def _slice_finished(self, piece: _Unit, outcome: Any) -> None:
         if not outcome.ok:  # the slice could not run (say, an element would not pickle)
@@ -745,12 +872,17 @@ class _Run:
             return
         for d in (users,) if isinstance(users, int) else users:
             self.waiting[d] -= 1
-            if self.waiting[d] == 0 and d not in self.failed_nodes:
+            if self.waiting[d] == 0 and d not in self.failed_nodes and d not in self.fused:
                 self._schedule(d)
 
     def _attempt_failed(
         self, unit: _Unit, error: BaseException, duration: float, timed_out: bool
     ) -> None:
+        if unit.chain:  # the calls fused after it will not run: drop them
+            for follower in _chain_of(unit)[1:]:
+                self._unfuse(follower)
+        if unit.upstream is not None:
+            self._unfuse(unit)  # its input is done: a retry is a plain call
         if unit.attempt <= unit.task.retries and not self.aborting:
             unit.attempt += 1
             unit.started = False  # the next attempt gets its own before_node_execute
@@ -886,12 +1018,16 @@ class _Run:
             ):
                 break
             handle(wait())
+            if self.ready:
+                self._replay()
             while True:
                 try:
                     message = get_nowait()
                 except queue.Empty:
                     break
                 handle(message)
+                if self.ready:
+                    self._replay()
 
     def _interrupted(self, exc: BaseException) -> None:
         """Ctrl-C or cancellation: stop everything in flight, right now."""
@@ -917,6 +1053,14 @@ class _Run:
             results=self.kept,
             skipped=self.skipped,
         )
+
+
+def _chain_of(head: _Unit) -> list[_Unit]:
+    """``head`` and the units fused after it, in order."""
+    units = [head]
+    while units[-1].chain:
+        units.append(units[-1].chain[0])
+    return units
 
 
 def _element_kwargs(base: dict[str, Any], names: tuple[str, ...], row: Any) -> dict[str, Any]:
