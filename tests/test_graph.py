@@ -133,3 +133,25 @@ def test_deep_chain_builds_without_recursion():
     graph = _build(f)
     assert len(graph) == 5_001
     assert graph.keys[0] == "inc" and graph.keys[-1] == "inc-5001"
+
+
+def test_keys_follow_argument_order_depth_first_in_a_mixed_fan_in():
+    # Leaves and deeper arguments interleaved: keys follow the depth-first walk
+    # in argument order, whether a child is a leaf or not.
+    a, b, c = inc(inc(0)), inc(5), inc(inc(1))
+    graph = _build(total([a, b, c]))
+    assert graph.keys == ["inc", "inc-2", "inc-3", "inc-4", "inc-5", "total"]
+    assert [graph.keys[graph.node_of(f)] for f in (a, b, c)] == ["inc-2", "inc-3", "inc-5"]
+    graph = _build(total([b, a]))
+    assert graph.keys == ["inc", "inc-2", "inc-3", "total"]
+    assert graph.keys[graph.node_of(b)] == "inc"
+
+
+def test_a_lone_dependent_is_stored_as_an_index_and_several_as_a_list():
+    shared = inc(1)
+    graph = _build(total([inc(shared), add(shared, shared)]))
+    i = graph.node_of(shared)
+    assert len(graph.dependents_of(i)) == 2
+    assert graph.dependents_of(graph.node_of(graph.futures[-1])) == []
+    leaf = _build(inc(inc(2)))
+    assert leaf.dependents_of(0) == [1]

@@ -313,7 +313,7 @@ class DaskBackend(Backend):
         self._topic = f"daglite-{uuid.uuid4().hex}"
         self._routes: dict[str, Callable[[Any], None]] = {}
         self._in_flight: dict[int, Any] = {}
-        self._to_fetch: list[tuple[Future[Any], int, Any, Any]] = []
+        self._to_fetch: list[tuple[Future[Any], Any, Any]] = []
         self._fetching = False
         self._lock = threading.Lock()
 
@@ -414,7 +414,7 @@ class DaskBackend(Backend):
         from daglite._runner import _Job
 
         if not isinstance(fn, _Job):
-            return self._watch(client.submit(fn, *args, pure=False, **kwargs), 0)
+            return self._watch(client.submit(fn, *args, pure=False, **kwargs))
         kept = self._kept_inputs(fn)
         payload: Any = pickle.dumps(fn, protocol=_PICKLE_PROTOCOL)
         if len(payload) > self.remote_threshold:
@@ -430,8 +430,7 @@ class DaskBackend(Backend):
             *kept.values(),
             key=f"{name}-{uuid.uuid4().hex}",
         )
-        # A dead worker can be blamed on the call only when the job holds one call.
-        return self._watch(dfut, fn.calls[0].token if len(fn.calls) == 1 else 0)
+        return self._watch(dfut)
 
     def _kept_inputs(self, job: Any) -> dict[str, Any]:
         """Dask futures of the stand-ins among the job's arguments, by key."""
@@ -451,11 +450,11 @@ class DaskBackend(Backend):
             out[key] = stand_in._future
         return out
 
-    def _watch(self, dfut: Any, token: int) -> Future[Any]:
+    def _watch(self, dfut: Any) -> Future[Any]:
         outer: Future[Any] = Future()
         with self._lock:
             self._in_flight[id(outer)] = dfut
-        dfut.add_done_callback(partial(self._relay, outer, token))
+        dfut.add_done_callback(partial(self._relay, outer))
         outer.add_done_callback(partial(self._cancel_if_cancelled, dfut))
         return outer
 
@@ -467,38 +466,38 @@ class DaskBackend(Backend):
             # Non-blocking: the cancel request runs on the client's event loop.
             client.loop.add_callback(lambda: client.cancel([dfut], asynchronous=True))
 
-    def _relay(self, outer: Future[Any], token: int, dfut: Any) -> None:
+    def _relay(self, outer: Future[Any], dfut: Any) -> None:
         """Dask future done (callback thread): settle ``outer`` from it."""
         if outer.done():
             return
         try:
             if dfut.status != "finished":
-                _settle(outer, False, _failure_of(dfut, token))
+                _settle(outer, False, _failure_of(dfut))
             elif _is_kept_type(dfut.type):
                 summary = self._client.submit(
                     _summarize, dfut, dfut.key, key=f"daglite-summary-{uuid.uuid4().hex}"
                 )
-                summary.add_done_callback(partial(self._relay_summary, outer, token, dfut))
+                summary.add_done_callback(partial(self._relay_summary, outer, dfut))
             else:
-                self._fetch(outer, token, dfut, None)
+                self._fetch(outer, dfut, None)
         except BaseException as exc:  # never leave the engine waiting
             _settle(outer, False, exc)
 
-    def _relay_summary(self, outer: Future[Any], token: int, kept: Any, summary: Any) -> None:
+    def _relay_summary(self, outer: Future[Any], kept: Any, summary: Any) -> None:
         if outer.done():
             return
         try:
             if summary.status != "finished":
-                _settle(outer, False, _failure_of(summary, token))
+                _settle(outer, False, _failure_of(summary))
             else:
-                self._fetch(outer, token, summary, kept)
+                self._fetch(outer, summary, kept)
         except BaseException as exc:
             _settle(outer, False, exc)
 
-    def _fetch(self, outer: Future[Any], token: int, dfut: Any, kept: Any) -> None:
+    def _fetch(self, outer: Future[Any], dfut: Any, kept: Any) -> None:
         """Queue a finished future's result for the next batched gather."""
         with self._lock:
-            self._to_fetch.append((outer, token, dfut, kept))
+            self._to_fetch.append((outer, dfut, kept))
             if self._fetching:
                 return
             self._fetching = True
@@ -519,11 +518,11 @@ class DaskBackend(Backend):
                     _fail_all(batch, BackendError("the dask backend was stopped"))
                     return
             try:
-                values = await client.gather([b[2] for b in batch], asynchronous=True)
+                values = await client.gather([b[1] for b in batch], asynchronous=True)
                 results = [(True, v) for v in values]
             except Exception:  # one of them failed: settle each on its own
-                results = [await _gather_one(client, b[2], b[1]) for b in batch]
-            for (outer, _token, dfut, kept), (ok, value) in zip(batch, results):
+                results = [await _gather_one(client, b[1]) for b in batch]
+            for (outer, dfut, kept), (ok, value) in zip(batch, results):
                 if ok:
                     value = _unwrap(value, kept or dfut)
                 _settle(outer, ok, value)
@@ -571,22 +570,22 @@ def _unwrap(value: Any, kept: Any) -> Any:
     return value
 
 
-async def _gather_one(client: Any, dfut: Any, token: int) -> tuple[bool, Any]:
+async def _gather_one(client: Any, dfut: Any) -> tuple[bool, Any]:
     try:
         return True, (await client.gather([dfut], asynchronous=True))[0]
     except BaseException as exc:
-        return False, _map_error(exc, token)
+        return False, _map_error(exc)
 
 
-def _failure_of(dfut: Any, token: int) -> BaseException:
+def _failure_of(dfut: Any) -> BaseException:
     if dfut.status == "cancelled":
         return BackendError(
             "the Dask scheduler cancelled the task (did the client or scheduler shut down?)"
         )
-    return _map_error(dfut.exception(), token)
+    return _map_error(dfut.exception())
 
 
-def _fail_all(batch: list[tuple[Future[Any], int, Any, Any]], error: BaseException) -> None:
+def _fail_all(batch: list[tuple[Future[Any], Any, Any]], error: BaseException) -> None:
     for outer, *_ in batch:
         _settle(outer, False, error)
 
@@ -606,7 +605,7 @@ def _settle(outer: Future[Any], ok: bool, value: Any) -> None:
         pass
 
 
-def _map_error(exc: BaseException, token: int) -> BaseException:
+def _map_error(exc: BaseException) -> BaseException:
     """Map distributed's errors at the boundary: a dead worker becomes ``WorkersLost``."""
     from distributed import KilledWorker
     from distributed.comm.core import CommClosedError

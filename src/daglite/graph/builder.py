@@ -11,7 +11,7 @@ import gc
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, final
 
 from daglite.exceptions import GraphError
 from daglite.graph.base import Graph, GraphMetadata, NodeKind
@@ -106,16 +106,13 @@ def _build(
 
     Stack entries are ``(future, None)`` when first met and ``(future, children)``
     once its children have been pushed; ``visiting`` holds the current path.
+    Children that take no futures themselves (leaves, as in a wide fan-in) are
+    added on the spot, in argument order, without a trip through the stack:
+    the order, and so the keys, are those of the plain walk.
     """
-    graph = Graph()
-    index, keys, deps_of, dependents = graph.index, graph.keys, graph.deps, graph.dependents
-    add_key, add_deps, add_dependents = keys.append, deps_of.append, dependents.append
-    add_meta, add_future = graph.metadata.append, graph.futures.append
+    builder = _Builder(backend_name_of)
+    index, add = builder.graph.index, builder.add
     visiting: set[int] = set()
-    name_counts: dict[str, int] = {}
-    used_keys: set[str] = set()
-    metas: tuple[dict[int, GraphMetadata], dict[int, GraphMetadata]] = ({}, {})
-    node_count = 0
     stack: list[tuple[TaskFuture[Any], list[TaskFuture[Any]] | None]] = [
         (f, None) for f in reversed(roots)
     ]
@@ -123,52 +120,75 @@ def _build(
     while stack:
         future, children = pop()
         fid = id(future)
-        if children is None:  # first met: push it back, then its children
-            if future in index:
-                continue
-            if fid in visiting:
-                raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
-            for value in future.kwargs.values():  # a cheap look for arguments to walk
-                if isinstance(value, _SCANNED):
-                    break
-            else:
-                value = None
-            if value is not None or future.iterated is not None:
-                children = _children(future)
-                if children:
-                    visiting.add(fid)
-                    push((future, children))
-                    for child in reversed(children):
-                        if child not in index:
-                            push((child, None))
-                    continue
-        else:  # all its children are in the graph now
+        if children is not None:  # all its children are in the graph now
             visiting.discard(fid)
-        # Add the node.
-        i = len(keys)
+            add(future, children)
+            continue
+        if future in index:
+            continue
+        if fid in visiting:
+            raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
+        children = _children(future) if _takes_futures(future) else None
+        if not children:
+            add(future, None)
+            continue
+        for n, child in enumerate(children):
+            if child in index:
+                continue
+            if _takes_futures(child):  # walk it (and the rest, in order) first
+                visiting.add(fid)
+                push((future, children))
+                for later in reversed(children[n:]):
+                    if later not in index:
+                        push((later, None))
+                break
+            add(child, None)
+        else:
+            add(future, children)
+    graph = builder.graph
+    graph.node_count = builder.node_count
+    graph.roots = [index[f] for f in roots]
+    return graph
+
+
+def _takes_futures(future: TaskFuture[Any]) -> bool:
+    """Whether ``future``'s arguments may hold futures (a cheap look first)."""
+    if future.iterated is not None:
+        return True
+    for value in future.kwargs.values():  # noqa: SIM110 - a loop: no generator per node
+        if isinstance(value, _SCANNED):
+            return True
+    return False
+
+
+@final
+class _Builder:
+    """Appends nodes to a ``Graph``: key, metadata, edges."""
+
+    __slots__ = ("backend_name_of", "graph", "metas", "name_counts", "node_count", "used_keys")
+
+    def __init__(self, backend_name_of: Callable[[Task[Any, Any]], str]) -> None:
+        self.graph = Graph()
+        self.backend_name_of = backend_name_of
+        self.name_counts: dict[str, int] = {}
+        self.used_keys: set[str] = set()
+        self.metas: tuple[dict[int, GraphMetadata], dict[int, GraphMetadata]] = ({}, {})
+        self.node_count = 0
+
+    def add(self, future: TaskFuture[Any], children: list[TaskFuture[Any]] | None) -> None:
+        """Add ``future`` as the next node; its ``children`` are in the graph already."""
+        graph = self.graph
+        index, dependents = graph.index, graph.dependents
+        i = len(graph.keys)
         index[future] = i
         task = future.task
-        name = task.name
-        count = name_counts.get(name)
-        if count is None:
-            key = name if name not in used_keys and "[" not in name else None
-            count = 1
-        else:
-            count += 1
-            key = f"{name}-{count}"
-            if key in used_keys:
-                key = None
-        if key is None:  # taken already (a task may be called 'load-2'), or holds '['
-            key = _unique_key(name, name_counts, used_keys)
-        else:
-            name_counts[name] = count
-            used_keys.add(key)
-        add_key(key)
+        graph.keys.append(self._key(task.name))
         mapped = future.iterated is not None
-        meta = metas[mapped].get(id(task))
+        meta = self.metas[mapped].get(id(task))
         if meta is None:
-            meta = metas[mapped][id(task)] = _metadata(task, mapped, backend_name_of)
-        add_meta(meta)
+            meta = self.metas[mapped][id(task)] = _metadata(task, mapped, self.backend_name_of)
+        graph.metadata.append(meta)
+        deps: tuple[int, ...] = ()
         if children:
             deps = tuple(dict.fromkeys([index[c] for c in children]))
             for d in deps:
@@ -179,15 +199,27 @@ def _build(
                     dependents[d] = [users, i]
                 else:
                     users.append(i)
+        graph.deps.append(deps)
+        dependents.append(None)
+        graph.futures.append(future)
+        self.node_count += _known_width(future) if mapped else 1
+
+    def _key(self, name: str) -> str:
+        """``name`` for its first node, then ``name-2``, ``name-3``..."""
+        count = self.name_counts.get(name)
+        if count is None:
+            key = name if name not in self.used_keys and "[" not in name else None
+            count = 1
         else:
-            deps = ()
-        add_deps(deps)
-        add_dependents(None)
-        add_future(future)
-        node_count += _known_width(future) if mapped else 1
-    graph.node_count = node_count
-    graph.roots = [index[f] for f in roots]
-    return graph
+            count += 1
+            key = f"{name}-{count}"
+            if key in self.used_keys:
+                key = None
+        if key is None:  # taken already (a task may be called 'load-2'), or holds '['
+            return _unique_key(name, self.name_counts, self.used_keys)
+        self.name_counts[name] = count
+        self.used_keys.add(key)
+        return key
 
 
 def _unique_key(name: str, counts: dict[str, int], used: set[str]) -> str:
