@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import CoroutineType
 from typing import Any, Final, NamedTuple, Protocol, final
 
@@ -162,6 +163,11 @@ class Outcome(NamedTuple):
             _load_outcome,
             (self.token, ok, payload, tb, self.duration, events, self.sent, self.timed_out),
         )
+
+
+# ``Outcome(...)`` runs a Python-level ``__new__``; the per-call path builds the
+# tuple directly.
+_new_outcome: Final = partial(tuple.__new__, Outcome)
 
 
 def _load_outcome(
@@ -588,7 +594,7 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
         if not direct:
             reporters._flusher.remove(ctx)
     events, sent = ctx.finish()
-    return Outcome(call.token, ok, value, duration, events, sent, timed_out)
+    return _new_outcome((call.token, ok, value, duration, events, sent, timed_out))
 
 
 def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:

@@ -209,6 +209,7 @@ class _Run:
         self.awaited = 0
         self.remote_producers: dict[int, Backend] = {}
         self._remote_kind: dict[int, bool] = {}
+        self._any_remote = False  # whether a backend of this run keeps results remote
         self._backends: dict[int, Backend] = {}
         self._keep_all = on_error == "continue"
         self.engine_thread = 0
@@ -438,6 +439,8 @@ class _Run:
         found = self._backends.get(id(task))
         if found is None:
             found = self._backends[id(task)] = self.backend_of(task)
+            if self._keeps_remote(found):
+                self._any_remote = True
         return found
 
     def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:
@@ -793,7 +796,7 @@ class _Run:
         if self._keep_all:
             self.kept[unit.key] = value
         i = unit.node
-        if self._keeps_remote(unit.backend):
+        if self._any_remote and self._keeps_remote(unit.backend):
             self.remote_producers[i] = unit.backend
         if unit.elem < 0:
             unit.done = True
