@@ -563,15 +563,9 @@ def _invoke_style(
 def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
     if call.elems is not None:
         return _run_slice(home, call, direct)
-    ctx = _NodeContext(home, call.token, direct, call.name, call.key)
+    ctx, reset = _enter(home, call, direct)
     if home.wants_start:
         ctx.report(START_EVENT)
-    if not direct:
-        reporters._flusher.add(ctx)
-    reset = reporters._current.set(ctx)
-    state = _worker_state
-    if state.slot >= 0:
-        state.running(call.token)
     timed_out = False
     start = time.perf_counter()
     try:
@@ -588,13 +582,29 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
         ok, value = False, exc
     finally:
         duration = time.perf_counter() - start
-        if state.slot >= 0:
-            state.running(0)
-        reporters._current.reset(reset)
-        if not direct:
-            reporters._flusher.remove(ctx)
+        _leave(ctx, reset, direct)
     events, sent = ctx.finish()
     return _new_outcome((call.token, ok, value, duration, events, sent, timed_out))
+
+
+def _enter(home: _Home, call: CallLike, direct: bool) -> tuple[_NodeContext, Any]:
+    """Make ``call`` the running task of this thread: its context, reporter, slot."""
+    ctx = _NodeContext(home, call.token, direct, call.name, call.key)
+    if not direct:
+        reporters._flusher.add(ctx)
+    reset = reporters._current.set(ctx)
+    if _worker_state.slot >= 0:
+        _worker_state.running(call.token)
+    return ctx, reset
+
+
+def _leave(ctx: _NodeContext, reset: Any, direct: bool) -> None:
+    """Undo ``_enter`` once the call has returned or raised."""
+    if _worker_state.slot >= 0:
+        _worker_state.running(0)
+    reporters._current.reset(reset)
+    if not direct:
+        reporters._flusher.remove(ctx)
 
 
 def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:
@@ -608,13 +618,7 @@ def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:
     elems = call.elems
     assert elems is not None
     names, rows, first, stop_on_error, positional = elems
-    ctx = _NodeContext(home, call.token, direct, call.name, call.key)
-    if not direct:
-        reporters._flusher.add(ctx)
-    reset = reporters._current.set(ctx)
-    state = _worker_state
-    if state.slot >= 0:
-        state.running(call.token)
+    ctx, reset = _enter(home, call, direct)
     func, base, style = call.func, call.kwargs, call.style
     single = names[0] if len(names) == 1 else None
     local = home.local()
@@ -649,14 +653,12 @@ def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:
             last = time.perf_counter()
     finally:
         duration = time.perf_counter() - start
-        if state.slot >= 0:
-            state.running(0)
-        reporters._current.reset(reset)
-        if not direct:
-            reporters._flusher.remove(ctx)
+        _leave(ctx, reset, direct)
     ctx.elem = -1
     events, sent = ctx.finish()
-    return Outcome(call.token, True, SliceValues(values, errors), duration, events, sent)
+    return _new_outcome(
+        (call.token, True, SliceValues(values, errors), duration, events, sent, False)
+    )
 
 
 class _TimedOut(Exception):
