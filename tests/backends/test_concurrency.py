@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from typing import Any
@@ -220,10 +221,18 @@ def test_backend_as_context_manager_leaves_no_child_processes(mp_manager):
 
 
 class OpenGateOnError:
-    """Opens the gate when the engine learns of a failure (in the caller)."""
+    """Opens the gate when the engine learns of a failure (in the caller).
+
+    It watches single nodes (``after_node_execute``), so the fan-out below runs
+    call by call in batched jobs rather than in slices (the bulk path).
+    """
 
     def __init__(self, gate: Any) -> None:
         self.gate = gate
+
+    @hook_impl
+    def after_node_execute(self, key):
+        pass
 
     @hook_impl
     def on_node_error(self, key):
@@ -243,8 +252,12 @@ def test_quick_failure_is_not_held_back_by_a_long_call_in_the_same_job(backend, 
     # One worker and four calls: calls 0 and 1 travel in one job. Call 1 blocks
     # until the caller has seen call 0 fail, which it only can if that outcome
     # goes home while call 1 still runs.
-    gate, seen = mp_manager.Event(), mp_manager.Queue()
+    if backend == "threads":
+        gate, seen = threading.Event(), queue.Queue()
+    else:
+        gate, seen = mp_manager.Event(), mp_manager.Queue()
     dag = fail_first_then_wait.product(i=list(range(4)), gate=[gate], seen=[seen])
     with pytest.raises(TaskError, match="first call fails at once"):
         evaluate(dag, backend=backend, max_workers=1, plugins=[OpenGateOnError(gate)])
-    assert seen.get(timeout=WAIT) is True
+    opened = seen.get(timeout=WAIT)
+    assert opened is True, "call 1 waited in vain: call 0's failure did not reach the caller"
