@@ -357,8 +357,10 @@ class _Job:
                         if previous is None or not previous.ok:
                             break  # its input failed: the caller reschedules it
                         call = _fed(call, previous.value)
-                        if home.wants_start and not direct:
-                            held.flush()  # its start must not overtake the result it takes
+                        if not direct and (home.wants_start or call.timeout is not None):
+                            # Its start must not overtake the result it takes, and a
+                            # timeout ends this worker: that result must be home first.
+                            held.flush()
                     outcome = _run_call(home, call, direct)
                 previous = outcome
                 held.append(outcome)
@@ -408,10 +410,13 @@ class _HeldOutcomes:
         self._held.append(outcome)  # atomic under the GIL; drained under the lock
 
     def flush(self) -> None:
+        early = self.home.early
         with self._lock:
             held = self._held
             sent = 0
             for outcome in held:
+                if early is not None and not early(outcome):
+                    break  # this one goes with the job's result, and so do the rest
                 try:
                     self.home.send(("outcome", outcome))
                 except Exception:  # the channel is gone: the rest go with the result

@@ -243,7 +243,7 @@ class _Run:
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "done":
-            self._job_done(message[1], message[2])
+            self._job_done(message[1], message[2], message[3])
         elif kind == "events":
             unit = self.units.get(message[1])
             if unit is None or self._gated(unit, message):
@@ -497,7 +497,7 @@ class _Run:
         # A slice may end at its first failure only if that fails the run.
         stop = self.on_error == "raise" and task.retries == 0
         sig = task._sig
-        positional = len(names) == 1 and sig.call_style is None and sig.params[:1] == names
+        positional = len(names) == 1 and sig.call_style is None and sig.positional[:1] == names
         units = []
         for first in range(0, len(rows), size):
             unit = _Unit(i, first, key, base, task, meta, backend)
@@ -516,6 +516,8 @@ class _Run:
     def _split(self, piece: _Unit, isolate: bool) -> None:
         """Run a slice's elements one by one instead (the slice failed as a whole)."""
         assert piece.elems is not None
+        if self.aborting:
+            return
         first = piece.elems.first
         for e in range(first, first + len(piece.elems.rows)):
             unit = self._element_unit(piece, e)
@@ -577,6 +579,7 @@ class _Run:
         while self.pending:
             _, (backend, units) = self.pending.popitem()
             if self.aborting:
+                self.pending.clear()
                 return
             if self._has_lookup:
                 units = [u for u in units if not self._served_from_cache(u)]
@@ -632,7 +635,10 @@ class _Run:
         self.in_flight[id(job)] = future
         # Always through the queue: a callback that runs at once (inline) must not
         # call hooks inside add_done_callback, which would swallow their errors.
-        future.add_done_callback(lambda f: self.queue.put(("done", job, f)))
+        # The tokens as submitted: a call of this job may be requeued (retried,
+        # with a new token) before the job itself reports done.
+        tokens = [u.token for u in units]
+        future.add_done_callback(lambda f: self.queue.put(("done", job, f, tokens)))
         return id(job)
 
     def _served_from_cache(self, unit: _Unit) -> bool:
@@ -647,11 +653,11 @@ class _Run:
 
     # -- completions ---------------------------------------------------------------
 
-    def _job_done(self, job: Any, future: Future[Any]) -> None:
+    def _job_done(self, job: Any, future: Future[Any], tokens: list[int]) -> None:
         self.in_flight.pop(id(job), None)
         if self.quarantined_job == id(job):
             self.quarantined_job = 0
-        units = [u for u in (self.units.get(c.token) for c in job.calls) if u is not None]
+        units = [u for u in (self.units.get(t) for t in tokens) if u is not None]
         if future.cancelled() or future.exception() is not None:
             units = [u for u in units if self._unfuse(u)]
         if future.cancelled():

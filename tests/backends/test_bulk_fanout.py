@@ -189,3 +189,11 @@ def test_worker_death_in_a_slice_fails_only_the_dying_element(pool):
     assert isinstance(err.errors["die_at[11]"], WorkerLostError)
     assert sorted(err.results.values()) == [x for x in range(24) if x != 11]
     assert evaluate(inc.product(x=[1, 2]), backend=pool) == [2, 3]  # the pool recovered
+
+
+def test_keyword_only_fanned_parameter(backend):
+    @task
+    def kw_first(*, x: int) -> int:
+        return 2 * x
+
+    assert evaluate(kw_first.product(x=[1, 2, 3]), backend=backend) == [2, 4, 6]

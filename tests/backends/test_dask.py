@@ -399,6 +399,23 @@ def test_big_intermediate_results_stay_on_the_cluster(cluster):
     assert UNPICKLED == [BIG]
 
 
+@task
+def slow_blob(i: int) -> Blob:
+    time.sleep(0.1)  # the job runs long, so its finished calls go home early
+    return Blob(b"x" * (3 << 19))  # over the 1 MiB remote threshold
+
+
+def test_big_results_of_a_long_job_stay_on_the_cluster(cluster):
+    plugin = Recorder()
+    UNPICKLED.clear()
+    # Twelve calls: three per job, so finished ones wait while the next one runs.
+    dag = slow_blob.product(i=list(range(12))).join(sizes)
+    assert evaluate(dag, backend=cluster, plugins=[plugin]) == [3 << 19] * 12
+    assert UNPICKLED == []  # none of them came through the caller
+    big = {k: v for k, v in plugin.results.items() if k.startswith("slow_blob")}
+    assert len(big) == 12 and all(isinstance(v, RemoteResult) for v in big.values())
+
+
 def test_final_big_results_are_materialized(cluster):
     UNPICKLED.clear()
     blobs = evaluate(make_blob.product(n=[2 << 20, 3 << 20]), backend=cluster)

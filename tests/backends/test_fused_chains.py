@@ -7,6 +7,7 @@ retries, failures and worker deaths as when each call makes its own round trip.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -186,3 +187,41 @@ def test_timeout_of_a_fused_call_on_processes():
             evaluate(step(spin(step(0))), backend=pool)
         assert type(info.value).__name__ == "TaskTimeoutError"
         assert evaluate(_chain(3), backend=pool) == 3
+
+
+def test_head_retried_before_its_job_reports_done_is_not_lost(tmp_path):
+    # The head's failure goes home early (the job runs > 50 ms), so the retry is
+    # submitted while the first job is still reporting: the first job's report
+    # must not be mistaken for the retry's.
+    @task(retries=1)
+    def slow_flaky(x: int, marker: str) -> int:
+        time.sleep(0.08)
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("first attempt fails")
+        return x + 1
+
+    with ProcessBackend(max_workers=2) as pool:
+        for k in range(4):
+            marker = str(tmp_path / f"m{k}")
+            assert evaluate(scaled(factor=10, x=slow_flaky(1, marker)), backend=pool) == 20
+
+
+def test_timed_out_follower_does_not_rerun_the_call_before_it(tmp_path):
+    log = tmp_path / "runs"
+
+    @task
+    def head(x: int) -> int:
+        with open(log, "a") as f:
+            f.write("head\n")
+        return x
+
+    @task(timeout=0.05)
+    def stuck(y: int) -> int:
+        time.sleep(30)
+        return y
+
+    with ProcessBackend(max_workers=1) as pool:
+        with pytest.raises(TaskError, match=r"'stuck'.*timed out"):
+            evaluate(stuck(head(1)), backend=pool)
+    assert log.read_text().splitlines() == ["head"]

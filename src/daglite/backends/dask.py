@@ -149,6 +149,7 @@ def _run_job(payload: bytes, threshold: int, keys: tuple[str, ...], *kept: Any) 
     job = pickle.loads(payload)
     if keys:
         job = _with_kept_inputs(job, dict(zip(keys, kept)))
+    job.home.early = partial(_goes_home_early, threshold)
     outcomes = job()
     big = _big_results(outcomes, threshold)
     return _Kept(outcomes, big) if big else outcomes
@@ -181,6 +182,14 @@ def _swap_in(value: Any, kept: dict[str, _Kept]) -> Any:
     return value
 
 
+def _goes_home_early(threshold: int, outcome: Any) -> bool:
+    """Whether a finished call may go home on the event channel before its job
+    ends: failures and small results; big ones stay here with the job's result."""
+    from dask.sizeof import sizeof
+
+    return not outcome.ok or int(sizeof(outcome.value)) <= threshold
+
+
 def _big_results(outcomes: list[Any], threshold: int) -> dict[int, int]:
     from dask.sizeof import sizeof
 
@@ -195,9 +204,10 @@ def _big_results(outcomes: list[Any], threshold: int) -> dict[int, int]:
 
 def _summarize(kept: _Kept, key: str) -> list[Any]:
     """The outcomes of ``kept`` with stand-ins for the big values (runs by the data)."""
-    from daglite._runner import Outcome
+    from daglite._runner import Outcome, Outcomes
 
-    out = []
+    out = Outcomes()
+    out.sent_early = list(getattr(kept.outcomes, "sent_early", ()))
     for o in kept.outcomes:
         nbytes = kept.big.get(o.token)
         if nbytes is None:

@@ -300,6 +300,7 @@ class _Home:
 
     __slots__ = (
         "abort",
+        "early",
         "engine_thread",
         "log_level",
         "pid",
@@ -329,6 +330,10 @@ class _Home:
         self.engine_thread = threading.get_ident()
         # Set by the engine when the run fails fast: in-process jobs skip what is left.
         self.abort = False
+        # Which finished outcomes of a running job may go home early on the
+        # channel (None: all). Set where the job runs, by a backend whose
+        # channel must not carry big results (Dask keeps those on the cluster).
+        self.early: Callable[[Any], bool] | None = None
 
     def local(self) -> bool:
         """True when running in the process that owns the engine."""
