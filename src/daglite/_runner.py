@@ -180,7 +180,11 @@ def _load_outcome(
     sent: int,
     timed_out: bool,
 ) -> Outcome:
-    value = pickle.loads(payload)
+    try:
+        value = pickle.loads(payload)
+    except Exception as exc:  # pickled in the worker, but does not unpickle here
+        error = ResultNotPicklableError(f"the result could not be unpickled in the caller: {exc}")
+        return Outcome(token, False, error, duration, events, sent, timed_out)
     if not ok and tb:
         value.__cause__ = RemoteTraceback(tb)
     return Outcome(token, ok, value, duration, events, sent, timed_out)
@@ -315,11 +319,15 @@ def _load_outcomes(
 class _Job:
     """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
 
-    __slots__ = ("calls", "home")
+    __slots__ = ("calls", "feeds", "home")
 
     def __init__(self, home: _Home, calls: Sequence[CallLike]) -> None:
         self.home = home
         self.calls = calls
+        # Which calls take the previous call's result, as submitted: in the
+        # caller's process the calls are the engine's own units, which it may
+        # detach from their chain while this job runs.
+        self.feeds = [getattr(c, "follows", None) for c in calls]
 
     @property
     def tokens(self) -> list[int]:
@@ -345,6 +353,7 @@ class _Job:
             reporters._flusher.add(held)
         last = len(self.calls) - 1
         previous: Outcome | None = None
+        feeds = self.feeds
         try:
             for i, call in enumerate(self.calls):
                 if local and home.abort:
@@ -353,10 +362,11 @@ class _Job:
                     error = ArgumentsNotPicklableError(call.message)
                     outcome = Outcome(call.token, False, error, 0.0, [], 0)
                 else:
-                    if call.follows is not None:
+                    follows = feeds[i]
+                    if follows is not None:
                         if previous is None or not previous.ok:
                             break  # its input failed: the caller reschedules it
-                        call = _fed(call, previous.value)
+                        call = _fed(call, follows, previous.value)
                         if not direct and (home.wants_start or call.timeout is not None):
                             # Its start must not overtake the result it takes, and a
                             # timeout ends this worker: that result must be home first.
@@ -378,11 +388,10 @@ class _Job:
 _FLUSH: Final = reporters.FLUSH_INTERVAL
 
 
-def _fed(call: CallLike, value: Any) -> _Call:
+def _fed(call: CallLike, follows: tuple[str, ...], value: Any) -> _Call:
     """A fused call with the previous call's result in its ``follows`` parameters."""
-    assert call.follows is not None
     kwargs = dict(call.kwargs)
-    for name in call.follows:
+    for name in follows:
         kwargs[name] = value
     return _Call(call.token, call.name, call.key, call.func, kwargs, call.timeout, call.style)
 

@@ -225,3 +225,35 @@ def test_timed_out_follower_does_not_rerun_the_call_before_it(tmp_path):
         with pytest.raises(TaskError, match=r"'stuck'.*timed out"):
             evaluate(stuck(head(1)), backend=pool)
     assert log.read_text().splitlines() == ["head"]
+
+
+def test_follower_never_runs_after_its_input_failed_on_threads(monkeypatch):
+    # On threads the job runs the engine's own units; the engine may detach a
+    # follower (its input failed) while the job thread is between two calls.
+    # A pause after each early flush widens that window, as a pre-emption would.
+    from daglite import _runner
+
+    flush = _runner._HeldOutcomes.flush
+
+    def flush_then_pause(self):
+        flush(self)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(_runner._HeldOutcomes, "flush", flush_then_pause)
+    seen = []
+
+    @task(retries=1)
+    def failing_head(x: int) -> int:
+        time.sleep(0.06)
+        raise RuntimeError("the head fails")
+
+    @task
+    def follower(y: int) -> int:
+        seen.append(y)
+        return y
+
+    with pytest.raises(EvaluationError) as info:
+        evaluate(follower(failing_head(1)), backend="threads", on_error="continue")
+    assert list(info.value.errors) == ["failing_head"]
+    assert info.value.skipped == ["follower"]
+    assert seen == []

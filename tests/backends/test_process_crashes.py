@@ -240,3 +240,45 @@ def test_unpicklable_event_is_dropped_with_a_warning(pool, caplog):
         assert evaluate(reports(), backend=pool, plugins=[Handler()]) == 1
     assert [e["type"] for e in seen] == ["good"]
     assert "'bad'" in caplog.text and "dropped" in caplog.text
+
+
+CALLER = os.getpid()
+
+
+def _refuse_in_the_caller() -> str:
+    if os.getpid() == CALLER:
+        raise RuntimeError("this object cannot be rebuilt in the caller")
+    return "rebuilt"
+
+
+class OnlyInWorkers:
+    """Pickles in the worker, fails to unpickle in the caller."""
+
+    def __reduce__(self):
+        return (_refuse_in_the_caller, ())
+
+
+@task
+def slow_odd(x: int) -> object:
+    time.sleep(0.08)  # its job runs long: the result goes home early
+    return OnlyInWorkers()
+
+
+@task
+def kind(x: object) -> str:
+    return type(x).__name__
+
+
+def test_result_that_does_not_unpickle_in_the_caller_fails_only_its_task(pool):
+    from daglite import EvaluationError
+
+    calls = [slow_odd(1), value(1), value(2), value(3)]
+    with pytest.raises(EvaluationError) as info:
+        evaluate(calls, backend=pool, on_error="continue")
+    err = info.value
+    assert list(err.errors) == ["slow_odd"]
+    assert "could not be unpickled in the caller" in str(err.errors["slow_odd"])
+    assert sorted(err.results.values()) == [1, 2, 3]
+    with pytest.raises(TaskError, match=r"'slow_odd'.*could not be unpickled"):
+        evaluate(kind(slow_odd(0)), backend=pool)  # a fused chain
+    assert evaluate(total([value(1), value(2)]), backend=pool) == 3
