@@ -329,10 +329,6 @@ class _Job:
         # detach from their chain while this job runs.
         self.feeds = [getattr(c, "follows", None) for c in calls]
 
-    @property
-    def tokens(self) -> list[int]:
-        return [c.token for c in self.calls]
-
     def __call__(self) -> Outcomes:
         """Run the calls in order.
 
