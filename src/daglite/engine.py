@@ -88,11 +88,11 @@ class _Unit:
         "attempt",
         "awaited",
         "backend",
-        "chain",
         "delivered",
         "done",
         "elem",
         "elems",
+        "follower",
         "follows",
         "func",
         "isolate",
@@ -143,11 +143,11 @@ class _Unit:
         self.isolate = False
         # A slice of a fan-out run as one call (bulk path), else None.
         self.elems: Elements | None = None
-        # Chain fusion (``_fuse``): a head carries the units that follow it in
-        # its job; a follower names the parameters fed by the call before it,
-        # and the unit it waits for. Messages a follower sends before that
-        # unit is done wait in the upstream's ``stash``.
-        self.chain: list[_Unit] | None = None
+        # Chain fusion (``_fuse``): each unit of a fused job knows the unit
+        # right after it (``follower``); a follower names the parameters fed by
+        # the call before it (``follows``) and that unit (``upstream``). Its
+        # messages that arrive before that unit is done wait in its ``stash``.
+        self.follower: _Unit | None = None
         self.follows: tuple[str, ...] | None = None
         self.upstream: _Unit | None = None
         self.stash: list[tuple[Any, ...]] | None = None
@@ -394,7 +394,7 @@ class _Run:
             )
             follower.follows, follower.upstream = names, unit
             self.fused.add(d)
-            unit.chain = [follower]
+            unit.follower = follower
             unit = follower
             length += 1
 
@@ -586,16 +586,16 @@ class _Run:
             if backend.runs_in_caller:
                 self._run_here(backend, units)
                 continue
-            if any(u.isolate or u.elems is not None or u.chain for u in units):
+            if any(u.isolate or u.elems is not None or u.follower for u in units):
                 self.quarantine.extend(u for u in units if u.isolate)
                 for unit in units:
                     if unit.isolate:
                         continue
                     if unit.elems is not None:
                         self._submit_job(backend, [unit])  # a slice is a job of its own
-                    elif unit.chain:
+                    elif unit.follower:
                         self._submit_job(backend, _chain_of(unit))  # so is a fused chain
-                units = [u for u in units if not (u.isolate or u.elems is not None or u.chain)]
+                units = [u for u in units if not (u.isolate or u.elems is not None or u.follower)]
             workers = backend.max_workers or 1
             size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
             for start in range(0, len(units), size):
@@ -807,8 +807,8 @@ class _Run:
         if unit.elem < 0:
             unit.done = True
             self._complete_node(i, value)
-            if unit.chain:
-                self._input_done(unit.chain[0], value)
+            if unit.follower:
+                self._input_done(unit.follower, value)
             return
         self.map_results[i][unit.elem] = value
         self._elements_done(i, 1)
@@ -830,12 +830,12 @@ class _Run:
             False for a follower whose input is not: it is dropped, and its node
             is scheduled as usual once that input is done.
         """
-        unit.chain = None
+        unit.follower = None
         upstream = unit.upstream
         if upstream is None:
             return True
         unit.upstream = unit.follows = unit.stash = None
-        upstream.chain = None
+        upstream.follower = None
         self.fused.discard(unit.node)
         if upstream.done:
             return True
@@ -887,7 +887,7 @@ class _Run:
     def _attempt_failed(
         self, unit: _Unit, error: BaseException, duration: float, timed_out: bool
     ) -> None:
-        if unit.chain:  # the calls fused after it will not run: drop them
+        if unit.follower:  # the calls fused after it will not run: drop them
             for follower in _chain_of(unit)[1:]:
                 self._unfuse(follower)
         if unit.upstream is not None:
@@ -1067,8 +1067,8 @@ class _Run:
 def _chain_of(head: _Unit) -> list[_Unit]:
     """``head`` and the units fused after it, in order."""
     units = [head]
-    while units[-1].chain:
-        units.append(units[-1].chain[0])
+    while units[-1].follower:
+        units.append(units[-1].follower)
     return units
 
 
