@@ -147,6 +147,23 @@ def test_keys_follow_argument_order_depth_first_in_a_mixed_fan_in():
     assert graph.keys[graph.node_of(b)] == "inc"
 
 
+@pytest.mark.parametrize(
+    ("names", "keys"),
+    [
+        (["load", "load", "load-2", "load"], ["load", "load-2", "load-2-2", "load-3"]),
+        (["load-2", "load", "load"], ["load-2", "load", "load-3"]),
+        (["a[0]", "a[0]", "a"], ["a[0]-2", "a[0]-3", "a"]),
+    ],
+)
+def test_keys_stay_unique_when_a_name_looks_like_another_names_key(names, keys):
+    # ``load-2`` is both the second key of ``load`` and the first of a task
+    # called ``load-2``; ``[`` is kept for element keys.
+    futures = [inc.with_options(name=name)(n) for n, name in enumerate(names)]
+    graph = _build(total(futures))
+    assert graph.keys[:-1] == keys
+    assert len(set(graph.keys)) == len(graph.keys)
+
+
 def test_a_lone_dependent_is_stored_as_an_index_and_several_as_a_list():
     shared = inc(1)
     graph = _build(total([inc(shared), add(shared, shared)]))

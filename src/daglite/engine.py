@@ -28,9 +28,10 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future
+from types import CoroutineType
 from typing import Any, Final, Literal, TypeVar, final, overload
 
-from daglite._runner import Elements, _Job, _run_call
+from daglite._runner import Elements, _invoke_style, _Job, _new_outcome, _run_call
 from daglite.backends import canonical_name, get_backend
 from daglite.backends.base import Backend
 from daglite.exceptions import (
@@ -50,7 +51,9 @@ from daglite.plugins.reporters import (
     LOG_EVENT,
     START_EVENT,
     EventRegistry,
+    _CallerContext,
     _CallerReporter,
+    _current,
     _Home,
 )
 from daglite.settings import default_backend_name, strict_plugins
@@ -71,6 +74,8 @@ OnError = Literal["raise", "continue"]
 _MAX_RESUBMITS: Final = 3
 _token_counter = itertools.count(1)
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+# A plain call of the inline lane: node, element (-1: none), key, kwargs, backend.
+_LaneCall = tuple[int, int, str, dict[str, Any], Backend]
 
 
 @final
@@ -189,6 +194,11 @@ class _Run:
         self.node_count = graph.node_count
         self.units: dict[int, _Unit] = {}
         self.pending: dict[int, tuple[Backend, list[_Unit]]] = {}
+        # Ready calls of in-caller backends (inline), run in this order by
+        # ``_run_lane``: a plain call as (node, element, key, kwargs, backend),
+        # any other (a retry, a slice, a call with a timeout) as its unit.
+        self.lane: collections.deque[_LaneCall | _Unit] = collections.deque()
+        self._caller_lock = threading.Lock()  # guards ``_CallerContext.events``
         self.in_flight: dict[int, Future[Any]] = {}
         # Calls that were on a worker that died, not shown at fault: each runs
         # alone, nothing else of this run in flight, so a repeat death names it.
@@ -219,8 +229,9 @@ class _Run:
         # Set once plugins registered their handlers: whether nobody watches
         # single nodes, so wide fan-outs may travel in slices (``_slices``).
         self._bulk = False
-        # A cache plugin answers per call at submit time: chains are not fused then.
-        self._fuse_ok = not self._has_lookup
+        # A cache plugin answers per call at submit time: chains are not fused
+        # then, and in-caller calls all go as units.
+        self._fuse_ok = self._lane_ok = not self._has_lookup
 
     # -- messages ------------------------------------------------------------------
 
@@ -351,7 +362,11 @@ class _Run:
         if deps:
             self._release_inputs(i)
         meta, key = graph.metadata[i], graph.keys[i]
+        lane = self._lane_ok and backend.runs_in_caller and task.timeout is None
         if future.iterated is None:
+            if lane:
+                self.lane.append((i, -1, key, kwargs, backend))
+                return
             unit = _Unit(i, -1, key, kwargs, task, meta, backend)
             if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
                 self._fuse(unit)
@@ -364,6 +379,12 @@ class _Run:
             self.map_results[i] = [None] * len(rows)
             if self._sliceable(task, backend, len(rows)):
                 self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
+                return
+            if lane:
+                self.lane.extend(
+                    (i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), backend)
+                    for e, row in enumerate(rows)
+                )
                 return
             units = [
                 _Unit(i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), task, meta, backend)
@@ -421,6 +442,9 @@ class _Run:
         return self._bulk and width > 1 and task.timeout is None and not self._keeps_remote(backend)
 
     def _queue_units(self, backend: Backend, units: list[_Unit]) -> None:
+        if backend.runs_in_caller:
+            self.lane.extend(units)
+            return
         entry = self.pending.get(id(backend))
         if entry is None:
             self.pending[id(backend)] = (backend, units)
@@ -576,6 +600,15 @@ class _Run:
     def _submit_pending(self) -> None:
         if self.quarantined_job:
             return  # a quarantined call runs alone
+        while self.pending or self.lane:
+            self._submit_units()
+            if self.lane:
+                self._run_lane()
+        if self.quarantine and not self.in_flight:
+            unit = self.quarantine.popleft()
+            self.quarantined_job = self._submit_job(unit.backend, [unit])
+
+    def _submit_units(self) -> None:
         while self.pending:
             _, (backend, units) = self.pending.popitem()
             if self.aborting:
@@ -583,9 +616,6 @@ class _Run:
                 return
             if self._has_lookup:
                 units = [u for u in units if not self._served_from_cache(u)]
-            if backend.runs_in_caller:
-                self._run_here(backend, units)
-                continue
             if any(u.isolate or u.elems is not None or u.follower for u in units):
                 self.quarantine.extend(u for u in units if u.isolate)
                 for unit in units:
@@ -602,25 +632,109 @@ class _Run:
                 self._submit_job(backend, units[start : start + size])
                 if self.aborting:
                     return
-        if self.quarantine and not self.in_flight:
-            unit = self.quarantine.popleft()
-            self.quarantined_job = self._submit_job(unit.backend, [unit])
 
-    def _run_here(self, backend: Backend, units: list[_Unit]) -> None:
-        """Run calls on this thread (inline): no job, future or queue in between.
+    def _run_lane(self) -> None:
+        """Run the ready calls of in-caller backends, one after another, here.
+
+        A plain call takes the lean path: if it succeeds it costs no unit,
+        token, job or outcome, and its hooks and events are those of any
+        backend. If it fails it becomes a unit and takes the general path from
+        there (retries, ``on_node_error``), as do units (``_run_here``).
+        Returns early when calls for other backends are waiting, so their
+        workers do not sit idle meanwhile.
+        """
+        lane, graph, hooks, reporter = self.lane, self.graph, self.hooks, self.reporter
+        futures, metas = graph.futures, graph.metadata
+        before, after, keep_all = self._has_before, self._has_after, self._keep_all
+        sink, set_current, clock = self._caller_event, _current.set, time.perf_counter
+        while lane:
+            if self.aborting:
+                lane.clear()
+                return
+            if self.pending:
+                return
+            item = lane.popleft()
+            if type(item) is _Unit:
+                self._run_here(item)
+                continue
+            i, e, key, kwargs, backend = item
+            task = futures[i].task
+            if before:
+                hooks.call(
+                    "before_node_execute",
+                    key=key,
+                    metadata=metas[i],
+                    inputs=kwargs,
+                    reporter=reporter,
+                )
+            ctx = _CallerContext(sink, task.name, key)
+            reset = set_current(ctx)
+            start = clock()
+            try:
+                style = task._sig.call_style
+                value = (
+                    task.func(**kwargs)
+                    if style is None
+                    else _invoke_style(task.func, style, kwargs)
+                )
+                if type(value) is CoroutineType:
+                    value = asyncio.run(value)
+                ok = True
+            except Exception as exc:
+                value, ok = exc, False
+            finally:
+                duration = clock() - start
+                _current.reset(reset)
+            if not ok or ctx.events:  # failed, or has events from other threads
+                unit = _Unit(i, e, key, kwargs, task, metas[i], backend)
+                unit.started = True
+                outcome = (0, ok, value, duration, ctx.events or [], 0, False)
+                self._finish_unit(unit, _new_outcome(outcome))
+                continue
+            if after:
+                hooks.call(
+                    "after_node_execute",
+                    key=key,
+                    metadata=metas[i],
+                    inputs=kwargs,
+                    result=value,
+                    duration=duration,
+                    reporter=reporter,
+                )
+            if keep_all:
+                self.kept[key] = value
+            if e < 0:
+                self._complete_node(i, value)
+            else:
+                self.map_results[i][e] = value
+                self._elements_done(i, 1)
+
+    def _caller_event(self, ctx: _CallerContext, event_type: str, data: dict[str, Any]) -> None:
+        """An event reported by a task of the inline lane (``_CallerContext``)."""
+        if ctx.events is None and threading.get_ident() == self.engine_thread:
+            self._dispatch_event(event_type, data, ctx.key)
+            return
+        # From a thread the task started (and all after it, to keep the order):
+        # delivered on this thread when the task returns (``_run_lane``).
+        with self._caller_lock:
+            if ctx.events is None:
+                ctx.events = []
+            ctx.events.append((event_type, data))
+
+    def _run_here(self, unit: _Unit) -> None:
+        """Run a unit on this thread (inline): no job, future or queue in between.
 
         Same runner and same completion path as every other backend; only the
         executor round trip is skipped, as it would do nothing but cost time.
         """
-        home = self._home_for(backend)
-        registry = self.units
-        for unit in units:
-            if self.aborting:
-                return
-            unit.token = token = next(_token_counter)
-            registry[token] = unit  # events the task reports find it by token
-            unit.delivered = 0
-            self._finish_unit(unit, _run_call(home, unit, True))
+        if self._has_lookup and self._served_from_cache(unit):
+            return
+        unit.token = token = next(_token_counter)
+        self.units[token] = unit  # events the task reports find it by token
+        unit.delivered = 0
+        # Through ``_outcome``: events the task flushed from another thread may
+        # still be on their way (``_NodeContext._start_buffering``).
+        self._outcome(_run_call(self._home_for(unit.backend), unit, True))
 
     def _submit_job(self, backend: Backend, units: list[_Unit]) -> int:
         """Hand ``units`` to ``backend`` as one job; returns the job's id."""
@@ -951,6 +1065,7 @@ class _Run:
         """Fail fast: submit nothing more, cancel queued jobs, await running ones."""
         self.aborting = True
         self.pending.clear()
+        self.lane.clear()
         self.quarantine.clear()
         for home in self.homes.values():
             home.abort = True
@@ -1023,7 +1138,12 @@ class _Run:
         while True:
             self._submit_pending()
             if not (
-                self.in_flight or self.pending or self.parked or self.awaited or self.quarantine
+                self.in_flight
+                or self.pending
+                or self.lane
+                or self.parked
+                or self.awaited
+                or self.quarantine
             ):
                 break
             handle(wait())

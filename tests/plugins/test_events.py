@@ -6,6 +6,7 @@ reuse them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -229,3 +230,37 @@ def test_handler_gets_a_dict_it_may_keep(backend):
     tags = sorted({e["tag"] for e in collector.events})
     assert tags == [1, 2]
     assert all(e["type"] == "tick" for e in collector.events)
+
+
+@task
+async def emit_from_a_helper_thread(tag: int) -> int:
+    reporter = get_reporter()
+    reporter.report("tick", {"i": 0, "tag": tag})
+    # asyncio.to_thread copies the context: the same reporter, another thread
+    await asyncio.to_thread(reporter.report, "tick", {"i": 1, "tag": tag})
+    reporter.report("tick", {"i": 2, "tag": tag})
+    return tag
+
+
+@task(timeout=WAIT)
+def emit_flush_emit(tag: int) -> int:
+    # With a timeout the task runs on a helper thread, inline too; a flush in
+    # the middle sends the first event ahead of the result.
+    reporter = get_reporter()
+    reporter.report("tick", {"i": 0, "tag": tag})
+    flush = getattr(reporter, "flush", None)
+    if flush is not None:
+        flush()
+    reporter.report("tick", {"i": 1, "tag": tag})
+    return tag
+
+
+@pytest.mark.parametrize("emitter", [emit_from_a_helper_thread, emit_flush_emit])
+def test_events_a_task_reports_from_other_threads_keep_order_and_arrive(backend, emitter):
+    collector = Collector()
+    assert evaluate(emitter(5), backend=backend, plugins=[collector]) == 5
+    count = 3 if emitter is emit_from_a_helper_thread else 2
+    key = emitter.name
+    assert collector.by_key() == {key: list(range(count))}
+    assert collector.seen_at_after_node == {key: count}
+    assert collector.where == {(os.getpid(), threading.get_ident())}

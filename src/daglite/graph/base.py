@@ -42,11 +42,10 @@ class GraphMetadata:
 class Graph:
     """A DAG of futures in topological order (dependencies before dependents).
 
-    Node ``i`` is described by the ``i``-th entry of each list. ``refs[i]`` says
-    how to fill in node ``i``'s arguments from upstream results: ``None`` when its
-    arguments hold no futures, else ``(param, dep)`` pairs where ``dep`` is a node
-    index, or ``(param, value)`` pairs with futures nested in containers
-    (``nested[i]`` is then True).
+    Node ``i`` is described by the ``i``-th entry of each list: its future
+    (whose arguments the engine fills in from upstream results, found through
+    ``index``), key, metadata, the nodes it takes results from (``deps``) and
+    the nodes that take its result (``dependents``).
     """
 
     __slots__ = (

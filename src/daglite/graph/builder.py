@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, final
@@ -21,6 +22,9 @@ __all__ = ["build_graph", "iter_futures"]
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _SCANNED = (TaskFuture, *_CONTAINERS)
+# A name another name's later keys could equal: ``load-2`` is also the second
+# key of ``load``.
+_SUFFIXED = re.compile(r"-\d+$")
 
 
 def _may_hold_futures(values: Any) -> bool:
@@ -111,7 +115,7 @@ def _build(
     the order, and so the keys, are those of the plain walk.
     """
     builder = _Builder(backend_name_of)
-    index, add = builder.graph.index, builder.add
+    index, add, add_leaf = builder.graph.index, builder.add, builder.add_leaf
     visiting: set[int] = set()
     stack: list[tuple[TaskFuture[Any], list[TaskFuture[Any]] | None]] = [
         (f, None) for f in reversed(roots)
@@ -130,7 +134,7 @@ def _build(
             raise GraphError(f"the graph has a cycle through task {future.task.name!r}")
         children = _children(future) if _takes_futures(future) else None
         if not children:
-            add(future, None)
+            add_leaf(future)
             continue
         for n, child in enumerate(children):
             if child in index:
@@ -142,7 +146,7 @@ def _build(
                     if later not in index:
                         push((later, None))
                 break
-            add(child, None)
+            add_leaf(child)
         else:
             add(future, children)
     graph = builder.graph
@@ -171,55 +175,64 @@ class _Builder:
         self.graph = Graph()
         self.backend_name_of = backend_name_of
         self.name_counts: dict[str, int] = {}
-        self.used_keys: set[str] = set()
+        # Keys given out, kept only once a name could make two of them equal.
+        self.used_keys: set[str] | None = None
         self.metas: tuple[dict[int, GraphMetadata], dict[int, GraphMetadata]] = ({}, {})
         self.node_count = 0
 
-    def add(self, future: TaskFuture[Any], children: list[TaskFuture[Any]] | None) -> None:
+    def add(self, future: TaskFuture[Any], children: list[TaskFuture[Any]]) -> None:
         """Add ``future`` as the next node; its ``children`` are in the graph already."""
+        self.add_leaf(future)
         graph = self.graph
         index, dependents = graph.index, graph.dependents
-        i = len(graph.keys)
-        index[future] = i
-        task = future.task
-        graph.keys.append(self._key(task.name))
+        i = len(graph.deps) - 1
+        deps = graph.deps[i] = tuple(dict.fromkeys([index[c] for c in children]))
+        for d in deps:
+            users = dependents[d]
+            if users is None:
+                dependents[d] = i
+            elif isinstance(users, int):
+                dependents[d] = [users, i]
+            else:
+                users.append(i)
+
+    def add_leaf(self, future: TaskFuture[Any]) -> None:
+        """Add ``future``, which takes no futures, as the next node."""
+        graph, task = self.graph, future.task
+        keys, name = graph.keys, task.name
+        graph.index[future] = len(keys)
+        count = self.name_counts.get(name)
+        if count is None or self.used_keys is not None:
+            keys.append(self._first_or_checked_key(name))
+        else:  # the common case, inlined: ``name-2``, ``name-3``...
+            self.name_counts[name] = count = count + 1
+            keys.append(f"{name}-{count}")
         mapped = future.iterated is not None
-        meta = self.metas[mapped].get(id(task))
+        metas = self.metas[mapped]
+        meta = metas.get(id(task))
         if meta is None:
-            meta = self.metas[mapped][id(task)] = _metadata(task, mapped, self.backend_name_of)
+            meta = metas[id(task)] = _metadata(task, mapped, self.backend_name_of)
         graph.metadata.append(meta)
-        deps: tuple[int, ...] = ()
-        if children:
-            deps = tuple(dict.fromkeys([index[c] for c in children]))
-            for d in deps:
-                users = dependents[d]
-                if users is None:
-                    dependents[d] = i
-                elif isinstance(users, int):
-                    dependents[d] = [users, i]
-                else:
-                    users.append(i)
-        graph.deps.append(deps)
-        dependents.append(None)
+        graph.deps.append(())
+        graph.dependents.append(None)
         graph.futures.append(future)
         self.node_count += _known_width(future) if mapped else 1
 
-    def _key(self, name: str) -> str:
-        """``name`` for its first node, then ``name-2``, ``name-3``..."""
-        count = self.name_counts.get(name)
-        if count is None:
-            key = name if name not in self.used_keys and "[" not in name else None
-            count = 1
-        else:
-            count += 1
-            key = f"{name}-{count}"
-            if key in self.used_keys:
-                key = None
-        if key is None:  # taken already (a task may be called 'load-2'), or holds '['
-            return _unique_key(name, self.name_counts, self.used_keys)
-        self.name_counts[name] = count
-        self.used_keys.add(key)
-        return key
+    def _first_or_checked_key(self, name: str) -> str:
+        """A name's first key, or any key once keys may collide (else a name's
+        later keys are ``name-2``, ``name-3``...).
+
+        Keys may collide only when a name looks like a later key of another
+        (``load-2``) or holds ``[`` (element keys): from the first such name on,
+        every key given out is remembered and checked.
+        """
+        used = self.used_keys
+        if used is None:
+            if "[" not in name and not _SUFFIXED.search(name):
+                self.name_counts[name] = 1
+                return name
+            used = self.used_keys = set(self.graph.keys)
+        return _unique_key(name, self.name_counts, used)
 
 
 def _unique_key(name: str, counts: dict[str, int], used: set[str]) -> str:

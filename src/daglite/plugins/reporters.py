@@ -6,6 +6,8 @@ Worker half (runs wherever a task runs):
     task's result, so a quick task costs no extra message. A task that runs
     longer than ``FLUSH_INTERVAL`` has its buffer sent home by the process's
     flusher thread, so progress events and the node's start arrive while it runs.
+    (A task the engine runs on its own thread, inline, gets a ``_CallerContext``
+    instead, which hands each event over at once.)
 
 Caller half:
     ``EventRegistry`` maps event types to handlers. ``_Hub`` is a listener
@@ -31,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, Final, Protocol, final
+from typing import Any, ClassVar, Final, Protocol, final
 
 __all__ = ["EventRegistry", "Reporter", "get_reporter"]
 
@@ -111,12 +113,24 @@ class _NodeContext(Reporter):
     def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
         _check_event_type(event_type)
         event = (event_type, dict(data) if data else {})
-        if self.direct:
-            # The task runs on the engine thread itself (inline): deliver now.
-            self.sent += 1
-            self.home.send(("events", self.token, [event]))
-        else:
-            self.events.append(event)
+        if self.direct and self.events is _NO_BUFFER:
+            if threading.get_ident() == self.home.engine_thread:
+                # The task runs on the engine thread itself (inline): deliver now.
+                self.sent += 1
+                self.home.send(("events", self.token, [event]))
+                return
+            self._start_buffering()
+        self.events.append(event)
+
+    def _start_buffering(self) -> None:
+        """An inline task reports from another thread (a timeout's helper, a
+        thread it started): from now on its events are buffered and flushed
+        like a worker's, so they keep their order and none is lost."""
+        with _FLUSH_LOCK:
+            if self.events is _NO_BUFFER:
+                self.events = deque()
+                self.started = time.monotonic()
+                _flusher.add(self)
 
     def flush(self) -> None:
         """Send the buffered events home now (flusher thread, or before a hard exit)."""
@@ -134,8 +148,10 @@ class _NodeContext(Reporter):
 
     def finish(self) -> tuple[list[_Event], int]:
         """Events still buffered (they travel with the result) and how many were sent."""
-        if self.direct:
+        if self.events is _NO_BUFFER:
             return [], self.sent
+        if self.direct:
+            _flusher.remove(self)
         with _FLUSH_LOCK:
             return (_drain(self.events) if self.events else []), self.sent
 
@@ -149,7 +165,40 @@ def _drain(events: deque[_Event]) -> list[_Event]:
         return out
 
 
-_current: ContextVar[_NodeContext | None] = ContextVar("daglite_current_node", default=None)
+@final
+class _CallerContext(Reporter):
+    """Context of a task the engine runs on its own thread (the inline lane).
+
+    Nothing to send: each event goes straight to ``sink``, the engine, which
+    dispatches it at once (or, from another thread, keeps it in ``events``).
+    """
+
+    __slots__ = ("events", "key", "name", "sink")
+
+    direct: ClassVar[bool] = True
+    elem: ClassVar[int] = -1
+
+    def __init__(
+        self,
+        sink: Callable[[_CallerContext, str, dict[str, Any]], None],
+        name: str,
+        key: str,
+    ) -> None:
+        self.sink = sink
+        self.name = name
+        self.key = key
+        # Events reported from other threads, and all after the first of
+        # those: they are delivered, in order, when the task returns.
+        self.events: list[_Event] | None = None
+
+    def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
+        _check_event_type(event_type)
+        self.sink(self, event_type, dict(data) if data else {})
+
+
+_current: ContextVar[_NodeContext | _CallerContext | None] = ContextVar(
+    "daglite_current_node", default=None
+)
 
 
 def get_reporter() -> Reporter:
