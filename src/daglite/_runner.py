@@ -26,7 +26,7 @@ from types import CoroutineType
 from typing import Any, Final, NamedTuple, Protocol, final
 
 from daglite.plugins import log_bridge, reporters
-from daglite.plugins.reporters import START_EVENT, _Home, _NodeContext
+from daglite.plugins.reporters import START_EVENT, _CallerContext, _Home, _NodeContext
 
 # Exit status of a process worker that ends itself because its task timed out.
 TIMEOUT_EXIT_CODE: Final = 75
@@ -595,6 +595,30 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
         _leave(ctx, reset, direct)
     events, sent = ctx.finish()
     return _new_outcome((call.token, ok, value, duration, events, sent, timed_out))
+
+
+def _call_in(
+    ctx: _CallerContext,
+    func: Callable[..., Any],
+    style: tuple[tuple[str, ...], str | None, str | None] | None,
+    kwargs: dict[str, Any],
+) -> tuple[bool, Any, float]:
+    """Call ``func`` here with ``ctx`` as the running task's context (inline lane).
+
+    Returns:
+        ``(True, result, duration)``, or ``(False, exception, duration)``.
+    """
+    reset = reporters._current.set(ctx)
+    start = time.perf_counter()
+    try:
+        value = func(**kwargs) if style is None else _invoke_style(func, style, kwargs)
+        if type(value) is CoroutineType:
+            value = asyncio.run(value)
+        return True, value, time.perf_counter() - start
+    except Exception as exc:
+        return False, exc, time.perf_counter() - start
+    finally:
+        reporters._current.reset(reset)
 
 
 def _enter(home: _Home, call: CallLike, direct: bool) -> tuple[_NodeContext, Any]:

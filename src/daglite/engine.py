@@ -28,10 +28,9 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future
-from types import CoroutineType
 from typing import Any, Final, Literal, TypeVar, final, overload
 
-from daglite._runner import Elements, _invoke_style, _Job, _new_outcome, _run_call
+from daglite._runner import Elements, _call_in, _Job, _new_outcome, _run_call
 from daglite.backends import canonical_name, get_backend
 from daglite.backends.base import Backend
 from daglite.exceptions import (
@@ -53,7 +52,6 @@ from daglite.plugins.reporters import (
     EventRegistry,
     _CallerContext,
     _CallerReporter,
-    _current,
     _Home,
 )
 from daglite.settings import default_backend_name, strict_plugins
@@ -74,8 +72,8 @@ OnError = Literal["raise", "continue"]
 _MAX_RESUBMITS: Final = 3
 _token_counter = itertools.count(1)
 _CONTAINERS = (list, tuple, dict, set, frozenset)
-# A plain call of the inline lane: node, element (-1: none), key, kwargs, backend.
-_LaneCall = tuple[int, int, str, dict[str, Any], Backend]
+# A plain call of the inline lane: node, element (-1: none), kwargs, backend.
+_LaneCall = tuple[int, int, dict[str, Any], Backend]
 
 
 @final
@@ -195,7 +193,7 @@ class _Run:
         self.units: dict[int, _Unit] = {}
         self.pending: dict[int, tuple[Backend, list[_Unit]]] = {}
         # Ready calls of in-caller backends (inline), run in this order by
-        # ``_run_lane``: a plain call as (node, element, key, kwargs, backend),
+        # ``_run_lane``: a plain call as (node, element, kwargs, backend),
         # any other (a retry, a slice, a call with a timeout) as its unit.
         self.lane: collections.deque[_LaneCall | _Unit] = collections.deque()
         self._caller_lock = threading.Lock()  # guards ``_CallerContext.events``
@@ -346,51 +344,71 @@ class _Run:
         graph = self.graph
         future = graph.futures[i]
         task = future.task
-        backend = self._backend_for(task)
-        deps = graph.deps[i]
+        backend = self._backends.get(id(task)) or self._backend_for(task)
         kwargs = future.kwargs
-        try:
-            if deps:
-                if self.remote_producers:
-                    self._fetch_remote_inputs(i, backend)
-                kwargs = self._resolve(kwargs, deps)
-            names, rows = ((), []) if future.iterated is None else self._expand(i, future, kwargs)
-        except Exception as exc:
-            self._release_inputs(i)
-            self._node_failed_before_running(i, exc)
+        if graph.deps[i] or future.iterated is not None:
+            inputs = self._inputs(i, future, backend)
+            if inputs is None:
+                return
+            kwargs, names, rows = inputs
+            if future.iterated is not None:
+                self._schedule_elements(i, task, kwargs, names, rows, backend)
+                return
+        if self._lane_ok and backend.runs_in_caller and task.timeout is None:
+            self.lane.append((i, -1, kwargs, backend))
             return
-        if deps:
+        unit = _Unit(i, -1, graph.keys[i], kwargs, task, graph.metadata[i], backend)
+        if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
+            self._fuse(unit)
+        self._queue_units(backend, [unit])
+
+    def _inputs(
+        self, i: int, future: TaskFuture[Any], backend: Backend
+    ) -> tuple[dict[str, Any], tuple[str, ...], list[Any]] | None:
+        """Node ``i``'s arguments with its inputs' results filled in, and for a
+        fan-out its parameter names and rows (``_expand``); its inputs are then
+        released. None when that failed, and so did the node."""
+        try:
+            if self.remote_producers:
+                self._fetch_remote_inputs(i, backend)
+            kwargs = self._resolve(future.kwargs) if self.graph.deps[i] else future.kwargs
+            if future.iterated is None:
+                return kwargs, (), []
+            return (kwargs, *self._expand(i, future, kwargs))
+        except Exception as exc:
+            self._node_failed_before_running(i, exc)
+            return None
+        finally:
             self._release_inputs(i)
-        meta, key = graph.metadata[i], graph.keys[i]
-        lane = self._lane_ok and backend.runs_in_caller and task.timeout is None
-        if future.iterated is None:
-            if lane:
-                self.lane.append((i, -1, key, kwargs, backend))
-                return
-            unit = _Unit(i, -1, key, kwargs, task, meta, backend)
-            if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
-                self._fuse(unit)
-            units = [unit]
+
+    def _schedule_elements(
+        self,
+        i: int,
+        task: Task[Any, Any],
+        kwargs: dict[str, Any],
+        names: tuple[str, ...],
+        rows: list[Any],
+        backend: Backend,
+    ) -> None:
+        """Queue one call per element of fan-out ``i`` (or slices of them)."""
+        if not rows:
+            self._complete_node(i, [])
+            return
+        self.map_left[i] = len(rows)
+        self.map_results[i] = [None] * len(rows)
+        if self._sliceable(task, backend, len(rows)):
+            self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
+        elif self._lane_ok and backend.runs_in_caller and task.timeout is None:
+            self.lane.extend(
+                (i, e, _element_kwargs(kwargs, names, row), backend) for e, row in enumerate(rows)
+            )
         else:
-            if not rows:
-                self._complete_node(i, [])
-                return
-            self.map_left[i] = len(rows)
-            self.map_results[i] = [None] * len(rows)
-            if self._sliceable(task, backend, len(rows)):
-                self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
-                return
-            if lane:
-                self.lane.extend(
-                    (i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), backend)
-                    for e, row in enumerate(rows)
-                )
-                return
+            key, meta = self.graph.keys[i], self.graph.metadata[i]
             units = [
                 _Unit(i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), task, meta, backend)
                 for e, row in enumerate(rows)
             ]
-        self._queue_units(backend, units)
+            self._queue_units(backend, units)
 
     def _fuse(self, head: _Unit) -> None:
         """Send the single-call chain hanging off ``head`` in one job with it.
@@ -476,7 +494,7 @@ class _Run:
                 self.results[d] = producer.materialize(self.results[d])
                 del self.remote_producers[d]
 
-    def _resolve(self, kwargs: dict[str, Any], deps: tuple[int, ...]) -> dict[str, Any]:
+    def _resolve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         index, results = self.graph.index, self.results
         out = {}
         for name, value in kwargs.items():
@@ -643,10 +661,9 @@ class _Run:
         Returns early when calls for other backends are waiting, so their
         workers do not sit idle meanwhile.
         """
-        lane, graph, hooks, reporter = self.lane, self.graph, self.hooks, self.reporter
-        futures, metas = graph.futures, graph.metadata
+        lane, graph = self.lane, self.graph
+        futures = graph.futures
         before, after, keep_all = self._has_before, self._has_after, self._keep_all
-        sink, set_current, clock = self._caller_event, _current.set, time.perf_counter
         while lane:
             if self.aborting:
                 lane.clear()
@@ -657,62 +674,49 @@ class _Run:
             if type(item) is _Unit:
                 self._run_here(item)
                 continue
-            i, e, key, kwargs, backend = item
+            i, e, kwargs, backend = item
             task = futures[i].task
             if before:
-                hooks.call(
-                    "before_node_execute",
-                    key=key,
-                    metadata=metas[i],
-                    inputs=kwargs,
-                    reporter=reporter,
-                )
-            ctx = _CallerContext(sink, task.name, key)
-            reset = set_current(ctx)
-            start = clock()
-            try:
-                style = task._sig.call_style
-                value = (
-                    task.func(**kwargs)
-                    if style is None
-                    else _invoke_style(task.func, style, kwargs)
-                )
-                if type(value) is CoroutineType:
-                    value = asyncio.run(value)
-                ok = True
-            except Exception as exc:
-                value, ok = exc, False
-            finally:
-                duration = clock() - start
-                _current.reset(reset)
+                self._node_hook("before_node_execute", i, e, kwargs)
+            ctx = _CallerContext(self, task.name, i, e)
+            ok, value, duration = _call_in(ctx, task.func, task._sig.call_style, kwargs)
             if not ok or ctx.events:  # failed, or has events from other threads
-                unit = _Unit(i, e, key, kwargs, task, metas[i], backend)
+                meta = graph.metadata[i]
+                unit = _Unit(i, e, self.key_of(i, e), kwargs, task, meta, backend)
                 unit.started = True
                 outcome = (0, ok, value, duration, ctx.events or [], 0, False)
                 self._finish_unit(unit, _new_outcome(outcome))
                 continue
             if after:
-                hooks.call(
-                    "after_node_execute",
-                    key=key,
-                    metadata=metas[i],
-                    inputs=kwargs,
-                    result=value,
-                    duration=duration,
-                    reporter=reporter,
-                )
+                self._node_hook("after_node_execute", i, e, kwargs, result=value, duration=duration)
             if keep_all:
-                self.kept[key] = value
+                self.kept[self.key_of(i, e)] = value
             if e < 0:
                 self._complete_node(i, value)
             else:
                 self.map_results[i][e] = value
                 self._elements_done(i, 1)
 
-    def _caller_event(self, ctx: _CallerContext, event_type: str, data: dict[str, Any]) -> None:
+    def _node_hook(self, name: str, i: int, e: int, inputs: dict[str, Any], **extra: Any) -> None:
+        """Call hook ``name`` for element ``e`` of node ``i`` (-1: the node itself)."""
+        self.hooks.call(
+            name,
+            key=self.key_of(i, e),
+            metadata=self.graph.metadata[i],
+            inputs=inputs,
+            reporter=self.reporter,
+            **extra,
+        )
+
+    def key_of(self, node: int, elem: int) -> str:
+        """Key of node ``node``, or of its element ``elem`` (``name[elem]``) if >= 0."""
+        key = self.graph.keys[node]
+        return key if elem < 0 else f"{key}[{elem}]"
+
+    def caller_event(self, ctx: _CallerContext, event_type: str, data: dict[str, Any]) -> None:
         """An event reported by a task of the inline lane (``_CallerContext``)."""
         if ctx.events is None and threading.get_ident() == self.engine_thread:
-            self._dispatch_event(event_type, data, ctx.key)
+            self._dispatch_event(event_type, data, self.key_of(ctx.node, ctx.elem))
             return
         # From a thread the task started (and all after it, to keep the order):
         # delivered on this thread when the task returns (``_run_lane``).

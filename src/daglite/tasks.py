@@ -33,7 +33,7 @@ class _Signature:
     """What binding needs to know about a function, computed once."""
 
     __slots__ = (
-        "_call_style",
+        "call_style",
         "defaults",
         "keyword_ok",
         "n_positional",
@@ -82,7 +82,8 @@ class _Signature:
             if p.default is inspect.Parameter.empty
             and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
         )
-        self._call_style = self._compute_call_style()
+        # How to call the function with bound arguments; None for ``func(**bound)``.
+        self.call_style = self._compute_call_style()
         # Positional arguments alone can be bound by zipping them with the
         # parameter names when the function is plain and its required
         # parameters come first (the common ``add(1, 2)``): ``Task._bind`` then
@@ -97,11 +98,6 @@ class _Signature:
     def is_plain(self) -> bool:
         """True when ``func(**bound)`` is a correct call (no /, *args or **kwargs)."""
         return not self.positional_only and self.var_positional is None and not self.var_keyword
-
-    @property
-    def call_style(self) -> tuple[tuple[str, ...], str | None, str | None] | None:
-        """How to call the function with bound arguments; None for ``func(**bound)``."""
-        return self._call_style
 
     def _compute_call_style(self) -> tuple[tuple[str, ...], str | None, str | None] | None:
         if self.is_plain:

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import gc
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, final
 
 from daglite.exceptions import GraphError
-from daglite.graph.base import Graph, GraphMetadata, NodeKind
+from daglite.graph.base import Graph
 from daglite.tasks import Task, TaskFuture
 
 __all__ = ["build_graph", "iter_futures"]
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _SCANNED = (TaskFuture, *_CONTAINERS)
-# A name another name's later keys could equal: ``load-2`` is also the second
-# key of ``load``.
-_SUFFIXED = re.compile(r"-\d+$")
 
 
 def _may_hold_futures(values: Any) -> bool:
@@ -167,17 +163,13 @@ def _takes_futures(future: TaskFuture[Any]) -> bool:
 
 @final
 class _Builder:
-    """Appends nodes to a ``Graph``: key, metadata, edges."""
+    """Appends nodes and their edges to a ``Graph`` (keys and metadata come
+    later, from the graph itself, when first asked for)."""
 
-    __slots__ = ("backend_name_of", "graph", "metas", "name_counts", "node_count", "used_keys")
+    __slots__ = ("graph", "node_count")
 
     def __init__(self, backend_name_of: Callable[[Task[Any, Any]], str]) -> None:
-        self.graph = Graph()
-        self.backend_name_of = backend_name_of
-        self.name_counts: dict[str, int] = {}
-        # Keys given out, kept only once a name could make two of them equal.
-        self.used_keys: set[str] | None = None
-        self.metas: tuple[dict[int, GraphMetadata], dict[int, GraphMetadata]] = ({}, {})
+        self.graph = Graph(backend_name_of)
         self.node_count = 0
 
     def add(self, future: TaskFuture[Any], children: list[TaskFuture[Any]]) -> None:
@@ -198,61 +190,10 @@ class _Builder:
 
     def add_leaf(self, future: TaskFuture[Any]) -> None:
         """Add ``future``, which takes no futures, as the next node."""
-        graph, task = self.graph, future.task
-        keys, name = graph.keys, task.name
-        graph.index[future] = len(keys)
-        count = self.name_counts.get(name)
-        if count is None or self.used_keys is not None:
-            keys.append(self._first_or_checked_key(name))
-        else:  # the common case, inlined: ``name-2``, ``name-3``...
-            self.name_counts[name] = count = count + 1
-            keys.append(f"{name}-{count}")
-        mapped = future.iterated is not None
-        metas = self.metas[mapped]
-        meta = metas.get(id(task))
-        if meta is None:
-            meta = metas[id(task)] = _metadata(task, mapped, self.backend_name_of)
-        graph.metadata.append(meta)
+        graph = self.graph
+        futures = graph.futures
+        graph.index[future] = len(futures)
+        futures.append(future)
         graph.deps.append(())
         graph.dependents.append(None)
-        graph.futures.append(future)
-        self.node_count += _known_width(future) if mapped else 1
-
-    def _first_or_checked_key(self, name: str) -> str:
-        """A name's first key, or any key once keys may collide (else a name's
-        later keys are ``name-2``, ``name-3``...).
-
-        Keys may collide only when a name looks like a later key of another
-        (``load-2``) or holds ``[`` (element keys): from the first such name on,
-        every key given out is remembered and checked.
-        """
-        used = self.used_keys
-        if used is None:
-            if "[" not in name and not _SUFFIXED.search(name):
-                self.name_counts[name] = 1
-                return name
-            used = self.used_keys = set(self.graph.keys)
-        return _unique_key(name, self.name_counts, used)
-
-
-def _unique_key(name: str, counts: dict[str, int], used: set[str]) -> str:
-    """``name``, then ``name-2``, ``name-3``...: never a key given out already
-    (a task may itself be called ``load-2``), never one with ``[`` (element keys)."""
-    count = counts.get(name, 0)
-    while True:
-        count += 1
-        key = name if count == 1 else f"{name}-{count}"
-        if key not in used and not (count == 1 and "[" in name):
-            break
-    counts[name] = count
-    used.add(key)
-    return key
-
-
-def _metadata(
-    task: Task[Any, Any], mapped: bool, backend_name_of: Callable[[Task[Any, Any]], str]
-) -> GraphMetadata:
-    kind: NodeKind = "map" if mapped else "task"
-    return GraphMetadata(
-        task.name, task.description, kind, backend_name_of(task), task.retries, task.timeout
-    )
+        self.node_count += 1 if future.iterated is None else _known_width(future)

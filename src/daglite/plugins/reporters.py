@@ -165,35 +165,44 @@ def _drain(events: deque[_Event]) -> list[_Event]:
         return out
 
 
+class _CallerRun(Protocol):
+    """What a ``_CallerContext`` needs of the evaluation running its task."""
+
+    def key_of(self, node: int, elem: int) -> str: ...
+
+    def caller_event(self, ctx: _CallerContext, event_type: str, data: dict[str, Any]) -> None: ...
+
+
 @final
 class _CallerContext(Reporter):
     """Context of a task the engine runs on its own thread (the inline lane).
 
-    Nothing to send: each event goes straight to ``sink``, the engine, which
-    dispatches it at once (or, from another thread, keeps it in ``events``).
+    Nothing to send: each event goes straight to the engine, which dispatches
+    it at once (or, from another thread, keeps it in ``events``). The key is
+    looked up only if asked for (a log record, an event).
     """
 
-    __slots__ = ("events", "key", "name", "sink")
+    __slots__ = ("elem", "events", "name", "node", "run")
 
     direct: ClassVar[bool] = True
-    elem: ClassVar[int] = -1
 
-    def __init__(
-        self,
-        sink: Callable[[_CallerContext, str, dict[str, Any]], None],
-        name: str,
-        key: str,
-    ) -> None:
-        self.sink = sink
+    def __init__(self, run: _CallerRun, name: str, node: int, elem: int) -> None:
+        self.run = run
         self.name = name
-        self.key = key
+        self.node = node
+        self.elem = elem
         # Events reported from other threads, and all after the first of
         # those: they are delivered, in order, when the task returns.
         self.events: list[_Event] | None = None
 
+    @property
+    def key(self) -> str:
+        """Key of the running node."""
+        return self.run.key_of(self.node, self.elem)
+
     def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
         _check_event_type(event_type)
-        self.sink(self, event_type, dict(data) if data else {})
+        self.run.caller_event(self, event_type, dict(data) if data else {})
 
 
 _current: ContextVar[_NodeContext | _CallerContext | None] = ContextVar(
