@@ -128,6 +128,7 @@ class Task(Generic[P, R]):
 
     __slots__ = (
         "_sig",
+        "_unary",
         "backend",
         "description",
         "fixed",
@@ -168,6 +169,8 @@ class Task(Generic[P, R]):
         self.fixed: dict[str, Any] = dict(fixed or {})
         self.is_async = inspect.iscoroutinefunction(func)
         self._sig = _sig or _Signature(func)
+        # The one parameter of ``f(x)`` when that call binds as ``{name: x}``.
+        self._unary = self._sig.positional[0] if self._sig.unary and not self.fixed else None
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r}>"
@@ -285,8 +288,9 @@ class Task(Generic[P, R]):
         Raises:
             TypeError: For a missing, unknown or already fixed parameter.
         """
-        if len(args) == 1 and not kwargs and self._sig.unary and not self.fixed:
-            return TaskFuture(self, {self._sig.positional[0]: args[0]})  # the common f(x)
+        unary = self._unary
+        if unary is not None and len(args) == 1 and not kwargs:
+            return TaskFuture(self, {unary: args[0]})  # the common f(x)
         return TaskFuture(self, self._bind(args, kwargs))
 
     def _first_unbound(self, taken: Iterable[str]) -> str:

@@ -112,6 +112,7 @@ def _build(
     """
     builder = _Builder(backend_name_of)
     index, add, add_leaf = builder.graph.index, builder.add, builder.add_leaf
+    add_leaves = builder.add_leaves
     visiting: set[int] = set()
     stack: list[tuple[TaskFuture[Any], list[TaskFuture[Any]] | None]] = [
         (f, None) for f in reversed(roots)
@@ -132,19 +133,16 @@ def _build(
         if not children:
             add_leaf(future)
             continue
-        for n, child in enumerate(children):
-            if child in index:
-                continue
-            if _takes_futures(child):  # walk it (and the rest, in order) first
-                visiting.add(fid)
-                push((future, children))
-                for later in reversed(children[n:]):
-                    if later not in index:
-                        push((later, None))
-                break
-            add_leaf(child)
-        else:
+        n = add_leaves(children)
+        if n == len(children):
             add(future, children)
+            continue
+        # children[n] takes futures: walk it (and the rest, in order) first
+        visiting.add(fid)
+        push((future, children))
+        for later in reversed(children[n:]):
+            if later not in index:
+                push((later, None))
     graph = builder.graph
     graph.node_count = builder.node_count
     graph.roots = [index[f] for f in roots]
@@ -187,6 +185,30 @@ class _Builder:
                 dependents[d] = [users, i]
             else:
                 users.append(i)
+
+    def add_leaves(self, children: list[TaskFuture[Any]]) -> int:
+        """Add ``children`` that take no futures, in order, up to the first that
+        does; returns its position (``len(children)`` if there is none).
+
+        Children in the graph already are passed over. This loop runs once per
+        leaf of a wide fan-in, so ``_takes_futures`` and ``add_leaf`` are inlined.
+        """
+        graph = self.graph
+        index, futures, deps, dependents = graph.index, graph.futures, graph.deps, graph.dependents
+        for n, child in enumerate(children):
+            if child in index:
+                continue
+            if child.iterated is not None:
+                return n
+            for value in child.kwargs.values():
+                if isinstance(value, _SCANNED):
+                    return n
+            index[child] = len(futures)
+            futures.append(child)
+            deps.append(())
+            dependents.append(None)
+            self.node_count += 1
+        return len(children)
 
     def add_leaf(self, future: TaskFuture[Any]) -> None:
         """Add ``future``, which takes no futures, as the next node."""
