@@ -154,6 +154,21 @@ def test_positional_only_and_var_args_reach_the_function():
     assert evaluate(collect(1, 2, 3, z=4)) == 1054
 
 
+@task
+def gather(name: str, d: int = 5, *rest: int, k: int = 1, **named: int) -> tuple:
+    return (name, d, rest, k, named)
+
+
+def test_parameters_before_var_args_go_positionally_on_every_backend(backend):
+    # Passed by keyword, ``name`` and ``d`` would collide with the *rest values.
+    dag = [gather("a", 1, 2, 3), gather("b"), gather("c", 2, 3, k=4, z=9)]
+    assert evaluate(dag, backend=backend) == [
+        ("a", 1, (2, 3), 1, {}),
+        ("b", 5, (), 1, {}),
+        ("c", 2, (3,), 4, {"z": 9}),
+    ]
+
+
 def test_invalid_on_error_is_rejected():
     with pytest.raises(ValueError, match="on_error"):
         evaluate(inc(1), on_error="ignore")  # type: ignore[arg-type]

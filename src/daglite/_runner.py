@@ -575,7 +575,11 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
         return _run_slice(home, call, direct)
     ctx, reset = _enter(home, call, direct)
     if home.wants_start:
-        ctx.report(START_EVENT)
+        try:
+            ctx.report(START_EVENT)  # inline: runs before_node_execute, which may raise
+        except BaseException:
+            _leave(ctx, reset, direct)
+            raise
     timed_out = False
     start = time.perf_counter()
     try:
@@ -608,9 +612,11 @@ def _call_in(
     Returns:
         ``(True, result, duration)``, or ``(False, exception, duration)``.
     """
-    reset = reporters._current.set(ctx)
+    current = reporters._current
+    reset = None
     start = time.perf_counter()
     try:
+        reset = current.set(ctx)
         value = func(**kwargs) if style is None else _invoke_style(func, style, kwargs)
         if type(value) is CoroutineType:
             value = asyncio.run(value)
@@ -618,7 +624,8 @@ def _call_in(
     except Exception as exc:
         return False, exc, time.perf_counter() - start
     finally:
-        reporters._current.reset(reset)
+        if reset is not None:
+            current.reset(reset)
 
 
 def _enter(home: _Home, call: CallLike, direct: bool) -> tuple[_NodeContext, Any]:
@@ -637,7 +644,9 @@ def _leave(ctx: _NodeContext, reset: Any, direct: bool) -> None:
     if _worker_state.slot >= 0:
         _worker_state.running(0)
     reporters._current.reset(reset)
-    if not direct:
+    if direct:
+        ctx.close()
+    else:
         reporters._flusher.remove(ctx)
 
 

@@ -46,6 +46,7 @@ from daglite.plugins import log_bridge
 from daglite.plugins.hooks import CachedResult
 from daglite.plugins.manager import HookDispatcher, dispatcher_for
 from daglite.plugins.reporters import (
+    _CLOSED,
     DROPPED_EVENT,
     LOG_EVENT,
     START_EVENT,
@@ -271,6 +272,12 @@ class _Run:
         else:  # pragma: no cover - a bug, never user input
             raise RuntimeError(f"engine got an unknown message {kind!r}")
 
+    def _handle_one(self, message: tuple[Any, ...]) -> None:
+        """Handle ``message``, then any held messages it released (``_replay``)."""
+        self._handle(message)
+        if self.ready:
+            self._replay()
+
     def _gated(self, unit: _Unit, message: tuple[Any, ...]) -> bool:
         """Hold a fused follower's message until the call before it is done here
         (its outcome may come home after the follower's, on another path)."""
@@ -344,7 +351,7 @@ class _Run:
         graph = self.graph
         future = graph.futures[i]
         task = future.task
-        backend = self._backends.get(id(task)) or self._backend_for(task)
+        backend = self._backend_for(task)
         kwargs = future.kwargs
         if graph.deps[i] or future.iterated is not None:
             inputs = self._inputs(i, future, backend)
@@ -620,8 +627,8 @@ class _Run:
             return  # a quarantined call runs alone
         while self.pending or self.lane:
             self._submit_units()
-            if self.lane:
-                self._run_lane()
+            if self.lane and not self._run_lane():
+                break  # messages wait in the queue: the loop handles them first
         if self.quarantine and not self.in_flight:
             unit = self.quarantine.popleft()
             self.quarantined_job = self._submit_job(unit.backend, [unit])
@@ -651,51 +658,49 @@ class _Run:
                 if self.aborting:
                     return
 
-    def _run_lane(self) -> None:
+    def _run_lane(self) -> bool:
         """Run the ready calls of in-caller backends, one after another, here.
 
         A plain call takes the lean path: if it succeeds it costs no unit,
         token, job or outcome, and its hooks and events are those of any
         backend. If it fails it becomes a unit and takes the general path from
         there (retries, ``on_node_error``), as do units (``_run_here``).
-        Returns early when calls for other backends are waiting, so their
-        workers do not sit idle meanwhile.
+        Returns early when calls for other backends wait to be submitted or
+        messages wait in the queue (a pool's finished job, a cancellation), so
+        the loop handles them and no worker sits idle behind a long lane.
+
+        Returns:
+            False when it stopped for messages in the queue, else True.
         """
-        lane, graph = self.lane, self.graph
+        lane, graph, queue_empty = self.lane, self.graph, self.queue.empty
         futures = graph.futures
-        before, after, keep_all = self._has_before, self._has_after, self._keep_all
         while lane:
             if self.aborting:
                 lane.clear()
-                return
+                return True
             if self.pending:
-                return
+                return True
+            if not queue_empty():
+                return False
             item = lane.popleft()
             if type(item) is _Unit:
                 self._run_here(item)
                 continue
             i, e, kwargs, backend = item
             task = futures[i].task
-            if before:
+            if self._has_before:
                 self._node_hook("before_node_execute", i, e, kwargs)
             ctx = _CallerContext(self, task.name, i, e)
             ok, value, duration = _call_in(ctx, task.func, task._sig.call_style, kwargs)
-            if not ok or ctx.events:  # failed, or has events from other threads
-                meta = graph.metadata[i]
-                unit = _Unit(i, e, self.key_of(i, e), kwargs, task, meta, backend)
-                unit.started = True
-                outcome = (0, ok, value, duration, ctx.events or [], 0, False)
-                self._finish_unit(unit, _new_outcome(outcome))
+            events, ctx.events = ctx.events, _CLOSED  # the task returned: no more events
+            if ok and not events:
+                self._call_succeeded(i, e, kwargs, value, duration)
                 continue
-            if after:
-                self._node_hook("after_node_execute", i, e, kwargs, result=value, duration=duration)
-            if keep_all:
-                self.kept[self.key_of(i, e)] = value
-            if e < 0:
-                self._complete_node(i, value)
-            else:
-                self.map_results[i][e] = value
-                self._elements_done(i, 1)
+            # Failed, or has events from other threads: as any backend's outcome.
+            unit = _Unit(i, e, self.key_of(i, e), kwargs, task, graph.metadata[i], backend)
+            unit.started = True
+            self._finish_unit(unit, _new_outcome((0, ok, value, duration, events or [], 0, False)))
+        return True
 
     def _node_hook(self, name: str, i: int, e: int, inputs: dict[str, Any], **extra: Any) -> None:
         """Call hook ``name`` for element ``e`` of node ``i`` (-1: the node itself)."""
@@ -720,7 +725,10 @@ class _Run:
             return
         # From a thread the task started (and all after it, to keep the order):
         # delivered on this thread when the task returns (``_run_lane``).
+        # After that (``_CLOSED``) the run may be over: the event is dropped.
         with self._caller_lock:
+            if ctx.events is _CLOSED:
+                return
             if ctx.events is None:
                 ctx.events = []
             ctx.events.append((event_type, data))
@@ -736,9 +744,16 @@ class _Run:
         unit.token = token = next(_token_counter)
         self.units[token] = unit  # events the task reports find it by token
         unit.delivered = 0
-        # Through ``_outcome``: events the task flushed from another thread may
-        # still be on their way (``_NodeContext._start_buffering``).
+        # Through ``_outcome``: events the task flushed from another thread
+        # (``_NodeContext._start_buffering``) may wait in the queue; they are
+        # handled right away, so the call is done before the next one runs.
         self._outcome(_run_call(self._home_for(unit.backend), unit, True))
+        while unit.parked is not None:
+            try:
+                message = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self._handle_one(message)
 
     def _submit_job(self, backend: Backend, units: list[_Unit]) -> int:
         """Hand ``units`` to ``backend`` as one job; returns the job's id."""
@@ -907,29 +922,26 @@ class _Run:
             self._attempt_failed(unit, outcome.value, outcome.duration, outcome.timed_out)
 
     def _succeeded(self, unit: _Unit, value: Any, duration: float) -> None:
-        if self._has_after:
-            self.hooks.call(
-                "after_node_execute",
-                key=unit.key,
-                metadata=unit.meta,
-                inputs=unit.kwargs,
-                result=value,
-                duration=duration,
-                reporter=self.reporter,
-            )
-        if self._keep_all:
-            self.kept[unit.key] = value
-        i = unit.node
         if self._any_remote and self._keeps_remote(unit.backend):
-            self.remote_producers[i] = unit.backend
-        if unit.elem < 0:
-            unit.done = True
+            self.remote_producers[unit.node] = unit.backend
+        unit.done = unit.elem < 0
+        self._call_succeeded(unit.node, unit.elem, unit.kwargs, value, duration)
+        if unit.follower:
+            self._input_done(unit.follower, value)
+
+    def _call_succeeded(
+        self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float
+    ) -> None:
+        """Element ``e`` of node ``i`` (-1: the node itself) returned ``value``."""
+        if self._has_after:
+            self._node_hook("after_node_execute", i, e, kwargs, result=value, duration=duration)
+        if self._keep_all:
+            self.kept[self.key_of(i, e)] = value
+        if e < 0:
             self._complete_node(i, value)
-            if unit.follower:
-                self._input_done(unit.follower, value)
-            return
-        self.map_results[i][unit.elem] = value
-        self._elements_done(i, 1)
+        else:
+            self.map_results[i][e] = value
+            self._elements_done(i, 1)
 
     def _input_done(self, follower: _Unit, value: Any) -> None:
         """The call before ``follower`` in its fused chain is done: fill in its input."""
@@ -1137,7 +1149,7 @@ class _Run:
         for i, waiting in enumerate(self.waiting):
             if waiting == 0:
                 self._schedule(i)
-        get_nowait, handle = self.queue.get_nowait, self._handle
+        get_nowait, handle = self.queue.get_nowait, self._handle_one
         wait = self.queue.get  # blocks; Ctrl-C still interrupts it on the main thread
         while True:
             self._submit_pending()
@@ -1151,16 +1163,22 @@ class _Run:
             ):
                 break
             handle(wait())
-            if self.ready:
-                self._replay()
             while True:
                 try:
                     message = get_nowait()
                 except queue.Empty:
                     break
                 handle(message)
-                if self.ready:
-                    self._replay()
+
+    def cancel(self) -> None:
+        """Stop the run from another thread (a cancelled ``evaluate_async``).
+
+        Calls running in this process stop between elements of a slice, or
+        after the call at hand; the engine then stops everything else.
+        """
+        for home in list(self.homes.values()):
+            home.abort = True
+        self.queue.put(("cancel",))
 
     def _interrupted(self, exc: BaseException) -> None:
         """Ctrl-C or cancellation: stop everything in flight, right now."""
@@ -1326,6 +1344,8 @@ def _prepare(
         return chosen.name if isinstance(chosen, Backend) else default_name
 
     graph = build_graph(roots, name_of)
+    for task in {f.task for f in graph.futures}:
+        name_of(task)  # an unknown backend name fails here, before anything runs
     extra = list(plugins or ())
     if progress:
         from daglite.plugins.builtin.progress import progress_plugin_if_terminal
@@ -1487,7 +1507,7 @@ async def evaluate_async(
     try:
         return rebuild(await asyncio.shield(task))
     except asyncio.CancelledError:
-        run.queue.put(("cancel",))
+        run.cancel()
         try:
             await task
         except BaseException:

@@ -102,7 +102,10 @@ class _Signature:
     def _compute_call_style(self) -> tuple[tuple[str, ...], str | None, str | None] | None:
         if self.is_plain:
             return None
-        return (self.positional_only, self.var_positional, self.var_keyword)
+        # Before a ``*args`` every parameter must go positionally, or the extra
+        # values would collide with it.
+        positional = self.positional if self.var_positional is not None else self.positional_only
+        return (positional, self.var_positional, self.var_keyword)
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:

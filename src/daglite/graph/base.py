@@ -1,6 +1,8 @@
 """Pure data describing a DAG: node metadata and the ``Graph`` built from futures.
 
 Nothing here runs tasks or touches threads; the engine reads these structures.
+A graph makes its nodes' keys and metadata on first use, the latter with the
+backend-naming function it was built with.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Worker half (runs wherever a task runs):
     longer than ``FLUSH_INTERVAL`` has its buffer sent home by the process's
     flusher thread, so progress events and the node's start arrive while it runs.
     (A task the engine runs on its own thread, inline, gets a ``_CallerContext``
-    instead, which hands each event over at once.)
+    instead, whose events go straight to the engine.)
 
 Caller half:
     ``EventRegistry`` maps event types to handlers. ``_Hub`` is a listener
@@ -90,7 +90,18 @@ _NO_BUFFER: Final[deque[Any]] = deque(maxlen=0)
 class _NodeContext(Reporter):
     """Worker-side state of one running task; also its reporter."""
 
-    __slots__ = ("_key", "direct", "elem", "events", "home", "name", "sent", "started", "token")
+    __slots__ = (
+        "_key",
+        "closed",
+        "direct",
+        "elem",
+        "events",
+        "home",
+        "name",
+        "sent",
+        "started",
+        "token",
+    )
 
     def __init__(self, home: _Home, token: int, direct: bool, name: str, key: str) -> None:
         self.home = home
@@ -104,6 +115,7 @@ class _NodeContext(Reporter):
         self.events: deque[_Event] = _NO_BUFFER if direct else deque()
         self.sent = 0
         self.started = 0.0 if direct else time.monotonic()
+        self.closed = False
 
     @property
     def key(self) -> str:
@@ -119,18 +131,26 @@ class _NodeContext(Reporter):
                 self.sent += 1
                 self.home.send(("events", self.token, [event]))
                 return
-            self._start_buffering()
+            if not self._start_buffering():
+                return  # the task is over: nobody waits for this event any more
         self.events.append(event)
 
-    def _start_buffering(self) -> None:
+    def _start_buffering(self) -> bool:
         """An inline task reports from another thread (a timeout's helper, a
         thread it started): from now on its events are buffered and flushed
-        like a worker's, so they keep their order and none is lost."""
+        like a worker's, so they keep their order and none is lost.
+
+        Returns:
+            False if the context is closed already.
+        """
         with _FLUSH_LOCK:
+            if self.closed:
+                return False
             if self.events is _NO_BUFFER:
                 self.events = deque()
                 self.started = time.monotonic()
                 _flusher.add(self)
+            return True
 
     def flush(self) -> None:
         """Send the buffered events home now (flusher thread, or before a hard exit)."""
@@ -150,10 +170,15 @@ class _NodeContext(Reporter):
         """Events still buffered (they travel with the result) and how many were sent."""
         if self.events is _NO_BUFFER:
             return [], self.sent
-        if self.direct:
-            _flusher.remove(self)
         with _FLUSH_LOCK:
             return (_drain(self.events) if self.events else []), self.sent
+
+    def close(self) -> None:
+        """The task has returned or raised: stop watching its buffer, and drop
+        what a thread it left behind may report from now on."""
+        with _FLUSH_LOCK:
+            self.closed = True
+        _flusher.remove(self)
 
 
 def _drain(events: deque[_Event]) -> list[_Event]:
@@ -163,6 +188,10 @@ def _drain(events: deque[_Event]) -> list[_Event]:
             out.append(events.popleft())
     except IndexError:
         return out
+
+
+# ``_CallerContext.events`` once its task has returned.
+_CLOSED: Final[list[Any]] = []
 
 
 class _CallerRun(Protocol):
@@ -178,8 +207,8 @@ class _CallerContext(Reporter):
     """Context of a task the engine runs on its own thread (the inline lane).
 
     Nothing to send: each event goes straight to the engine, which dispatches
-    it at once (or, from another thread, keeps it in ``events``). The key is
-    looked up only if asked for (a log record, an event).
+    it at once; events from other threads wait in ``events`` until the task
+    returns. The key is looked up only if asked for (a log record, an event).
     """
 
     __slots__ = ("elem", "events", "name", "node", "run")
