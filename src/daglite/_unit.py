@@ -1,0 +1,109 @@
+"""``_Unit``: one call the engine tracks (a node's, a fan-out element's, or a
+slice of elements), with its attempts and its place in a fused chain."""
+
+from __future__ import annotations
+
+from typing import Any, final
+
+from daglite._runner import Elements
+from daglite.backends.base import Backend
+from daglite.graph.base import GraphMetadata
+from daglite.tasks import Task
+
+
+@final
+class _Unit:
+    """One call of one node (or of one element of a fan-out) and its attempts.
+
+    On the bulk path a unit is a slice of a fan-out's elements instead
+    (``elems``; ``elem`` is then the index of its first element).
+
+    It is also the call a job runs in this process (``func``, ``name``, ``key``,
+    ``kwargs``, ``timeout``, ``style``, ``token``: the fields of ``_runner._Call``).
+    """
+
+    __slots__ = (
+        "attempt",
+        "awaited",
+        "backend",
+        "delivered",
+        "done",
+        "elem",
+        "elems",
+        "follower",
+        "follows",
+        "func",
+        "isolate",
+        "key",
+        "kwargs",
+        "meta",
+        "name",
+        "node",
+        "parked",
+        "resubmits",
+        "started",
+        "stash",
+        "style",
+        "task",
+        "timeout",
+        "token",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        node: int,
+        elem: int,
+        key: str,
+        kwargs: dict[str, Any],
+        task: Task[Any, Any],
+        meta: GraphMetadata,
+        backend: Backend,
+    ) -> None:
+        self.node = node
+        self.elem = elem
+        self.key = key
+        self.kwargs = kwargs
+        self.task = task
+        self.func = task.func
+        self.name = task.name
+        self.timeout = task.timeout
+        self.style = task._sig.call_style
+        self.meta = meta
+        self.backend = backend
+        self.attempt = 1
+        self.resubmits = 0
+        self.token = 0
+        self.started = False
+        self.delivered = 0
+        self.parked: Any = None
+        self.awaited = False
+        self.isolate = False
+        # A slice of a fan-out run as one call (bulk path), else None.
+        self.elems: Elements | None = None
+        # Chain fusion (``_fuse``): each unit of a fused job knows the unit
+        # right after it (``follower``); a follower names the parameters fed by
+        # the call before it (``follows``) and that unit (``upstream``). Its
+        # messages that arrive before that unit is done wait in its ``stash``.
+        self.follower: _Unit | None = None
+        self.follows: tuple[str, ...] | None = None
+        self.upstream: _Unit | None = None
+        self.stash: list[tuple[Any, ...]] | None = None
+        self.done = False
+
+
+def _chain_of(head: _Unit) -> list[_Unit]:
+    """``head`` and the units fused after it, in order."""
+    units = [head]
+    while units[-1].follower:
+        units.append(units[-1].follower)
+    return units
+
+
+def _element_kwargs(base: dict[str, Any], names: tuple[str, ...], row: Any) -> dict[str, Any]:
+    """One fan-out element's arguments: ``base`` plus the element's values."""
+    if len(names) == 1:
+        return {**base, names[0]: row}
+    kwargs = dict(base)
+    kwargs.update(zip(names, row))
+    return kwargs
