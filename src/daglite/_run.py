@@ -248,13 +248,7 @@ class _Run:
             return
         unit.started = True
         if self._has_before:
-            self.hooks.call(
-                "before_node_execute",
-                key=unit.key,
-                metadata=unit.meta,
-                inputs=unit.kwargs,
-                reporter=self.reporter,
-            )
+            self._unit_hook("before_node_execute", unit)
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -625,6 +619,17 @@ class _Run:
             **extra,
         )
 
+    def _unit_hook(self, name: str, unit: _Unit, **extra: Any) -> None:
+        """Call hook ``name`` for the call ``unit``."""
+        self.hooks.call(
+            name,
+            key=unit.key,
+            metadata=unit.meta,
+            inputs=unit.kwargs,
+            reporter=self.reporter,
+            **extra,
+        )
+
     def key_of(self, node: int, elem: int) -> str:
         """Key of node ``node``, or of its element ``elem`` (``name[elem]``) if >= 0."""
         key = self.graph.keys[node]
@@ -938,27 +943,12 @@ class _Run:
             unit.attempt += 1
             unit.started = False  # the next attempt gets its own before_node_execute
             if self.hooks.has("before_node_retry"):
-                self.hooks.call(
-                    "before_node_retry",
-                    key=unit.key,
-                    metadata=unit.meta,
-                    inputs=unit.kwargs,
-                    error=error,
-                    attempt=unit.attempt,
-                    duration=duration,
-                    reporter=self.reporter,
+                self._unit_hook(
+                    "before_node_retry", unit, error=error, attempt=unit.attempt, duration=duration
                 )
             self._requeue(unit)
             return
-        self.hooks.call(
-            "on_node_error",
-            key=unit.key,
-            metadata=unit.meta,
-            inputs=unit.kwargs,
-            error=error,
-            duration=duration,
-            reporter=self.reporter,
-        )
+        self._unit_hook("on_node_error", unit, error=error, duration=duration)
         self._record_failure(unit.node, unit.key, unit.task, error, timed_out)
 
     def _node_failed_before_running(self, i: int, error: BaseException) -> None:
