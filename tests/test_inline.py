@@ -167,3 +167,47 @@ def test_cancelling_evaluate_async_stops_an_inline_fan_out_after_the_call_at_han
 
     asyncio.run(main())
     assert ran == [0]
+
+
+def test_a_strict_event_handler_error_fails_the_task_instead_of_hanging(monkeypatch):
+    # With retries the inline call goes as a unit; the handler raised after the
+    # event was counted as sent, and the engine must not wait for it forever.
+    monkeypatch.setenv("DAGLITE_STRICT_PLUGINS", "1")
+
+    class Raising:
+        def register_event_handlers(self, registry):
+            registry.on("tick", self.boom)
+
+        def boom(self, event):
+            raise RuntimeError("handler boom")
+
+    @task(retries=1)
+    def noisy() -> int:
+        get_reporter().report("tick")
+        return 1
+
+    with pytest.raises(TaskError, match="handler boom"):
+        evaluate(noisy(), plugins=[Raising()])
+
+
+def test_cancel_queues_its_message_before_local_jobs_can_see_abort():
+    # A local job that sees ``abort`` stops early and reports done; the engine
+    # must already hold the cancel message then, or it would forget the calls
+    # the job skipped and finish the run as a success.
+    from daglite.engine import _prepare
+
+    @task
+    def one() -> int:
+        return 1
+
+    run, _ = _prepare(one(), None, None, False, "raise", {}, True)
+    queued_when_aborted: list[int] = []
+
+    class Home:
+        def __setattr__(self, name, value):
+            if name == "abort":
+                queued_when_aborted.append(run.queue.qsize())
+
+    run.homes[0] = Home()  # type: ignore[assignment]
+    run.cancel()
+    assert queued_when_aborted == [1]

@@ -131,7 +131,8 @@ class _Run:
         self.remote_producers: dict[int, Backend] = {}
         self._remote_kind: dict[int, bool] = {}
         self._any_remote = False  # whether a backend of this run keeps results remote
-        self._backends: dict[int, Backend] = {}
+        # Per task: its backend, and whether its plain calls take the inline lane.
+        self._routes: dict[int, tuple[Backend, bool]] = {}
         self._keep_all = on_error == "continue"
         self.engine_thread = 0
         self._has_before = hooks.has("before_node_execute")
@@ -170,8 +171,10 @@ class _Run:
             unit = self.units.get(message[1])
             if unit is None or self._gated(unit, message):
                 return
-            self._deliver(unit, message[2])
+            # Counted first: a handler that raises (strict mode) must not leave
+            # the call waiting for events that did arrive.
             unit.delivered += len(message[2])
+            self._deliver(unit, message[2])
             parked = unit.parked
             if parked is not None and unit.delivered >= parked.sent:
                 unit.parked = None
@@ -257,7 +260,7 @@ class _Run:
         graph = self.graph
         future = graph.futures[i]
         task = future.task
-        backend = self._backend_for(task)
+        backend, lane = self._route(task)
         kwargs = future.kwargs
         if graph.deps[i] or future.iterated is not None:
             inputs = self._inputs(i, future, backend)
@@ -267,7 +270,7 @@ class _Run:
             if future.iterated is not None:
                 self._schedule_elements(i, task, kwargs, names, rows, backend)
                 return
-        if self._lane_ok and backend.runs_in_caller and task.timeout is None:
+        if lane:
             self.lane.append((i, -1, kwargs, backend))
             return
         unit = _Unit(i, -1, graph.keys[i], kwargs, task, graph.metadata[i], backend)
@@ -311,7 +314,7 @@ class _Run:
         self.map_results[i] = [None] * len(rows)
         if self._sliceable(task, backend, len(rows)):
             self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
-        elif self._lane_ok and backend.runs_in_caller and task.timeout is None:
+        elif self._route(task)[1]:
             self.lane.extend(
                 (i, e, _element_kwargs(kwargs, names, row), backend) for e, row in enumerate(rows)
             )
@@ -391,11 +394,19 @@ class _Run:
         return found
 
     def _backend_for(self, task: Task[Any, Any]) -> Backend:
-        found = self._backends.get(id(task))
+        return self._route(task)[0]
+
+    def _route(self, task: Task[Any, Any]) -> tuple[Backend, bool]:
+        """The backend ``task`` runs on, and whether its plain calls take the
+        inline lane (``_run_lane``): the backend runs calls in the caller and
+        keeps no result remote, the task has no timeout, no cache plugin."""
+        found = self._routes.get(id(task))
         if found is None:
-            found = self._backends[id(task)] = self.backend_of(task)
-            if self._keeps_remote(found):
-                self._any_remote = True
+            backend = self.backend_of(task)
+            remote = self._keeps_remote(backend)
+            self._any_remote = self._any_remote or remote
+            lane = self._lane_ok and backend.runs_in_caller and not remote
+            found = self._routes[id(task)] = (backend, lane and task.timeout is None)
         return found
 
     def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:
@@ -597,8 +608,10 @@ class _Run:
             if self._has_before:
                 self._node_hook("before_node_execute", i, e, kwargs)
             ctx = _CallerContext(self, task.name, i, e)
-            ok, value, duration = _call_in(ctx, task.func, task._sig.call_style, kwargs)
-            events, ctx.events = ctx.events, _CLOSED  # the task returned: no more events
+            try:
+                ok, value, duration = _call_in(ctx, task.func, task._sig.call_style, kwargs)
+            finally:
+                events, ctx.events = ctx.events, _CLOSED  # the task is over: no more events
             if ok and not events:
                 self._call_succeeded(i, e, kwargs, value, duration)
                 continue
@@ -644,11 +657,12 @@ class _Run:
         # delivered on this thread when the task returns (``_run_lane``).
         # After that (``_CLOSED``) the run may be over: the event is dropped.
         with self._caller_lock:
-            if ctx.events is _CLOSED:
+            events = ctx.events
+            if events is _CLOSED:
                 return
-            if ctx.events is None:
-                ctx.events = []
-            ctx.events.append((event_type, data))
+            if events is None:
+                events = ctx.events = []
+            events.append((event_type, data))
 
     def _run_here(self, unit: _Unit) -> None:
         """Run a unit on this thread (inline): no job, future or queue in between.
@@ -668,7 +682,10 @@ class _Run:
         while unit.parked is not None:
             try:
                 message = self.queue.get_nowait()
-            except queue.Empty:
+            except queue.Empty:  # pragma: no cover - every event sent is queued by now
+                outcome, unit.parked = unit.parked, None
+                self.parked -= 1
+                self._finish_unit(unit, outcome)
                 break
             self._handle_one(message)
 
@@ -1078,9 +1095,11 @@ class _Run:
         Calls running in this process stop between elements of a slice, or
         after the call at hand; the engine then stops everything else.
         """
+        # The message first: a job that sees ``abort`` and stops early reports
+        # done after it, so the engine is cancelling by then, not forgetting calls.
+        self.queue.put(("cancel",))
         for home in list(self.homes.values()):
             home.abort = True
-        self.queue.put(("cancel",))
 
     def _interrupted(self, exc: BaseException) -> None:
         """Ctrl-C or cancellation: stop everything in flight, right now."""

@@ -576,7 +576,7 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
     ctx, reset = _enter(home, call, direct)
     if home.wants_start:
         try:
-            ctx.report(START_EVENT)  # inline: runs before_node_execute, which may raise
+            ctx.send_event(START_EVENT, {})  # inline: runs before_node_execute, may raise
         except BaseException:
             _leave(ctx, reset, direct)
             raise

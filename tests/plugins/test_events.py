@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from daglite import evaluate, task
+from daglite import TaskError, evaluate, task
 from daglite.plugins.hooks import hook_impl
 from daglite.plugins.reporters import Reporter, get_reporter
 
@@ -264,3 +264,15 @@ def test_events_a_task_reports_from_other_threads_keep_order_and_arrive(backend,
     assert collector.by_key() == {key: list(range(count))}
     assert collector.seen_at_after_node == {key: count}
     assert collector.where == {(os.getpid(), threading.get_ident())}
+
+
+@pytest.mark.parametrize("event_type", ["daglite.log", "daglite.start", "daglite.anything"])
+def test_event_types_of_daglite_itself_are_refused_on_every_backend(backend, event_type):
+    @task
+    def impostor() -> int:
+        get_reporter().report(event_type, {"msg": "hello"})
+        return 1
+
+    with pytest.raises(TaskError, match="daglite's own") as info:
+        evaluate(impostor(), backend=backend)
+    assert isinstance(info.value.error, ValueError)

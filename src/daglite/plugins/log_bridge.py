@@ -53,10 +53,10 @@ class _ForwardToCaller(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         ctx = reporters._current.get()
-        if ctx is None or ctx.direct:
-            return
+        if not isinstance(ctx, reporters._NodeContext) or ctx.direct:
+            return  # outside a task, or in the caller's process: handled in place
         try:
-            ctx.report(reporters.LOG_EVENT, _record_data(record))
+            ctx.send_event(reporters.LOG_EVENT, _record_data(record))
         except Exception:
             self.handleError(record)
 

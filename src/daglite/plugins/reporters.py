@@ -42,6 +42,8 @@ logger = logging.getLogger("daglite.plugins")
 # Buffered events of a task that runs longer than this are sent home while it
 # runs; shorter tasks send theirs with the result (one message per job).
 FLUSH_INTERVAL = 0.05
+# daglite's own event types; a task cannot report these (``_check_event_type``).
+_RESERVED_PREFIX: Final = "daglite."
 START_EVENT: Final = "daglite.start"
 DROPPED_EVENT: Final = "daglite.dropped"
 LOG_EVENT: Final = "daglite.log"
@@ -76,6 +78,10 @@ _NULL_REPORTER: Final = _NullReporter()
 def _check_event_type(event_type: object) -> None:
     if not isinstance(event_type, str) or not event_type:
         raise TypeError(f"event_type must be a non-empty string, got {event_type!r}")
+    if event_type.startswith(_RESERVED_PREFIX):
+        raise ValueError(
+            f"event types starting with {_RESERVED_PREFIX!r} are daglite's own, got {event_type!r}"
+        )
 
 
 # Guards a task's buffer against the flusher taking it at the same moment; one
@@ -124,7 +130,11 @@ class _NodeContext(Reporter):
 
     def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> None:
         _check_event_type(event_type)
-        event = (event_type, dict(data) if data else {})
+        self.send_event(event_type, dict(data) if data else {})
+
+    def send_event(self, event_type: str, data: dict[str, Any]) -> None:
+        """Report an event of any type, daglite's own included (no checks)."""
+        event = (event_type, data)
         if self.direct and self.events is _NO_BUFFER:
             if threading.get_ident() == self.home.engine_thread:
                 # The task runs on the engine thread itself (inline): deliver now.
