@@ -50,6 +50,9 @@ __all__ = ["ProcessBackend", "WorkersLost"]
 # A pool that breaks this many times in a row without running anything is
 # considered unusable (bad environment), rather than rebuilt forever.
 _MAX_EMPTY_BREAKS: Final = 5
+# How long ``stop`` waits for a broken pool's reaper; the pool's manager thread
+# has already terminated its workers by then, so this is only a backstop.
+_REAP_TIMEOUT: Final = 30.0
 
 
 class WorkersLost(Exception):
@@ -152,8 +155,12 @@ class ProcessBackend(Backend):
         self._pool: ProcessPoolExecutor | None = None
         self._slots: Any = None
         self._generation = 0
+        # What died when a pool broke, by generation. Filled from the pool's own
+        # manager thread (see ``_relay``) under ``_lost_lock`` only.
         self._lost: dict[int, WorkersLost] = {}
+        self._lost_lock = threading.Lock()
         self._pools_by_generation: dict[int, tuple[Any, Any]] = {}
+        self._reapers: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -166,20 +173,28 @@ class ProcessBackend(Backend):
         slots = ctx.RawArray("q", 3 * (self._workers * 2 + 2))
         self._slots = slots
         self._generation += 1
+        # The previous generation stays: its manager thread may report the
+        # break after the next ``submit`` has already replaced the pool.
+        previous = self._pools_by_generation.get(self._generation - 1)
         self._pools_by_generation = {self._generation: (None, slots)}
+        if previous is not None:
+            self._pools_by_generation[self._generation - 1] = previous
         self._pool = ProcessPoolExecutor(
             self._workers,
             mp_context=ctx,
             initializer=init_pool_worker,
             initargs=(slots, ctx.Lock(), os.getpid()),
         )
-        self._pools_by_generation = {self._generation: (self._pool, slots)}
+        self._pools_by_generation[self._generation] = (self._pool, slots)
 
     def stop(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            reapers, self._reapers = self._reapers, []
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        for reaper in reapers:
+            reaper.join(timeout=_REAP_TIMEOUT)
 
     def cancel_running(self) -> None:
         """Kill the workers now (interrupt); the next use starts a fresh pool."""
@@ -208,8 +223,8 @@ class ProcessBackend(Backend):
         outer: _Relayed = _Relayed()
         for _ in range(_MAX_EMPTY_BREAKS):
             with self._lock:
-                if self._pool is None:
-                    self._new_pool()
+                if self._pool is None or self._generation in self._lost:
+                    self._replace(self._generation)
                 assert self._pool is not None
                 pool, generation = self._pool, self._generation
                 try:
@@ -224,6 +239,13 @@ class ProcessBackend(Backend):
         return outer
 
     def _relay(self, outer: Future[Any], generation: int, inner: Future[Any]) -> None:
+        """Mirror the pool's future (runs on the pool's manager thread).
+
+        On Python 3.12+ the pool calls this while holding its own shutdown lock
+        (``_terminate_broken``), so nothing here may call into that pool or wait
+        for a lock a submitter holds while calling into it: the rebuild is left
+        to the next ``submit``.
+        """
         if outer.done():
             return
         if inner.cancelled():
@@ -241,23 +263,29 @@ class ProcessBackend(Backend):
             pass
 
     def _lost_workers(self, generation: int) -> WorkersLost:
-        """What died when pool ``generation`` broke (computed once), then rebuild it."""
-        with self._lock:
+        """What died when pool ``generation`` broke, computed once per generation."""
+        with self._lost_lock:
             found = self._lost.get(generation)
             if found is None:
-                pool, slots = self._pools_by_generation.get(generation, (self._pool, self._slots))
+                pool, slots = self._pools_by_generation.get(generation, (None, ()))
                 found = _inspect_broken_pool(pool, slots)
                 self._lost = {generation: found}
-                self._replace(generation)
             return found
 
     def _replace(self, generation: int) -> None:
+        """Start a new pool if ``generation`` is still the current one (holding ``_lock``).
+
+        The old pool is shut down by a reaper thread: its manager thread may be
+        busy breaking it, and ``shutdown`` waits for that.
+        """
         if generation != self._generation:
             return
         old = self._pool
         self._pool = None
         if old is not None:
-            old.shutdown(wait=False, cancel_futures=False)
+            reaper = threading.Thread(target=old.shutdown, name="daglite-pool-reaper", daemon=True)
+            reaper.start()
+            self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
         self._new_pool()
 
 
