@@ -158,7 +158,8 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
+    # On 3.10, ``isinstance(list[int], type)`` is true: look at the origin first.
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return annotation.__name__
     return str(annotation).replace("typing.", "")
 
