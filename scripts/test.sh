@@ -1,16 +1,47 @@
 #!/usr/bin/env bash
-# Set up .venv with every extra, then run lint, format check, type checks and
-# the whole test suite (in parallel). Exits non-zero if any step fails.
+# Set up the virtual environments, then run lint, format check and type checks
+# once, and the whole test suite (in parallel) on every supported CPython this
+# machine has (3.10 to 3.14; missing ones are named and skipped). Exits
+# non-zero if any step fails on any interpreter.
+#
+#   DAGLITE_PYTHONS="3.12 3.13" bash scripts/test.sh   # only these versions
+#   bash scripts/test.sh -k dask                        # extra pytest arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUPPORTED="3.10 3.11 3.12 3.13 3.14"
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
 
+# The interpreter for version $1: pythonX.Y on PATH if it runs, else a pyenv build.
+find_python() {
+  local v=$1 candidate
+  if command -v "python$v" >/dev/null 2>&1 && "python$v" -c "" >/dev/null 2>&1; then
+    command -v "python$v"
+    return 0
+  fi
+  local root
+  root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+  for candidate in "$root"/versions/"$v".*/bin/python"$v"; do
+    if [ -x "$candidate" ] && "$candidate" -c "" >/dev/null 2>&1; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Create (once) the venv $1 with interpreter $2 and install the project with extras $3.
+setup_venv() {
+  local venv=$1 python=$2 extras=$3
+  if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e ".[$extras]"
+}
+
+echo "== setting up .venv (lint, types) with $PYTHON"
+setup_venv .venv "$PYTHON" dev
 echo "== ruff (lint + format)"
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples
@@ -19,6 +50,33 @@ echo "== mypy"
 .venv/bin/mypy tests/typing
 echo "== pyright"
 .venv/bin/pyright
-echo "== pytest"
-# CI installs every extra, so a backend that cannot be tested is a failure.
-DAGLITE_REQUIRE_ALL_BACKENDS=1 .venv/bin/python -m pytest -n auto "$@"
+
+tested=()
+missing=()
+failed=()
+for v in ${DAGLITE_PYTHONS:-$SUPPORTED}; do
+  if ! python=$(find_python "$v"); then
+    missing+=("$v")
+    continue
+  fi
+  echo "== pytest on Python $v ($python)"
+  setup_venv ".venv-$v" "$python" "test,rich,dask"
+  # CI installs every extra, so a backend that cannot be tested is a failure.
+  if DAGLITE_REQUIRE_ALL_BACKENDS=1 ".venv-$v/bin/python" -m pytest -n auto "$@"; then
+    tested+=("$v")
+  else
+    failed+=("$v")
+  fi
+done
+
+echo "== summary"
+echo "tested on Python: ${tested[*]:-none}"
+[ ${#missing[@]} -eq 0 ] || echo "not installed here, skipped: ${missing[*]}"
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "FAILED on Python: ${failed[*]}"
+  exit 1
+fi
+if [ ${#tested[@]} -eq 0 ]; then
+  echo "no supported Python found: nothing was tested"
+  exit 1
+fi
