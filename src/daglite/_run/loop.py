@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, Final, Literal, final
 
+from daglite._run.state import RunState
 from daglite._runner import Elements, _call_in, _Job, _new_outcome, _run_call
 from daglite._unit import _chain_of, _element_kwargs, _Unit
 from daglite.backends.base import Backend
@@ -93,15 +94,9 @@ class _Run:
         self.run_id = uuid.uuid4()
         self.registry = EventRegistry()
         self.reporter = _CallerReporter(self._dispatch_event)
-        n = len(graph)
-        self.waiting = [len(d) for d in graph.deps]
-        self.consumers = [
-            0 if d is None else 1 if isinstance(d, int) else len(d) for d in graph.dependents
-        ]
-        self.results: list[Any] = [None] * n
-        self.roots = set(graph.roots)
-        self.map_left: dict[int, int] = {}
-        self.map_results: dict[int, list[Any]] = {}
+        self.state = RunState(graph)
+        # Nodes made ready by completions, scheduled by the loop in this order.
+        self.ready_nodes: collections.deque[int] = collections.deque()
         self.node_count = graph.node_count
         self.units: dict[int, _Unit] = {}
         self.pending: dict[int, tuple[Backend, list[_Unit]]] = {}
@@ -115,17 +110,12 @@ class _Run:
         # alone, nothing else of this run in flight, so a repeat death names it.
         self.quarantine: collections.deque[_Unit] = collections.deque()
         self.quarantined_job = 0
-        # Nodes already in flight as followers of a fused chain.
-        self.fused: set[int] = set()
         # Followers whose input is done while messages of theirs wait in a stash.
         self.ready: collections.deque[_Unit] = collections.deque()
         self.homes: dict[int, _Home] = {}
-        self.failed_nodes: set[int] = set()
         self.errors: dict[str, TaskError] = {}
         self.kept: dict[str, Any] = {}
-        self.skipped: list[str] = []
         self.failure: BaseException | None = None
-        self.aborting = False
         self.parked = 0
         self.awaited = 0
         self.remote_producers: dict[int, Backend] = {}
@@ -295,7 +285,7 @@ class _Run:
             self._node_failed_before_running(i, exc)
             return None
         finally:
-            self._release_inputs(i)
+            self.state.release_inputs(i)
 
     def _schedule_elements(
         self,
@@ -308,10 +298,9 @@ class _Run:
     ) -> None:
         """Queue one call per element of fan-out ``i`` (or slices of them)."""
         if not rows:
-            self._complete_node(i, [])
+            self._ready(self.state.fan_out(i, 0))
             return
-        self.map_left[i] = len(rows)
-        self.map_results[i] = [None] * len(rows)
+        self.state.fan_out(i, len(rows))
         if self._sliceable(task, backend, len(rows)):
             self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
         elif self._route(task)[1]:
@@ -348,7 +337,7 @@ class _Run:
                 d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
             )
             follower.follows, follower.upstream = names, unit
-            self.fused.add(d)
+            self.state.claim(d)
             unit.follower = follower
             unit = follower
             length += 1
@@ -358,7 +347,7 @@ class _Run:
         in, if it can be fused after ``i``; else None."""
         graph = self.graph
         d = graph.dependents[i]
-        if not isinstance(d, int) or graph.deps[d] != (i,) or d in self.failed_nodes:
+        if not isinstance(d, int) or graph.deps[d] != (i,) or d in self.state.failed:
             return None
         future = graph.futures[d]
         if future.iterated is not None or self._backend_for(future.task) is not backend:
@@ -412,14 +401,15 @@ class _Run:
     def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:
         """Inputs kept on another backend's workers (Dask stand-ins) are fetched
         once when a task on a different backend needs them."""
+        results = self.state.results
         for d in self.graph.deps[i]:
             producer = self.remote_producers.get(d)
             if producer is not None and producer is not consumer:
-                self.results[d] = producer.materialize(self.results[d])
+                results[d] = producer.materialize(results[d])
                 del self.remote_producers[d]
 
     def _resolve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        index, results = self.graph.index, self.results
+        index, results = self.graph.index, self.state.results
         out = {}
         for name, value in kwargs.items():
             if isinstance(value, TaskFuture):
@@ -432,7 +422,7 @@ class _Run:
 
     def _substitute(self, value: Any) -> Any:
         if isinstance(value, TaskFuture):
-            return self.results[self.graph.index[value]]
+            return self.state.results[self.graph.index[value]]
         if isinstance(value, dict):
             return {k: self._substitute(v) for k, v in value.items()}
         if isinstance(value, _CONTAINERS):
@@ -482,7 +472,7 @@ class _Run:
     def _split(self, piece: _Unit, isolate: bool) -> None:
         """Run a slice's elements one by one instead (the slice failed as a whole)."""
         assert piece.elems is not None
-        if self.aborting:
+        if self.state.aborting:
             return
         first = piece.elems.first
         for e in range(first, first + len(piece.elems.rows)):
@@ -532,17 +522,12 @@ class _Run:
             )
         return tuple(names), rows
 
-    def _release_inputs(self, i: int) -> None:
-        """Drop upstream results nobody needs any more (memory stays bounded)."""
-        for d in self.graph.deps[i]:
-            self.consumers[d] -= 1
-            if self.consumers[d] == 0 and d not in self.roots:
-                self.results[d] = None
-
     def _submit_pending(self) -> None:
+        self._schedule_ready()
         if self.quarantined_job:
             return  # a quarantined call runs alone
-        while self.pending or self.lane:
+        while self.pending or self.lane or self.ready_nodes:
+            self._schedule_ready()
             self._submit_units()
             if self.lane and not self._run_lane():
                 break  # messages wait in the queue: the loop handles them first
@@ -553,7 +538,7 @@ class _Run:
     def _submit_units(self) -> None:
         while self.pending:
             _, (backend, units) = self.pending.popitem()
-            if self.aborting:
+            if self.state.aborting:
                 self.pending.clear()
                 return
             if self._has_lookup:
@@ -572,7 +557,7 @@ class _Run:
             size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
             for start in range(0, len(units), size):
                 self._submit_job(backend, units[start : start + size])
-                if self.aborting:
+                if self.state.aborting:
                     return
 
     def _run_lane(self) -> bool:
@@ -591,10 +576,13 @@ class _Run:
         """
         lane, graph, queue_empty = self.lane, self.graph, self.queue.empty
         futures = graph.futures
+        ready = self.ready_nodes
         while lane:
-            if self.aborting:
+            if self.state.aborting:
                 lane.clear()
                 return True
+            if ready:  # dependents of the calls before: queued in that order
+                self._schedule_ready()
             if self.pending:
                 return True
             if not queue_empty():
@@ -732,7 +720,7 @@ class _Run:
             # then the calls did not run and are not at fault.
             for unit in units:
                 self._forget(unit)
-                if not self.aborting:
+                if not self.state.aborting:
                     self._resubmit_or_fail(unit, RuntimeError("the backend cancelled the job"))
             return
         exc = future.exception()
@@ -807,7 +795,7 @@ class _Run:
             self.awaited -= 1
 
     def _resubmit_or_fail(self, unit: _Unit, cause: BaseException) -> None:
-        if self.aborting:
+        if self.state.aborting:
             return
         if unit.resubmits < _MAX_RESUBMITS:
             unit.resubmits += 1
@@ -871,18 +859,16 @@ class _Run:
             self._node_hook("after_node_execute", i, e, kwargs, result=value, duration=duration)
         if self._keep_all:
             self.kept[self.key_of(i, e)] = value
-        if e < 0:
-            self._complete_node(i, value)
-        else:
-            self.map_results[i][e] = value
-            self._elements_done(i, 1)
+        ready = self.state.node_done(i, value) if e < 0 else self.state.element_done(i, e, value)
+        if ready:
+            self.ready_nodes.extend(ready)
 
     def _input_done(self, follower: _Unit, value: Any) -> None:
         """The call before ``follower`` in its fused chain is done: fill in its input."""
         assert follower.follows is not None
         for name in follower.follows:
             follower.kwargs[name] = value
-        self._release_inputs(follower.node)
+        self.state.release_inputs(follower.node)
         if follower.stash is not None:
             self.ready.append(follower)
 
@@ -900,7 +886,7 @@ class _Run:
             return True
         unit.upstream = unit.follows = unit.stash = None
         upstream.follower = None
-        self.fused.discard(unit.node)
+        self.state.unclaim(unit.node)
         if upstream.done:
             return True
         self._forget(unit)
@@ -913,40 +899,26 @@ class _Run:
         assert piece.elems is not None
         values, errors = outcome.value.values, outcome.value.errors
         i, first = piece.node, piece.elem
-        self.map_results[i][first : first + len(values)] = values
         if self._keep_all:
             for e, value in enumerate(values):
                 if e not in errors:
                     self.kept[f"{piece.key}[{first + e}]"] = value
         for e, (error, duration) in errors.items():
             self._attempt_failed(self._element_unit(piece, first + e), error, duration, False)
-        if not self.aborting:  # elements a slice skipped after a failure still run
+        if not self.state.aborting:  # elements a slice skipped after a failure still run
             for e in range(first + len(values), first + len(piece.elems.rows)):
                 self._requeue(self._element_unit(piece, e))
-        self._elements_done(i, len(values) - len(errors))
+        self._ready(self.state.slice_done(i, first, values, len(errors)))
 
-    def _elements_done(self, i: int, n: int) -> None:
-        """``n`` more elements of fan-out ``i`` succeeded; complete it after the last."""
-        left = self.map_left[i] - n
-        if left:
-            self.map_left[i] = left
-            return
-        del self.map_left[i]
-        values = self.map_results.pop(i)
-        if i not in self.failed_nodes:
-            self._complete_node(i, values)
+    def _ready(self, nodes: Iterable[int]) -> None:
+        """Queue nodes a transition made ready; the loop schedules them in order."""
+        self.ready_nodes.extend(nodes)
 
-    def _complete_node(self, i: int, value: Any) -> None:
-        self.results[i] = value
-        if self.aborting:
-            return
-        users = self.graph.dependents[i]
-        if users is None:
-            return
-        for d in (users,) if isinstance(users, int) else users:
-            self.waiting[d] -= 1
-            if self.waiting[d] == 0 and d not in self.failed_nodes and d not in self.fused:
-                self._schedule(d)
+    def _schedule_ready(self) -> None:
+        """Schedule the nodes made ready, in the order they became ready."""
+        ready, schedule = self.ready_nodes, self._schedule
+        while ready:
+            schedule(ready.popleft())
 
     def _attempt_failed(
         self, unit: _Unit, error: BaseException, duration: float, timed_out: bool
@@ -956,7 +928,7 @@ class _Run:
                 self._unfuse(follower)
         if unit.upstream is not None:
             self._unfuse(unit)  # its input is done: a retry is a plain call
-        if unit.attempt <= unit.task.retries and not self.aborting:
+        if unit.attempt <= unit.task.retries and not self.state.aborting:
             unit.attempt += 1
             unit.started = False  # the next attempt gets its own before_node_execute
             if self.hooks.has("before_node_retry"):
@@ -982,23 +954,12 @@ class _Run:
                 self.failure = task_error
             self._abort()
             return
-        if i not in self.failed_nodes:
-            self.failed_nodes.add(i)
-            self._skip_dependents(i)
-
-    def _skip_dependents(self, i: int) -> None:
-        stack = self.graph.dependents_of(i)
-        while stack:
-            d = stack.pop()
-            if d in self.failed_nodes:
-                continue
-            self.failed_nodes.add(d)
-            self.skipped.append(self.graph.keys[d])
-            stack.extend(self.graph.dependents_of(d))
+        self.state.fail(i)
 
     def _abort(self) -> None:
         """Fail fast: submit nothing more, cancel queued jobs, await running ones."""
-        self.aborting = True
+        self.state.abort()
+        self.ready_nodes.clear()
         self.pending.clear()
         self.lane.clear()
         self.quarantine.clear()
@@ -1052,7 +1013,7 @@ class _Run:
             )
             raise error from (error.error if isinstance(error, TaskError) else None)
         result = [
-            self.backend_of(self.graph.futures[r].task).materialize(self.results[r])
+            self.backend_of(self.graph.futures[r].task).materialize(self.state.results[r])
             for r in self.graph.roots
         ]
         hooks.call(
@@ -1065,15 +1026,14 @@ class _Run:
         return result
 
     def _loop(self) -> None:
-        for i, waiting in enumerate(self.waiting):
-            if waiting == 0:
-                self._schedule(i)
+        self.ready_nodes.extend(self.state.initial())
         get_nowait, handle = self.queue.get_nowait, self._handle_one
         wait = self.queue.get  # blocks; Ctrl-C still interrupts it on the main thread
         while True:
             self._submit_pending()
             if not (
                 self.in_flight
+                or self.ready_nodes
                 or self.pending
                 or self.lane
                 or self.parked
@@ -1119,11 +1079,11 @@ class _Run:
             return None
         names = ", ".join(list(self.errors)[:5]) + (", ..." if len(self.errors) > 5 else "")
         return EvaluationError(
-            f"{len(self.errors)} task(s) failed ({names}); {len(self.skipped)} skipped, "
+            f"{len(self.errors)} task(s) failed ({names}); {len(self.state.skipped)} skipped, "
             f"{len(self.kept)} succeeded (see .errors, .results, .skipped)",
             errors=self.errors,
             results=self.kept,
-            skipped=self.skipped,
+            skipped=self.state.skipped,
         )
 
 
