@@ -42,7 +42,7 @@ from daglite.exceptions import (
     WorkerLostError,
 )
 from daglite.graph.base import Graph
-from daglite.graph.builder import iter_futures
+from daglite.graph.fuse import Link, fusable_links
 from daglite.plugins import log_bridge
 from daglite.plugins.hooks import CachedResult
 from daglite.plugins.manager import HookDispatcher
@@ -134,6 +134,7 @@ class _Run:
         # A cache plugin answers per call at submit time: chains are not fused
         # then, and in-caller calls all go as units.
         self._fuse_ok = self._lane_ok = not self._has_lookup
+        self._links: dict[int, Link] | None = None  # chain fusion, found on first use
 
     # -- messages ------------------------------------------------------------------
 
@@ -318,19 +319,22 @@ class _Run:
     def _fuse(self, head: _Unit) -> None:
         """Send the single-call chain hanging off ``head`` in one job with it.
 
-        A node whose only input is the node before it, on the same backend,
-        and which is that node's only consumer, can run in the same worker
-        right after it: no round trip through the caller per hop (Dask's
-        ``fuse`` optimisation does the same with linear chains). Hooks and
-        events keep their order: a follower's messages are held until the call
-        before it is done in the caller.
+        The links come from ``graph.fuse`` (once per run): each follower runs
+        in the same worker right after the call before it, with no round trip
+        through the caller per hop. Hooks and events keep their order: a
+        follower's messages are held until the call before it is done in the
+        caller. A chain stops at the backend's batch size or at a node that
+        already failed (``on_error="continue"``).
         """
-        graph, length, unit = self.graph, 1, head
+        links = self._links
+        if links is None:
+            links = self._links = fusable_links(self.graph, self._same_place)
+        graph, failed, length, unit = self.graph, self.state.failed, 1, head
         while length < unit.backend.max_batch:
-            nxt = self._follower(unit.node, unit.backend)
-            if nxt is None:
+            link = links.get(unit.node)
+            if link is None or link[0] in failed:
                 break
-            d, names = nxt
+            d, names = link
             future = graph.futures[d]
             kwargs = {n: (None if n in names else v) for n, v in future.kwargs.items()}
             follower = _Unit(
@@ -342,22 +346,15 @@ class _Run:
             unit = follower
             length += 1
 
-    def _follower(self, i: int, backend: Backend) -> tuple[int, tuple[str, ...]] | None:
-        """Node ``i``'s sole consumer and the parameters it takes ``i``'s result
-        in, if it can be fused after ``i``; else None."""
-        graph = self.graph
-        d = graph.dependents[i]
-        if not isinstance(d, int) or graph.deps[d] != (i,) or d in self.state.failed:
-            return None
-        future = graph.futures[d]
-        if future.iterated is not None or self._backend_for(future.task) is not backend:
-            return None
-        upstream = graph.futures[i]
-        names = tuple(n for n, v in future.kwargs.items() if v is upstream)
-        for value in future.kwargs.values():
-            if isinstance(value, _CONTAINERS) and any(True for _ in iter_futures(value)):
-                return None  # the result is nested in an argument: resolved in the caller
-        return (d, names) if names else None
+    def _same_place(self, i: int, d: int) -> bool:
+        """Whether nodes ``i`` and ``d`` run on one backend that fuses chains."""
+        futures = self.graph.futures
+        backend = self._backend_for(futures[i].task)
+        return (
+            self._backend_for(futures[d].task) is backend
+            and not backend.runs_in_caller
+            and not self._keeps_remote(backend)
+        )
 
     def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool:
         """Whether a fan-out may take the bulk path: nobody watches its elements,

@@ -106,7 +106,11 @@ class RunState:
         """Element ``e`` of fan-out ``i`` returned ``value``; returns the nodes
         made ready (once the fan-out's last element is done)."""
         self.element_results[i][e] = value
-        return self.elements_done(i, 1)
+        left = self.elements_left[i] - 1  # elements_done(i, 1), inlined: the hot path
+        if left:
+            self.elements_left[i] = left
+            return NO_NODES
+        return self._fan_out_done(i)
 
     def slice_done(self, i: int, first: int, values: list[Any], failures: int) -> Sequence[int]:
         """Elements ``first``... of fan-out ``i`` ran as one slice: ``values`` in
@@ -121,6 +125,10 @@ class RunState:
         if left:
             self.elements_left[i] = left
             return NO_NODES
+        return self._fan_out_done(i)
+
+    def _fan_out_done(self, i: int) -> Sequence[int]:
+        """Every element of fan-out ``i`` is done: the node is, unless one failed."""
         del self.elements_left[i]
         values = self.element_results.pop(i)
         if i in self.failed:

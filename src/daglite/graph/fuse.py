@@ -1,0 +1,63 @@
+"""Chain fusion, decided once per run by a static pass over a built graph.
+
+A node can run in the same worker job right after the node before it when
+that node is its only input, it is that node's only consumer, it takes the
+result directly as one or more parameters (not nested in a container, which
+the caller resolves), it is a single call (not a fan-out), and both run in the
+same place (the caller says which pairs do). Like Dask's ``fuse_linear``, the
+pass only finds the links; the engine decides at run time how far to follow
+them (batch size, failures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from daglite.graph.base import Graph
+from daglite.graph.builder import iter_futures
+
+__all__ = ["Link", "fusable_links"]
+
+# The consumer fused after a node, and the parameters that take the node's result.
+Link = tuple[int, tuple[str, ...]]
+
+_CONTAINERS: Final = (list, tuple, dict, set, frozenset)
+
+
+def fusable_links(graph: Graph, same_place: Callable[[int, int], bool]) -> dict[int, Link]:
+    """Every node that can be followed in its job by its sole consumer.
+
+    Args:
+        graph: The built graph.
+        same_place: Whether nodes ``i`` and ``d`` run where a job can carry
+            both (the same backend, one that fuses).
+
+    Returns:
+        ``{node: (consumer, parameter names)}`` for each fusable link.
+    """
+    links: dict[int, Link] = {}
+    deps, dependents = graph.deps, graph.dependents
+    for i, d in enumerate(dependents):
+        if type(d) is not int or deps[d] != (i,):
+            continue
+        link = _link(graph, i, d)
+        if link is not None and same_place(i, d):
+            links[i] = link
+    return links
+
+
+def _link(graph: Graph, i: int, d: int) -> Link | None:
+    """``d`` after ``i`` with the parameters fed by ``i``, if ``d`` takes ``i``'s
+    result directly and is a single call."""
+    consumer = graph.futures[d]
+    if consumer.iterated is not None:
+        return None
+    upstream = graph.futures[i]
+    names = tuple(n for n, v in consumer.kwargs.items() if v is upstream)
+    if not names:
+        return None
+    for value in consumer.kwargs.values():
+        if isinstance(value, _CONTAINERS) and any(True for _ in iter_futures(value)):
+            return None  # the result is nested in an argument: resolved in the caller
+    return d, names

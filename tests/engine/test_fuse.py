@@ -1,0 +1,81 @@
+"""Chain fusion's static pass (``daglite.graph.fuse``) on hand-built graphs."""
+
+from __future__ import annotations
+
+from daglite import task
+from daglite.graph import build_graph
+from daglite.graph.fuse import fusable_links
+
+
+@task
+def source(n: int) -> int:
+    return n
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+def _links(*roots, same_place=lambda i, d: True):
+    graph = build_graph(list(roots), lambda t: "inline")
+    return graph, fusable_links(graph, same_place)
+
+
+def test_a_linear_chain_links_each_node_to_the_next():
+    a = source(1)
+    b = inc(a)
+    c = inc(b)
+    graph, links = _links(c)
+    ia, ib, ic = (graph.node_of(f) for f in (a, b, c))
+    assert links == {ia: (ib, ("x",)), ib: (ic, ("x",))}
+
+
+def test_a_result_used_twice_is_not_fused():
+    a = source(1)
+    graph, links = _links(inc(a), inc(a))
+    assert links == {}
+
+
+def test_a_consumer_with_two_inputs_is_not_fused():
+    graph, links = _links(add(source(1), source(2)))
+    assert links == {}
+
+
+def test_the_same_future_in_two_parameters_feeds_both():
+    a = source(1)
+    b = add(a, a)
+    graph, links = _links(b)
+    assert links == {graph.node_of(a): (graph.node_of(b), ("x", "y"))}
+
+
+def test_a_result_nested_in_a_container_is_not_fused():
+    a = source(1)
+    graph, links = _links(total([a]))
+    assert links == {}
+
+
+def test_a_fan_out_consumer_is_not_fused():
+    a = source(3)
+    graph, links = _links(inc.product(x=a))
+    assert links == {}
+
+
+def test_links_only_where_the_caller_says_both_run_in_one_place():
+    a = source(1)
+    b = inc(a)
+    c = inc(b)
+    graph = build_graph([c], lambda t: "inline")
+    ic = graph.node_of(c)
+    links = fusable_links(graph, lambda i, d: d != ic)
+    assert links == {graph.node_of(a): (graph.node_of(b), ("x",))}
