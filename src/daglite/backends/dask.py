@@ -715,7 +715,7 @@ class DaskBackend(Backend):
                     outer.stopped()
                 return
             try:
-                await self._stop(client, batch)
+                await _stop_tasks(client, self._cluster, batch)
             except Exception:
                 # Expected if the backend is being stopped meanwhile: it ends them all.
                 log = logger.warning if self._client is client else logger.debug
@@ -726,25 +726,6 @@ class DaskBackend(Backend):
                 )
             for outer in batch:
                 outer.stopped()
-
-    async def _stop(self, client: Any, batch: list[_Watched]) -> None:
-        """Cancel ``batch``'s tasks; on the embedded cluster, restart the workers
-        that run any of them (Dask cannot stop a running task's thread)."""
-        dfuts = [f for outer in batch for f in outer.dask_futures]
-        await client.cancel(dfuts, asynchronous=True)
-        # The cancel travels on the client's batched stream: once the scheduler
-        # has forgotten the tasks, it cannot hand them to any worker any more.
-        await _until(client, [f.key for f in dfuts], lambda keys, _: not keys)
-        jobs = [outer.job_key for outer in batch if outer.job_key is not None]
-        cluster = self._cluster
-        if cluster is None or not jobs:
-            return  # not our workers to restart: running tasks go on to their end
-        answers = await client.run(_abandon_on_worker, jobs, on_error="return", asynchronous=True)
-        busy = sorted(
-            addr for addr, running in answers.items() if running and isinstance(running, list)
-        )
-        if busy:
-            await _restart(client, cluster, busy)
 
     # -- results -----------------------------------------------------------------
 
@@ -787,6 +768,25 @@ def _unwrap(value: Any, kept: Any) -> Any:
         value = _summarize(value, kept.key)
     _attach(value, kept)
     return value
+
+
+async def _stop_tasks(client: Any, cluster: Any, batch: list[_Watched]) -> None:
+    """Cancel ``batch``'s tasks; on the embedded ``cluster`` (None: not ours), restart
+    the workers that run any of them (Dask cannot stop a running task's thread)."""
+    dfuts = [f for outer in batch for f in outer.dask_futures]
+    await client.cancel(dfuts, asynchronous=True)
+    # The cancel travels on the client's batched stream: once the scheduler
+    # has forgotten the tasks, it cannot hand them to any worker any more.
+    await _until(client, [f.key for f in dfuts], lambda keys, _: not keys)
+    jobs = [outer.job_key for outer in batch if outer.job_key is not None]
+    if cluster is None or not jobs:
+        return  # not our workers to restart: running tasks go on to their end
+    answers = await client.run(_abandon_on_worker, jobs, on_error="return", asynchronous=True)
+    busy = sorted(
+        addr for addr, running in answers.items() if running and isinstance(running, list)
+    )
+    if busy:
+        await _restart(client, cluster, busy)
 
 
 async def _restart(client: Any, cluster: Any, addresses: list[str]) -> None:
