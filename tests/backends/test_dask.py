@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,8 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, task
+from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, evaluate_async, task
+from daglite.backends import dask as dask_backend
 from daglite.backends import get_backend
 from daglite.backends.dask import DaskBackend, RemoteResult
 from daglite.exceptions import BackendError, EvaluationError
@@ -365,6 +368,132 @@ def test_failure_cancels_tasks_still_queued_on_the_cluster(cluster, manager, tmp
         gate.set()
     assert evaluate(double(5), backend=cluster) == 10
     assert len(os.listdir(tmp_path)) < 20  # the queued ones never ran
+
+
+# -- gh-12: nothing keeps running after evaluate raises ------------------------------------
+
+
+@task
+def spin(running, pids, stop) -> int:
+    """A long loop: runs until the test sets ``stop``, whatever daglite does."""
+    pids.put(os.getpid())
+    running.set()
+    give_up = time.monotonic() + 120  # a deadlock detector, never reached when all is well
+    while not stop.wait(0.005) and time.monotonic() < give_up:
+        pass
+    return 0
+
+
+@task
+def explode_while_running(running, pids) -> int:
+    pids.put(os.getpid())
+    if not running.wait(60):
+        raise TimeoutError("spin never started")
+    raise ValueError("boom while spin runs")
+
+
+def _spin_and_explode(manager):
+    """A DAG whose failure abandons a running sibling, the pids of the two
+    workers (spin's first), and the event that ends spin's loop."""
+    running, stop = manager.Event(), manager.Event()
+    spin_pid, explode_pid = manager.Queue(), manager.Queue()
+    dag = [spin(running, spin_pid, stop), explode_while_running(running, explode_pid)]
+    return dag, (spin_pid, explode_pid), stop
+
+
+def _daglite_keys_of(prefixes: tuple[str, ...], dask_scheduler) -> list[str]:
+    # list() copies the keys in one step: the scheduler's loop thread may be adding some.
+    return [k for k in list(dask_scheduler.tasks) if str(k).startswith(prefixes)]
+
+
+def test_gh12_failure_stops_a_sibling_running_on_the_embedded_cluster(cluster, manager):
+    cluster.client.wait_for_workers(2, timeout=60)  # one worker each for the two tasks
+    dag, (spin_pid, explode_pid), stop = _spin_and_explode(manager)
+    try:
+        with pytest.raises(TaskError, match="boom while spin runs"):
+            evaluate(dag, backend=cluster)
+        spinning, failed = spin_pid.get(timeout=60), explode_pid.get(timeout=60)
+        # Before evaluate raised, spin's worker process was killed (its nanny
+        # started a fresh one); the worker that ran only the failed task was kept.
+        assert not _alive(spinning)
+        assert _alive(failed) and failed in cluster.worker_pids()
+        assert len(cluster.worker_pids()) == 2
+    finally:
+        stop.set()  # on failure, lets the abandoned loop end
+    assert evaluate(total(double.product(x=[1, 2, 3])), backend=cluster) == 12
+
+
+def test_gh12_cancelled_evaluate_async_stops_its_task_on_the_worker(cluster, manager):
+    running, stop, pids = manager.Event(), manager.Event(), manager.Queue()
+
+    async def cancel_once_running() -> int:
+        run = asyncio.ensure_future(evaluate_async(spin(running, pids, stop), backend=cluster))
+        pid = await asyncio.get_running_loop().run_in_executor(None, pids.get, True, 60)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        return pid
+
+    try:
+        assert not _alive(asyncio.run(cancel_once_running()))
+    finally:
+        stop.set()
+    assert evaluate(double(21), backend=cluster) == 42
+
+
+def test_gh12_ctrl_c_stops_the_running_task_before_evaluate_raises(cluster, manager):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.fail("this test sends SIGINT, which only the main thread receives")
+    running, stop, pids = manager.Event(), manager.Event(), manager.Queue()
+    spinning: list[int] = []
+
+    def press_ctrl_c_once_running() -> None:
+        spinning.append(pids.get(timeout=60))
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    # As in a terminal: the test runner may run us with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    presser = threading.Thread(target=press_ctrl_c_once_running)
+    try:
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(spin(running, pids, stop), backend=cluster)
+        presser.join(60)
+        assert not _alive(spinning[0])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stop.set()
+    assert evaluate(double(8), backend=cluster) == 16
+
+
+def test_gh12_failure_on_a_cluster_given_by_address_cancels_without_restarting(cluster, manager):
+    cluster.client.wait_for_workers(2, timeout=60)
+    dag, (spin_pid, _), stop = _spin_and_explode(manager)
+    backend = DaskBackend(address=cluster.client.scheduler.address)
+    try:
+        with backend:
+            with pytest.raises(TaskError, match="boom while spin runs"):
+                evaluate(dag, backend=backend)
+            # The scheduler forgot the abandoned task before evaluate raised (the
+            # failed one goes when its future is garbage-collected, as any Dask
+            # result). Read in place: the embedded scheduler lives in this process,
+            # and a round trip could let a late cancel land first.
+            scheduler = cluster._cluster.scheduler
+            assert _daglite_keys_of(("spin-",), scheduler) == []
+            # ... and spin's worker was not restarted: it is not daglite's to restart.
+            spinning = spin_pid.get(timeout=60)
+            assert _alive(spinning) and spinning in cluster.worker_pids()
+    finally:
+        stop.set()
+    assert evaluate(double(4), backend=cluster) == 8
+
+
+def test_gh12_a_job_abandoned_before_it_starts_never_runs():
+    # The caller's check leaves a tombstone; the job finds it and runs nothing
+    # (the payload is not even unpickled).
+    assert dask_backend._abandon_on_worker(["late-job"]) == []
+    assert dask_backend._run_job("late-job", b"not a pickle", 0, ()) == []
+    assert "late-job" not in dask_backend._abandoned_jobs
 
 
 @task

@@ -25,17 +25,39 @@ reruns those calls one at a time, alone (quarantine), and a call that loses
 its worker there fails with ``WorkerLostError``. The embedded cluster sets
 ``distributed.scheduler.allowed-failures`` to 0 so a death surfaces at once
 instead of Dask rerunning the task on the next worker to kill.
+
+When a run gives up on a job (fail fast, Ctrl-C, a cancelled
+``evaluate_async``), the engine cancels its future. Dask can only forget a
+task: one already running goes on in its worker thread. So cancelling a
+``_Watched`` future asks the backend to stop its task and reads as done only
+once that is over (the engine waits for it, as for a running call of a
+pool)::
+
+    outer.cancel() ──> _abandon ──> client.cancel(task); wait until the scheduler forgot it
+                                       │ (embedded cluster only)
+                                       v
+      _abandon_on_worker on every worker: "which of these run here?"
+      (the rest get a tombstone: such a job returns at once if it starts later)
+                                       │
+                                       v
+      the nanny of each worker running one kills it and starts a fresh one;
+      then outer reads as cancelled
+
+Workers of a cluster daglite did not start are never restarted: there, a task
+already running goes on to its end and its result is dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import wait as wait_for_futures
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
@@ -62,6 +84,18 @@ _INSTALL_HINT: Final = (
 )
 _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 _CONTAINERS: Final = (list, tuple, dict, set, frozenset)
+# Seconds a worker running an abandoned task gets to close on its own before its
+# nanny kills it. Its task thread never returns in time, so this only lets the
+# worker say goodbye to the scheduler; longer just delays ``evaluate``'s raise.
+_KILL_GRACE: Final = 0.5
+# Upper bound (seconds) on each wait while stopping abandoned tasks: for the
+# scheduler to forget them, for restarted workers to come back. Past it the
+# backend logs a warning and lets ``evaluate`` go on instead of hanging.
+_STOP_TIMEOUT: Final = 30.0
+# Tombstones kept per worker process (keys of jobs abandoned before they
+# started); the oldest go first. Dask drops such a job long before this many
+# newer ones pile up, and a worker restarted by daglite starts with none.
+_MAX_TOMBSTONES: Final = 10_000
 
 
 def _import_distributed() -> Any:
@@ -144,15 +178,61 @@ class _Kept:
 # -- worker side -------------------------------------------------------------------------
 
 
-def _run_job(payload: bytes, threshold: int, keys: tuple[str, ...], *kept: Any) -> Any:
-    """Run a daglite job on a Dask worker; big results stay here as ``_Kept``."""
-    job = pickle.loads(payload)
-    if keys:
-        job = _with_kept_inputs(job, dict(zip(keys, kept)))
-    job.home.early = partial(_goes_home_early, threshold)
-    outcomes = job()
+# Which daglite jobs run in this worker process, and which ones the caller gave up
+# on before they started (tombstones). One lock orders both, so an abandoned job
+# either started before the caller asked (``_abandon_on_worker``) and is seen
+# running, or starts after it and finds its tombstone.
+_jobs_lock = threading.Lock()
+_running_jobs: set[str] = set()
+_abandoned_jobs: dict[str, None] = {}
+
+
+def _run_job(
+    job_key: str, payload: bytes, threshold: int, keys: tuple[str, ...], *kept: Any
+) -> Any:
+    """Run a daglite job on a Dask worker; big results stay here as ``_Kept``.
+
+    A job the caller abandoned before it started returns at once, running nothing.
+    """
+    with _jobs_lock:
+        if job_key in _abandoned_jobs:
+            del _abandoned_jobs[job_key]
+            return []
+        _running_jobs.add(job_key)
+    try:
+        job = pickle.loads(payload)
+        if keys:
+            job = _with_kept_inputs(job, dict(zip(keys, kept)))
+        job.home.early = partial(_goes_home_early, threshold)
+        outcomes = job()
+    finally:
+        with _jobs_lock:
+            _running_jobs.discard(job_key)
     big = _big_results(outcomes, threshold)
     return _Kept(outcomes, big) if big else outcomes
+
+
+def _abandon_on_worker(keys: list[str]) -> list[str]:
+    """Which of the jobs ``keys`` run in this worker now; the others may not start here.
+
+    Called through ``Client.run``, on the worker's event loop.
+    """
+    with _jobs_lock:
+        running = [k for k in keys if k in _running_jobs]
+        for key in keys:
+            if key not in _running_jobs:
+                _abandoned_jobs[key] = None
+        while len(_abandoned_jobs) > _MAX_TOMBSTONES:
+            del _abandoned_jobs[next(iter(_abandoned_jobs))]
+    return running
+
+
+def _scheduler_view(keys: list[str], dask_scheduler: Any) -> tuple[list[str], list[str]]:
+    """Which of ``keys`` the scheduler still knows, and its workers' addresses.
+
+    Called through ``Client.run_on_scheduler``, on the scheduler's event loop.
+    """
+    return [k for k in keys if k in dask_scheduler.tasks], list(dask_scheduler.workers)
 
 
 def _with_kept_inputs(job: Any, kept: dict[str, _Kept]) -> Any:
@@ -272,6 +352,54 @@ def _worker_transport(topic: str, route: str) -> _DaskTransport:
     return transport
 
 
+# -- the futures the engine holds ---------------------------------------------------------
+
+
+@final
+class _Watched(Future[Any]):
+    """The future the engine holds for one Dask task.
+
+    ``cancel()`` does not cancel it on the spot: it hands the task to its backend
+    to be stopped and returns False, like a running call of a process pool, so
+    the engine waits. Once the task is stopped, the backend cancels the future
+    for real (``stopped``). An abandoned future takes no result.
+    """
+
+    def __init__(self, backend: DaskBackend, dfut: Any, job_key: str | None) -> None:
+        super().__init__()
+        self.backend = backend
+        # The job's Dask future, then the summary's once there is one.
+        self.dask_futures = [dfut]
+        self.job_key = job_key  # None: not a daglite job, nothing on workers to stop
+        self.abandoned = False
+
+    def cancel(self) -> bool:
+        """Ask the backend to stop the task; False until it is stopped."""
+        if self.done():
+            return self.cancelled()
+        self.backend._abandon(self)
+        return False
+
+    def settle(self, ok: bool, value: Any) -> None:
+        """Set the result (``ok``) or the exception, unless abandoned or done."""
+        if self.abandoned:
+            return
+        try:
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
+        except InvalidStateError:  # done meanwhile
+            pass
+
+    def stopped(self) -> None:
+        """The task is stopped: read as cancelled (if not done meanwhile)."""
+        if not self.done() and super().cancel():
+            # What an executor does with a cancelled future: ``futures.wait`` and
+            # ``as_completed`` see it only from here on.
+            self.set_running_or_notify_cancel()
+
+
 # -- the backend -------------------------------------------------------------------------
 
 
@@ -322,9 +450,11 @@ class DaskBackend(Backend):
         self._cluster: LocalCluster | None = None
         self._topic = f"daglite-{uuid.uuid4().hex}"
         self._routes: dict[str, Callable[[Any], None]] = {}
-        self._in_flight: dict[int, Any] = {}
-        self._to_fetch: list[tuple[Future[Any], Any, Any]] = []
+        self._in_flight: dict[int, _Watched] = {}
+        self._to_fetch: list[tuple[_Watched, Any, Any]] = []
         self._fetching = False
+        self._abandoned: list[_Watched] = []  # waiting for ``_stop_abandoned``
+        self._stopping = False
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -367,6 +497,7 @@ class DaskBackend(Backend):
             self._in_flight.clear()
             pending, self._to_fetch = self._to_fetch, []
         _fail_all(pending, BackendError("the dask backend was stopped"))
+        self._give_up_stopping()  # closing the client ends what daglite can end
         if client is None:
             return
         try:
@@ -379,13 +510,18 @@ class DaskBackend(Backend):
             cluster.close()
 
     def cancel_running(self) -> None:
-        """Cancel every task this backend has in flight; the cluster stays up."""
-        client = self._client
+        """Stop every task this backend has in flight, and wait until they are stopped.
+
+        On the embedded cluster a task already running is stopped by restarting
+        its worker; on a cluster of yours it is only cancelled. The cluster stays up.
+        """
         with self._lock:
-            futures = list(self._in_flight.values())
-            self._in_flight.clear()
-        if client is not None and futures:
-            client.cancel(futures)
+            outers = list(self._in_flight.values())
+        for outer in outers:
+            outer.cancel()
+        _, late = wait_for_futures(outers, timeout=3 * _STOP_TIMEOUT)
+        if late:
+            logger.warning("%d Dask task(s) were not stopped in time", len(late))
 
     @property
     def client(self) -> Client:
@@ -424,7 +560,7 @@ class DaskBackend(Backend):
         from daglite._runner import _Job
 
         if not isinstance(fn, _Job):
-            return self._watch(client.submit(fn, *args, pure=False, **kwargs))
+            return self._watch(client.submit(fn, *args, pure=False, **kwargs), None)
         kept = self._kept_inputs(fn)
         payload: Any = pickle.dumps(fn, protocol=_PICKLE_PROTOCOL)
         if len(payload) > self.remote_threshold:
@@ -432,15 +568,17 @@ class DaskBackend(Backend):
             # the scheduler receives (and Dask's "large graph" warning).
             payload = client.scatter(payload, hash=False)
         name = fn.calls[0].name if fn.calls else "daglite"
+        key = f"{name}-{uuid.uuid4().hex}"
         dfut = client.submit(
             _run_job,
+            key,
             payload,
             self.remote_threshold,
             tuple(kept),
             *kept.values(),
-            key=f"{name}-{uuid.uuid4().hex}",
+            key=key,
         )
-        return self._watch(dfut)
+        return self._watch(dfut, key)
 
     def _kept_inputs(self, job: Any) -> dict[str, Any]:
         """Dask futures of the stand-ins among the job's arguments, by key."""
@@ -460,51 +598,48 @@ class DaskBackend(Backend):
             out[key] = stand_in._future
         return out
 
-    def _watch(self, dfut: Any) -> Future[Any]:
-        outer: Future[Any] = Future()
+    def _watch(self, dfut: Any, job_key: str | None) -> Future[Any]:
+        outer = _Watched(self, dfut, job_key)
         with self._lock:
-            self._in_flight[id(outer)] = dfut
+            self._in_flight[id(outer)] = outer
         dfut.add_done_callback(partial(self._relay, outer))
-        outer.add_done_callback(partial(self._cancel_if_cancelled, dfut))
+        outer.add_done_callback(self._forget)
         return outer
 
-    def _cancel_if_cancelled(self, dfut: Any, outer: Future[Any]) -> None:
+    def _forget(self, outer: Future[Any]) -> None:
         with self._lock:
             self._in_flight.pop(id(outer), None)
-        client = self._client
-        if outer.cancelled() and client is not None and not dfut.done():
-            # Non-blocking: the cancel request runs on the client's event loop.
-            client.loop.add_callback(lambda: client.cancel([dfut], asynchronous=True))
 
-    def _relay(self, outer: Future[Any], dfut: Any) -> None:
+    def _relay(self, outer: _Watched, dfut: Any) -> None:
         """Dask future done (callback thread): settle ``outer`` from it."""
-        if outer.done():
+        if outer.done() or outer.abandoned:
             return
         try:
             if dfut.status != "finished":
-                _settle(outer, False, _failure_of(dfut))
+                outer.settle(False, _failure_of(dfut))
             elif _is_kept_type(dfut.type):
                 summary = self._client.submit(
                     _summarize, dfut, dfut.key, key=f"daglite-summary-{uuid.uuid4().hex}"
                 )
+                outer.dask_futures.append(summary)
                 summary.add_done_callback(partial(self._relay_summary, outer, dfut))
             else:
                 self._fetch(outer, dfut, None)
         except BaseException as exc:  # never leave the engine waiting
-            _settle(outer, False, exc)
+            outer.settle(False, exc)
 
-    def _relay_summary(self, outer: Future[Any], kept: Any, summary: Any) -> None:
-        if outer.done():
+    def _relay_summary(self, outer: _Watched, kept: Any, summary: Any) -> None:
+        if outer.done() or outer.abandoned:
             return
         try:
             if summary.status != "finished":
-                _settle(outer, False, _failure_of(summary))
+                outer.settle(False, _failure_of(summary))
             else:
                 self._fetch(outer, summary, kept)
         except BaseException as exc:
-            _settle(outer, False, exc)
+            outer.settle(False, exc)
 
-    def _fetch(self, outer: Future[Any], dfut: Any, kept: Any) -> None:
+    def _fetch(self, outer: _Watched, dfut: Any, kept: Any) -> None:
         """Queue a finished future's result for the next batched gather."""
         with self._lock:
             self._to_fetch.append((outer, dfut, kept))
@@ -535,7 +670,62 @@ class DaskBackend(Backend):
             for (outer, dfut, kept), (ok, value) in zip(batch, results):
                 if ok:
                     value = _unwrap(value, kept or dfut)
-                _settle(outer, ok, value)
+                outer.settle(ok, value)
+
+    # -- stopping abandoned tasks ------------------------------------------------
+
+    def _abandon(self, outer: _Watched) -> None:
+        """The engine gave up on ``outer`` (``_Watched.cancel``): stop its task."""
+        with self._lock:
+            if outer.abandoned:
+                return
+            outer.abandoned = True
+            client = self._client
+            if client is not None:
+                self._abandoned.append(outer)
+                if self._stopping:
+                    return  # the running ``_stop_abandoned`` takes it in its next batch
+                self._stopping = True
+        if client is None:  # the backend was stopped: nothing of it runs any more
+            outer.stopped()
+            return
+        try:
+            client.loop.add_callback(self._stop_abandoned)
+        except RuntimeError:  # the client's event loop is closed: so is the client
+            self._give_up_stopping()
+
+    def _give_up_stopping(self) -> None:
+        """Read every abandoned future as stopped: there is no client to stop them with."""
+        with self._lock:
+            batch, self._abandoned = self._abandoned, []
+            self._stopping = False
+        for outer in batch:
+            outer.stopped()
+
+    async def _stop_abandoned(self) -> None:
+        """Stop the abandoned tasks, batch after batch (on the client's event loop)."""
+        while True:
+            with self._lock:
+                batch, self._abandoned = self._abandoned, []
+                client = self._client
+                if not batch or client is None:
+                    self._stopping = False
+            if not batch or client is None:
+                for outer in batch:
+                    outer.stopped()
+                return
+            try:
+                await _stop_tasks(client, self._cluster, batch)
+            except Exception:
+                # Expected if the backend is being stopped meanwhile: it ends them all.
+                log = logger.warning if self._client is client else logger.debug
+                log(
+                    "could not stop %d abandoned Dask task(s); they may go on running",
+                    len(batch),
+                    exc_info=True,
+                )
+            for outer in batch:
+                outer.stopped()
 
     # -- results -----------------------------------------------------------------
 
@@ -580,6 +770,74 @@ def _unwrap(value: Any, kept: Any) -> Any:
     return value
 
 
+async def _stop_tasks(client: Any, cluster: Any, batch: list[_Watched]) -> None:
+    """Cancel ``batch``'s tasks; on the embedded ``cluster`` (None: not ours), restart
+    the workers that run any of them (Dask cannot stop a running task's thread)."""
+    dfuts = [f for outer in batch for f in outer.dask_futures]
+    await client.cancel(dfuts, asynchronous=True)
+    # The cancel travels on the client's batched stream: once the scheduler
+    # has forgotten the tasks, it cannot hand them to any worker any more.
+    await _until(client, [f.key for f in dfuts], lambda keys, _: not keys)
+    jobs = [outer.job_key for outer in batch if outer.job_key is not None]
+    if cluster is None or not jobs:
+        return  # not our workers to restart: running tasks go on to their end
+    answers = await client.run(_abandon_on_worker, jobs, on_error="return", asynchronous=True)
+    busy = sorted(
+        addr for addr, running in answers.items() if running and isinstance(running, list)
+    )
+    if busy:
+        await _restart(client, cluster, busy)
+
+
+async def _restart(client: Any, cluster: Any, addresses: list[str]) -> None:
+    """Restart the workers at ``addresses`` of the embedded ``cluster`` through their nannies.
+
+    Each nanny kills its worker process (after ``_KILL_GRACE`` seconds) and starts
+    a fresh one. Returns once the scheduler has dropped the old workers and counts
+    as many workers as before, so the next evaluation finds the cluster whole.
+    """
+    _, before = await client.run_on_scheduler(_scheduler_view, [], asynchronous=True)
+    nannies = [
+        nanny
+        for nanny in list(cluster.workers.values())
+        if getattr(nanny, "worker_address", None) in addresses
+    ]
+    logger.info("restarting Dask worker(s) %s to stop abandoned tasks", addresses)
+    await asyncio.gather(
+        *(nanny.kill(timeout=_KILL_GRACE) for nanny in nannies), return_exceptions=True
+    )
+    gone = set(addresses)
+    await _until(
+        client, [], lambda _, workers: not gone & set(workers) and len(workers) >= len(before)
+    )
+
+
+async def _until(
+    client: Any, keys: list[str], done: Callable[[list[str], list[str]], bool]
+) -> None:
+    """Poll the scheduler until ``done(keys it still knows, its workers)``.
+
+    Gives up with a warning after ``_STOP_TIMEOUT`` seconds: a stuck cluster must
+    not keep ``evaluate`` from returning.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STOP_TIMEOUT
+    while True:
+        known, workers = await client.run_on_scheduler(_scheduler_view, keys, asynchronous=True)
+        if done(known, workers):
+            return
+        if loop.time() > deadline:
+            logger.warning(
+                "the Dask scheduler did not settle within %ss while daglite stopped "
+                "abandoned tasks (tasks still known: %s, workers: %s)",
+                _STOP_TIMEOUT,
+                known,
+                workers,
+            )
+            return
+        await asyncio.sleep(0.02)  # a bounded poll of the scheduler's state
+
+
 async def _gather_one(client: Any, dfut: Any) -> tuple[bool, Any]:
     try:
         return True, (await client.gather([dfut], asynchronous=True))[0]
@@ -595,24 +853,14 @@ def _failure_of(dfut: Any) -> BaseException:
     return _map_error(dfut.exception())
 
 
-def _fail_all(batch: list[tuple[Future[Any], Any, Any]], error: BaseException) -> None:
+def _fail_all(batch: list[tuple[_Watched, Any, Any]], error: BaseException) -> None:
     for outer, *_ in batch:
-        _settle(outer, False, error)
+        outer.settle(False, error)
 
 
 def _is_kept_type(type_: Any) -> bool:
     # The client learns the result's type name with the "in memory" message.
     return type_ is _Kept or (isinstance(type_, str) and type_.endswith("dask._Kept"))
-
-
-def _settle(outer: Future[Any], ok: bool, value: Any) -> None:
-    try:
-        if ok:
-            outer.set_result(value)
-        else:
-            outer.set_exception(value)
-    except Exception:  # cancelled meanwhile
-        pass
 
 
 def _map_error(exc: BaseException) -> BaseException:
