@@ -43,6 +43,7 @@ from daglite.exceptions import (
 )
 from daglite.graph.base import Graph
 from daglite.graph.fuse import Link, fusable_links
+from daglite.graph.walk import CONTAINERS, replace
 from daglite.plugins import log_bridge
 from daglite.plugins.hooks import CachedResult
 from daglite.plugins.manager import HookDispatcher
@@ -66,7 +67,6 @@ OnError = Literal["raise", "continue"]
 # instead, so a pool that keeps breaking cannot loop forever.
 _MAX_RESUBMITS: Final = 3
 _token_counter = itertools.count(1)
-_CONTAINERS = (list, tuple, dict, set, frozenset)
 # A plain call of the inline lane: node, element (-1: none), kwargs, backend.
 _LaneCall = tuple[int, int, dict[str, Any], Backend]
 
@@ -406,28 +406,22 @@ class _Run:
                 del self.remote_producers[d]
 
     def _resolve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A node's arguments with its inputs' results in place of their futures."""
         index, results = self.graph.index, self.state.results
         out = {}
         for name, value in kwargs.items():
             if isinstance(value, TaskFuture):
                 out[name] = results[index[value]]
-            elif isinstance(value, _CONTAINERS):
+            elif isinstance(value, CONTAINERS):
                 out[name] = self._substitute(value)
             else:
                 out[name] = value
         return out
 
     def _substitute(self, value: Any) -> Any:
-        if isinstance(value, TaskFuture):
-            return self.state.results[self.graph.index[value]]
-        if isinstance(value, dict):
-            return {k: self._substitute(v) for k, v in value.items()}
-        if isinstance(value, _CONTAINERS):
-            items = [self._substitute(v) for v in value]
-            if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
-                return type(value)(*items)
-            return type(value)(items)
-        return value
+        """``value`` with the results of the futures in it (containers walked)."""
+        index, results = self.graph.index, self.state.results
+        return replace(value, TaskFuture, lambda f: results[index[f]])
 
     def _slices(
         self,

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 from daglite.backends.base import Backend
 from daglite.exceptions import BackendError
+from daglite.graph.walk import find, replace
 from daglite.plugins.reporters import Transport, picklable_events
 from daglite.settings import usable_cpu_count
 
@@ -83,7 +84,6 @@ _INSTALL_HINT: Final = (
     "`pip install daglite[dask]`"
 )
 _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
-_CONTAINERS: Final = (list, tuple, dict, set, frozenset)
 # Seconds a worker running an abandoned task gets to close on its own before its
 # nanny kills it. Its task thread never returns in time, so this only lets the
 # worker say goodbye to the scheduler; longer just delays ``evaluate``'s raise.
@@ -246,20 +246,7 @@ def _with_kept_inputs(job: Any, kept: dict[str, _Kept]) -> Any:
 
 def _swap_in(value: Any, kept: dict[str, _Kept]) -> Any:
     """``value`` with its stand-ins replaced; containers without any are kept as is."""
-    if isinstance(value, RemoteResult):
-        return kept[value.key].value_of(value.token)
-    if isinstance(value, dict):
-        pairs = [(k, _swap_in(v, kept)) for k, v in value.items()]
-        changed = any(new is not old for (_, new), old in zip(pairs, value.values()))
-        return dict(pairs) if changed else value
-    if isinstance(value, _CONTAINERS):
-        items = [_swap_in(v, kept) for v in value]
-        if all(new is old for new, old in zip(items, value)):
-            return value
-        if hasattr(value, "_fields"):  # a namedtuple
-            return type(value)(*items)
-        return type(value)(items)
-    return value
+    return replace(value, RemoteResult, lambda r: kept[r.key].value_of(r.token))
 
 
 def _goes_home_early(threshold: int, outcome: Any) -> bool:
@@ -746,14 +733,8 @@ class DaskBackend(Backend):
 
 
 def _collect_stand_ins(value: Any, found: dict[str, RemoteResult]) -> None:
-    if isinstance(value, RemoteResult):
-        found.setdefault(value.key, value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _collect_stand_ins(v, found)
-    elif isinstance(value, _CONTAINERS):
-        for v in value:
-            _collect_stand_ins(v, found)
+    for stand_in in find(value, RemoteResult):
+        found.setdefault(stand_in.key, stand_in)
 
 
 def _attach(outcomes: list[Any], dfut: Any) -> None:

@@ -15,35 +15,18 @@ from typing import Any, final
 
 from daglite.exceptions import GraphError
 from daglite.graph.base import Graph
+from daglite.graph.walk import CONTAINERS, find
 from daglite.tasks import Task, TaskFuture
 
 __all__ = ["build_graph", "iter_futures"]
 
-_CONTAINERS = (list, tuple, dict, set, frozenset)
-_SCANNED = (TaskFuture, *_CONTAINERS)
-
-
-def _may_hold_futures(values: Any) -> bool:
-    """Cheap pre-check (one pass at C speed) before walking a container."""
-    return any(issubclass(t, _SCANNED) for t in set(map(type, values)))
+# What may hold a future: a future, or a container to look inside.
+_SCANNED = (TaskFuture, *CONTAINERS)
 
 
 def iter_futures(value: Any) -> Iterator[TaskFuture[Any]]:
     """Yield every future in ``value``, looking inside lists, tuples, sets and dicts."""
-    if isinstance(value, TaskFuture):
-        yield value
-    elif isinstance(value, _CONTAINERS):
-        stack = [value]
-        while stack:
-            item = stack.pop()
-            values = item.values() if isinstance(item, dict) else item
-            if not _may_hold_futures(values):
-                continue
-            for v in values:
-                if isinstance(v, TaskFuture):
-                    yield v
-                elif isinstance(v, _CONTAINERS):
-                    stack.append(v)
+    return find(value, TaskFuture)
 
 
 def _children(future: TaskFuture[Any]) -> list[TaskFuture[Any]]:
@@ -53,7 +36,7 @@ def _children(future: TaskFuture[Any]) -> list[TaskFuture[Any]]:
         for value in values:
             if isinstance(value, TaskFuture):
                 found.append(value)
-            elif isinstance(value, _CONTAINERS):
+            elif isinstance(value, CONTAINERS):
                 if type(value) is list and set(map(type, value)) == {TaskFuture}:
                     found.extend(value)  # a plain list of futures, the common join
                 else:

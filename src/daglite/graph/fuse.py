@@ -12,17 +12,15 @@ them (batch size, failures).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 from daglite.graph.base import Graph
-from daglite.graph.builder import iter_futures
+from daglite.graph.walk import CONTAINERS, find
+from daglite.tasks import TaskFuture
 
 __all__ = ["Link", "fusable_links"]
 
 # The consumer fused after a node, and the parameters that take the node's result.
 Link = tuple[int, tuple[str, ...]]
-
-_CONTAINERS: Final = (list, tuple, dict, set, frozenset)
 
 
 def fusable_links(graph: Graph, same_place: Callable[[int, int], bool]) -> dict[int, Link]:
@@ -58,6 +56,6 @@ def _link(graph: Graph, i: int, d: int) -> Link | None:
     if not names:
         return None
     for value in consumer.kwargs.values():
-        if isinstance(value, _CONTAINERS) and any(True for _ in iter_futures(value)):
+        if isinstance(value, CONTAINERS) and next(find(value, TaskFuture), None) is not None:
             return None  # the result is nested in an argument: resolved in the caller
     return d, names
