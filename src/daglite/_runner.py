@@ -541,26 +541,20 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
 # -- running one call ---------------------------------------------------------------
 
 
-def _invoke(call: CallLike) -> Any:
-    if call.style is None:
-        return call.func(**call.kwargs)
-    return _invoke_style(call.func, call.style, call.kwargs)
-
-
-def _call_with(
+def invoke(
     func: Callable[..., Any],
     style: tuple[tuple[str, ...], str | None, str | None] | None,
-    kwargs: dict[str, Any],
-) -> Any:
-    return func(**kwargs) if style is None else _invoke_style(func, style, kwargs)
-
-
-def _invoke_style(
-    func: Callable[..., Any],
-    style: tuple[tuple[str, ...], str | None, str | None],
     given: dict[str, Any],
 ) -> Any:
-    """Call ``func`` with positional-only, ``*args`` and ``**kwargs`` parameters unpacked."""
+    """Call a task's function with its arguments by name (the one place that does).
+
+    ``style`` (``Task``'s ``call_style``) is None for a function that takes
+    every parameter by name; else it names the positional-only, ``*args`` and
+    ``**kwargs`` parameters, which are unpacked. An ``async def`` function's
+    coroutine is returned as it is: the caller runs it.
+    """
+    if style is None:
+        return func(**given)
     positional_only, var_positional, var_keyword = style
     kwargs = dict(given)
     args = [kwargs.pop(n) for n in positional_only]
@@ -584,7 +578,7 @@ def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
     start = time.perf_counter()
     try:
         if call.timeout is None:
-            value = call.func(**call.kwargs) if call.style is None else _invoke(call)
+            value = invoke(call.func, call.style, call.kwargs)
             if type(value) is CoroutineType:
                 value = asyncio.run(value)
         else:
@@ -617,7 +611,7 @@ def _call_in(
     start = time.perf_counter()
     try:
         reset = current.set(ctx)
-        value = func(**kwargs) if style is None else _invoke_style(func, style, kwargs)
+        value = invoke(func, style, kwargs)
         if type(value) is CoroutineType:
             value = asyncio.run(value)
         return True, value, time.perf_counter() - start
@@ -677,11 +671,11 @@ def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:
                 if positional:
                     value = func(row, **base) if base else func(row)
                 elif single is not None:
-                    value = _call_with(func, style, {**base, single: row})
+                    value = invoke(func, style, {**base, single: row})
                 else:
                     kwargs = dict(base)
                     kwargs.update(zip(names, row))
-                    value = _call_with(func, style, kwargs)
+                    value = invoke(func, style, kwargs)
                 if type(value) is CoroutineType:
                     value = asyncio.run(value)
             except Exception as exc:
@@ -720,16 +714,20 @@ def _execute_with_timeout(call: CallLike, ctx: _NodeContext, timeout: float) -> 
 
         def run_async() -> Any:
             try:
-                return asyncio.run(asyncio.wait_for(_invoke(call), timeout))
+                coroutine = invoke(call.func, call.style, call.kwargs)
+                return asyncio.run(asyncio.wait_for(coroutine, timeout))
             except asyncio.TimeoutError:
-                raise _TimedOut(_timeout_error(call)) from None
+                raise _TimedOut(timeout_error(call.name, call.timeout)) from None
 
         return _run_sync_with_timeout(call, ctx, timeout, run_async)
-    return _run_sync_with_timeout(call, ctx, timeout, lambda: _invoke(call))
+    return _run_sync_with_timeout(
+        call, ctx, timeout, lambda: invoke(call.func, call.style, call.kwargs)
+    )
 
 
-def _timeout_error(call: CallLike) -> TimeoutError:
-    return TimeoutError(f"task {call.name!r} did not finish within its timeout of {call.timeout}s")
+def timeout_error(name: str, timeout: float | None) -> TimeoutError:
+    """The error of a task that ran past its ``timeout`` (the one wording for it)."""
+    return TimeoutError(f"task {name!r} did not finish within its timeout of {timeout}s")
 
 
 def _run_sync_with_timeout(
@@ -754,7 +752,7 @@ def _run_sync_with_timeout(
             ctx.flush()
             _worker_state.timed_out(call.token)
             os._exit(TIMEOUT_EXIT_CODE)
-        raise _TimedOut(_timeout_error(call))
+        raise _TimedOut(timeout_error(call.name, call.timeout))
     ok, value = box[0]
     if not ok:
         raise value

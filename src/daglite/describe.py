@@ -9,15 +9,13 @@ it from the command line.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, final
 
-from daglite.backends import canonical_name
+from daglite.backends import backend_namer
 from daglite.backends.base import Backend
 from daglite.graph.base import Graph
 from daglite.graph.builder import build_graph, iter_futures
-from daglite.settings import default_backend_name
 from daglite.tasks import Task, TaskFuture
 
 __all__ = ["GraphDescription", "NodeDescription", "describe"]
@@ -149,24 +147,6 @@ def _width(future: TaskFuture[Any]) -> int | None:
     return math.prod(sizes) if future.mode == "product" else min(sizes, default=0)
 
 
-def _backend_namer(backend: str | Backend | None) -> Callable[[Task[Any, Any]], str]:
-    """Tell the backend name each task runs on, the way ``evaluate`` decides it."""
-    if isinstance(backend, Backend):
-        default = type(backend).name
-    else:
-        default = canonical_name(backend or default_backend_name())
-
-    def name_of(task: Task[Any, Any]) -> str:
-        chosen = task.backend
-        if isinstance(chosen, str):
-            return canonical_name(chosen)
-        if isinstance(chosen, Backend):
-            return type(chosen).name
-        return default
-
-    return name_of
-
-
 def _roots(value: Any) -> list[TaskFuture[Any]]:
     roots = list(dict.fromkeys(iter_futures(value)))
     if not roots:
@@ -208,4 +188,4 @@ def describe(future: Any, *, backend: str | Backend | None = None) -> GraphDescr
         BackendError: For an unknown backend name.
         GraphError: If the futures form a cycle.
     """
-    return _describe_graph(build_graph(_roots(future), _backend_namer(backend)))
+    return _describe_graph(build_graph(_roots(future), backend_namer(backend)))

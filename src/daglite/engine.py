@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar, overload
 
 from daglite._run import OnError, _Run
-from daglite.backends import canonical_name, get_backend
+from daglite.backends import backend_namer, get_backend
 from daglite.backends.base import Backend
 from daglite.graph.builder import build_graph
 from daglite.plugins.manager import dispatcher_for
@@ -102,16 +102,7 @@ def _prepare(
     default = _resolve_backend(backend, options)
     pick = _backend_picker(default)
 
-    default_name = canonical_name(backend) if isinstance(backend, str) else default.name
-    if backend is None:
-        default_name = canonical_name(default_backend_name())
-
-    def name_of(task: Task[Any, Any]) -> str:
-        chosen = task.backend
-        if isinstance(chosen, str):
-            return canonical_name(chosen)
-        return chosen.name if isinstance(chosen, Backend) else default_name
-
+    name_of = backend_namer(backend)
     graph = build_graph(roots, name_of)
     for task in {f.task for f in graph.futures}:
         name_of(task)  # an unknown backend name fails here, before anything runs

@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from typing import Any, Final, Literal, final
 
 from daglite._run.state import RunState
-from daglite._runner import Elements, _call_in, _Job, _new_outcome, _run_call
+from daglite._runner import Elements, _call_in, _Job, _new_outcome, _run_call, timeout_error
 from daglite._unit import _chain_of, _element_kwargs, _Unit
 from daglite.backends.base import Backend
 from daglite.exceptions import (
@@ -1080,9 +1080,7 @@ class _Run:
 
 def _lost_error(unit: _Unit, timed_out: bool, description: str) -> BaseException:
     if timed_out:
-        return TimeoutError(
-            f"task {unit.task.name!r} did not finish within its timeout of {unit.task.timeout}s"
-        )
+        return timeout_error(unit.task.name, unit.task.timeout)
     return WorkerLostError(
         f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: {description}",
         task_name=unit.task.name,

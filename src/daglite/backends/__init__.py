@@ -14,15 +14,18 @@ from __future__ import annotations
 import atexit
 import importlib
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daglite.backends.base import Backend
 from daglite.exceptions import BackendError
+from daglite.settings import default_backend_name
 
 if TYPE_CHECKING:
     from daglite.backends.inline import InlineBackend
     from daglite.backends.processes import ProcessBackend
     from daglite.backends.threads import ThreadBackend
+    from daglite.tasks import Task
 
 __all__ = [
     "Backend",
@@ -125,6 +128,32 @@ def canonical_name(name: str) -> str:
                 f"unknown backend {name!r}{hint} (available: {', '.join(available_backends())})"
             )
         return real
+
+
+def backend_namer(backend: str | Backend | None) -> Callable[[Task[Any, Any]], str]:
+    """The function that names the backend each task runs on, in a run whose
+    backend is ``backend`` (a task's own ``backend=`` option wins).
+
+    Used by ``evaluate`` and ``describe`` alike, so they always agree.
+
+    Raises:
+        BackendError: If ``backend`` is an unknown name (a task's unknown
+            backend name raises when that task is named).
+    """
+    if isinstance(backend, Backend):
+        default = type(backend).name
+    else:
+        default = canonical_name(backend or default_backend_name())
+
+    def name_of(task: Task[Any, Any]) -> str:
+        chosen = task.backend
+        if isinstance(chosen, str):
+            return canonical_name(chosen)
+        if isinstance(chosen, Backend):
+            return type(chosen).name
+        return default
+
+    return name_of
 
 
 def get_backend(name: str, **options: Any) -> Backend:
