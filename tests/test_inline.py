@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from daglite import BackendError, TaskError, evaluate, evaluate_async, task
+from daglite._job import channel
 from daglite.plugins import reporters
 from daglite.plugins.hooks import hook_impl
 from daglite.plugins.reporters import get_reporter
@@ -80,7 +81,7 @@ def test_a_helper_thread_left_behind_by_a_timeout_is_not_watched_afterwards():
         evaluate(stuck(), plugins=[Log()])
     release.set()
     assert reported.wait(WAIT)
-    assert not reporters._flusher._running  # noqa: SLF001 - nothing keeps the run alive
+    assert not channel._flusher._running  # noqa: SLF001 - nothing keeps the run alive
 
 
 @pytest.mark.parametrize("backend", ["inline", "threads"])

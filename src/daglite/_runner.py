@@ -25,8 +25,11 @@ from functools import partial
 from types import CoroutineType
 from typing import Any, Final, NamedTuple, Protocol, final
 
+from daglite._job import channel
+from daglite._job.channel import _Home, _NodeContext
+from daglite._job.messages import EarlyOutcome
 from daglite.plugins import log_bridge, reporters
-from daglite.plugins.reporters import START_EVENT, _CallerContext, _Home, _NodeContext
+from daglite.plugins.reporters import FLUSH_INTERVAL, START_EVENT, _CallerContext
 
 # Exit status of a process worker that ends itself because its task timed out.
 TIMEOUT_EXIT_CODE: Final = 75
@@ -158,7 +161,7 @@ class Outcome(NamedTuple):
         if not ok:
             error, tb = _portable_error(value)
             payload = _dumps(error)
-        events = reporters.picklable_events(self.events) if self.events else self.events
+        events = channel.picklable_events(self.events) if self.events else self.events
         return (
             _load_outcome,
             (self.token, ok, payload, tb, self.duration, events, self.sent, self.timed_out),
@@ -346,7 +349,7 @@ class _Job:
             log_bridge.forward_worker_logs(home.log_level)
         held = _HeldOutcomes(home)
         if not direct:
-            reporters._flusher.add(held)
+            channel._flusher.add(held)
         last = len(self.calls) - 1
         previous: Outcome | None = None
         feeds = self.feeds
@@ -374,14 +377,14 @@ class _Job:
                     held.flush()
         finally:
             if not direct:
-                reporters._flusher.remove(held)
+                channel._flusher.remove(held)
         return held.finish()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_load_job, (self.home, *_dumps_calls(self.calls)))
 
 
-_FLUSH: Final = reporters.FLUSH_INTERVAL
+_FLUSH: Final = FLUSH_INTERVAL
 
 
 def _fed(call: CallLike, follows: tuple[str, ...], value: Any) -> _Call:
@@ -423,7 +426,7 @@ class _HeldOutcomes:
                 if early is not None and not early(outcome):
                     break  # this one goes with the job's result, and so do the rest
                 try:
-                    self.home.send(("outcome", outcome))
+                    self.home.send(EarlyOutcome(outcome))
                 except Exception:  # the channel is gone: the rest go with the result
                     break
                 sent += 1
@@ -626,7 +629,7 @@ def _enter(home: _Home, call: CallLike, direct: bool) -> tuple[_NodeContext, Any
     """Make ``call`` the running task of this thread: its context, reporter, slot."""
     ctx = _NodeContext(home, call.token, direct, call.name, call.key)
     if not direct:
-        reporters._flusher.add(ctx)
+        channel._flusher.add(ctx)
     reset = reporters._current.set(ctx)
     if _worker_state.slot >= 0:
         _worker_state.running(call.token)
@@ -641,7 +644,7 @@ def _leave(ctx: _NodeContext, reset: Any, direct: bool) -> None:
     if direct:
         ctx.close()
     else:
-        reporters._flusher.remove(ctx)
+        channel._flusher.remove(ctx)
 
 
 def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:

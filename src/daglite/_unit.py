@@ -88,7 +88,7 @@ class _Unit:
         self.follower: _Unit | None = None
         self.follows: tuple[str, ...] | None = None
         self.upstream: _Unit | None = None
-        self.stash: list[tuple[Any, ...]] | None = None
+        self.stash: list[Any] | None = None
         self.done = False
 
 

@@ -30,6 +30,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, Final, Literal, final
 
+from daglite._job.channel import _Home
+from daglite._job.messages import EarlyOutcome, Events
+from daglite._run.inbox import Cancel, Inbox, JobDone, Message
 from daglite._run.state import RunState
 from daglite._runner import Elements, _call_in, _Job, _new_outcome, _run_call, timeout_error
 from daglite._unit import _chain_of, _element_kwargs, _Unit
@@ -55,7 +58,6 @@ from daglite.plugins.reporters import (
     EventRegistry,
     _CallerContext,
     _CallerReporter,
-    _Home,
 )
 from daglite.settings import strict_plugins
 from daglite.tasks import Task, TaskFuture
@@ -90,7 +92,7 @@ class _Run:
         self.hooks = hooks
         self.on_error = on_error
         self.is_async = is_async
-        self.queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.run_id = uuid.uuid4()
         self.registry = EventRegistry()
         self.reporter = _CallerReporter(self._dispatch_event)
@@ -98,7 +100,9 @@ class _Run:
         # Nodes made ready by completions, scheduled by the loop in this order.
         self.ready_nodes: collections.deque[int] = collections.deque()
         self.node_count = graph.node_count
-        self.units: dict[int, _Unit] = {}
+        # Submitted calls by token, and the order of what comes home for them.
+        self.inbox = Inbox(self._deliver, self._finish_unit)
+        self.units = self.inbox.calls
         self.pending: dict[int, tuple[Backend, list[_Unit]]] = {}
         # Ready calls of in-caller backends (inline), run in this order by
         # ``_run_lane``: a plain call as (node, element, kwargs, backend),
@@ -110,14 +114,10 @@ class _Run:
         # alone, nothing else of this run in flight, so a repeat death names it.
         self.quarantine: collections.deque[_Unit] = collections.deque()
         self.quarantined_job = 0
-        # Followers whose input is done while messages of theirs wait in a stash.
-        self.ready: collections.deque[_Unit] = collections.deque()
         self.homes: dict[int, _Home] = {}
         self.errors: dict[str, TaskError] = {}
         self.kept: dict[str, Any] = {}
         self.failure: BaseException | None = None
-        self.parked = 0
-        self.awaited = 0
         self.remote_producers: dict[int, Backend] = {}
         self._remote_kind: dict[int, bool] = {}
         self._any_remote = False  # whether a backend of this run keeps results remote
@@ -138,7 +138,7 @@ class _Run:
 
     # -- messages ------------------------------------------------------------------
 
-    def _sink(self, message: tuple[Any, ...]) -> None:
+    def _sink(self, message: Message) -> None:
         """Entry point for the reporter channel (any thread)."""
         if threading.get_ident() == self.engine_thread:
             self._handle(message)  # inline: the task runs on this very thread
@@ -154,54 +154,23 @@ class _Run:
             self.homes[id(backend)] = home
         return home
 
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "done":
-            self._job_done(message[1], message[2], message[3])
-        elif kind == "events":
-            unit = self.units.get(message[1])
-            if unit is None or self._gated(unit, message):
-                return
-            # Counted first: a handler that raises (strict mode) must not leave
-            # the call waiting for events that did arrive.
-            unit.delivered += len(message[2])
-            self._deliver(unit, message[2])
-            parked = unit.parked
-            if parked is not None and unit.delivered >= parked.sent:
-                unit.parked = None
-                self.parked -= 1
-                self._finish_unit(unit, parked)
-        elif kind == "outcome":
-            self._outcome(message[1])
-        elif kind == "cancel":
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, JobDone):
+            self._job_done(message.job, message.future, message.tokens)
+        elif isinstance(message, Events):
+            self.inbox.events(message)
+        elif isinstance(message, EarlyOutcome):
+            self.inbox.outcome(message.outcome)
+        elif isinstance(message, Cancel):
             raise asyncio.CancelledError()
         else:  # pragma: no cover - a bug, never user input
-            raise RuntimeError(f"engine got an unknown message {kind!r}")
+            raise RuntimeError(f"engine got an unknown message {message!r}")
 
-    def _handle_one(self, message: tuple[Any, ...]) -> None:
-        """Handle ``message``, then any held messages it released (``_replay``)."""
+    def _handle_one(self, message: Message) -> None:
+        """Handle ``message``, then any held messages it released (``Inbox.replay``)."""
         self._handle(message)
-        if self.ready:
-            self._replay()
-
-    def _gated(self, unit: _Unit, message: tuple[Any, ...]) -> bool:
-        """Hold a fused follower's message until the call before it is done here
-        (its outcome may come home after the follower's, on another path)."""
-        upstream = unit.upstream
-        if upstream is None or (upstream.done and unit.stash is None):
-            return False
-        if unit.stash is None:
-            unit.stash = []
-        unit.stash.append(message)
-        return True
-
-    def _replay(self) -> None:
-        """Handle the held messages of followers whose input is now done, in order."""
-        while self.ready:
-            unit = self.ready.popleft()
-            stash, unit.stash = unit.stash, None
-            for message in stash or ():
-                self._handle(message)
+        if self.inbox.ready:
+            self.inbox.replay()
 
     def _deliver(self, unit: _Unit, events: list[tuple[str, dict[str, Any]]]) -> None:
         for event_type, data in events:
@@ -651,30 +620,28 @@ class _Run:
         """
         if self._has_lookup and self._served_from_cache(unit):
             return
-        unit.token = token = next(_token_counter)
-        self.units[token] = unit  # events the task reports find it by token
-        unit.delivered = 0
-        # Through ``_outcome``: events the task flushed from another thread
+        unit.token = next(_token_counter)
+        self.inbox.track(unit)  # events the task reports find it by token
+        # Through the inbox: events the task flushed from another thread
         # (``_NodeContext._start_buffering``) may wait in the queue; they are
         # handled right away, so the call is done before the next one runs.
-        self._outcome(_run_call(self._home_for(unit.backend), unit, True))
+        self.inbox.outcome(_run_call(self._home_for(unit.backend), unit, True))
         while unit.parked is not None:
             try:
                 message = self.queue.get_nowait()
             except queue.Empty:  # pragma: no cover - every event sent is queued by now
-                outcome, unit.parked = unit.parked, None
-                self.parked -= 1
+                outcome = unit.parked
+                self.inbox.forget(unit)
                 self._finish_unit(unit, outcome)
                 break
             self._handle_one(message)
 
     def _submit_job(self, backend: Backend, units: list[_Unit]) -> int:
         """Hand ``units`` to ``backend`` as one job; returns the job's id."""
-        registry = self.units
+        track = self.inbox.track
         for unit in units:
-            unit.token = token = next(_token_counter)
-            unit.delivered = 0
-            registry[token] = unit
+            unit.token = next(_token_counter)
+            track(unit)
         job = _Job(self._home_for(backend), units)  # units are the calls
         backend.ensure_started()
         future = backend.submit(job)
@@ -684,7 +651,7 @@ class _Run:
         # The tokens as submitted: a call of this job may be requeued (retried,
         # with a new token) before the job itself reports done.
         tokens = [u.token for u in units]
-        future.add_done_callback(lambda f: self.queue.put(("done", job, f, tokens)))
+        future.add_done_callback(lambda f: self.queue.put(JobDone(job, f, tokens)))
         return id(job)
 
     def _served_from_cache(self, unit: _Unit) -> bool:
@@ -718,13 +685,10 @@ class _Run:
         if exc is None:
             outcomes = future.result()
             sent_early = getattr(outcomes, "sent_early", ())
+            outcome_of = self.inbox.outcome
             for outcome in outcomes:
-                self._outcome(outcome)
-            for token in sent_early:  # their outcome may still be on the channel
-                early = self.units.get(token)
-                if early is not None and not early.awaited and early.parked is None:
-                    early.awaited = True
-                    self.awaited += 1
+                outcome_of(outcome)
+            self.inbox.sent_early(sent_early)  # their outcome may still be on the channel
             if len(outcomes) + len(sent_early) < len(job.calls):
                 # Calls skipped: the run is failing fast, or a fused call's input failed.
                 done = {o.token for o in outcomes}.union(sent_early)
@@ -777,13 +741,7 @@ class _Run:
 
     def _forget(self, unit: _Unit) -> None:
         """Stop tracking a submitted call, keeping the wait counters right."""
-        self.units.pop(unit.token, None)
-        if unit.parked is not None:
-            unit.parked = None
-            self.parked -= 1
-        if unit.awaited:
-            unit.awaited = False
-            self.awaited -= 1
+        self.inbox.forget(unit)
 
     def _resubmit_or_fail(self, unit: _Unit, cause: BaseException) -> None:
         if self.state.aborting:
@@ -800,22 +758,6 @@ class _Run:
             error=cause,
         )
         self._attempt_failed(unit, error, 0.0, False)
-
-    def _outcome(self, outcome: Any) -> None:
-        """A call finished (reported with its job, or early on the channel)."""
-        unit = self.units.get(outcome.token)
-        if unit is None or unit.parked is not None:
-            return
-        if unit.awaited:
-            unit.awaited = False
-            self.awaited -= 1
-        if self._gated(unit, ("outcome", outcome)):
-            return
-        if outcome.sent > unit.delivered:
-            unit.parked = outcome  # its flushed events are still on the way
-            self.parked += 1
-        else:
-            self._finish_unit(unit, outcome)
 
     def _requeue(self, unit: _Unit) -> None:
         self._queue_units(unit.backend, [unit])
@@ -860,8 +802,7 @@ class _Run:
         for name in follower.follows:
             follower.kwargs[name] = value
         self.state.release_inputs(follower.node)
-        if follower.stash is not None:
-            self.ready.append(follower)
+        self.inbox.upstream_done(follower)
 
     def _unfuse(self, unit: _Unit) -> bool:
         """Detach ``unit`` from its fused chain: its job failed or skipped it.
@@ -1027,8 +968,7 @@ class _Run:
                 or self.ready_nodes
                 or self.pending
                 or self.lane
-                or self.parked
-                or self.awaited
+                or self.inbox.waiting()
                 or self.quarantine
             ):
                 break
@@ -1048,7 +988,7 @@ class _Run:
         """
         # The message first: a job that sees ``abort`` and stops early reports
         # done after it, so the engine is cancelling by then, not forgetting calls.
-        self.queue.put(("cancel",))
+        self.queue.put(Cancel())
         for home in list(self.homes.values()):
             home.abort = True
 

@@ -61,10 +61,11 @@ from concurrent.futures import wait as wait_for_futures
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
+from daglite._job.channel import Transport, picklable_events
+from daglite._job.messages import Events
 from daglite.backends.base import Backend
 from daglite.exceptions import BackendError
 from daglite.graph.walk import find, replace
-from daglite.plugins.reporters import Transport, picklable_events
 from daglite.settings import usable_cpu_count
 
 if TYPE_CHECKING:
@@ -308,8 +309,8 @@ class _DaskTransport(Transport):
         self._worker: Any = None
 
     def send(self, run_id: str, message: tuple[Any, ...]) -> None:
-        if message[0] == "events":
-            message = (message[0], message[1], picklable_events(message[2]))
+        if type(message) is Events:
+            message = Events(message.token, picklable_events(message.events))
         data = pickle.dumps((self.route, message), protocol=_PICKLE_PROTOCOL)
         worker = self._worker
         if worker is None:

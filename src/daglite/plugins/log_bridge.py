@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any
 
+from daglite._job import channel
 from daglite.plugins import reporters
 
 __all__ = ["emit_in_caller", "forward_worker_logs", "install_record_factory"]
@@ -53,7 +54,7 @@ class _ForwardToCaller(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         ctx = reporters._current.get()
-        if not isinstance(ctx, reporters._NodeContext) or ctx.direct:
+        if not isinstance(ctx, channel._NodeContext) or ctx.direct:
             return  # outside a task, or in the caller's process: handled in place
         try:
             ctx.send_event(reporters.LOG_EVENT, _record_data(record))
