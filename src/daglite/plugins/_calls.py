@@ -83,16 +83,29 @@ def _args(names: tuple[str, ...], kwargs: dict[str, Any]) -> list[Any]:
 
 @final
 class _Chain:
-    """The implementations of one hook that has wrappers, in pluggy's call order."""
+    """The implementations of one hook that has wrappers, in pluggy's call order.
 
-    __slots__ = ("firstresult", "plain", "wrappers")
+    Attributes:
+        spec_args: The hook's arguments, which ``run`` gets in ``kwargs``.
+        name: The wrappers' plugins, for a message about the chain as a whole.
+    """
 
-    def __init__(self, wrappers: list[_WrapperImpl], plain: list[_Impl], firstresult: bool) -> None:
+    __slots__ = ("firstresult", "name", "plain", "spec_args", "wrappers")
+
+    def __init__(
+        self,
+        wrappers: list[_WrapperImpl],
+        plain: list[_Impl],
+        firstresult: bool,
+        spec_args: tuple[str, ...],
+    ) -> None:
         self.wrappers: Final = wrappers
         self.plain: Final = plain
         self.firstresult: Final = firstresult
+        self.spec_args: Final = spec_args
+        self.name: Final = ", ".join(w[0] for w in wrappers)
 
-    def run(self, kwargs: dict[str, Any], failed: _Failed, strict: bool) -> Any:
+    def run(self, kwargs: dict[str, Any], failed: _Failed, strict: Callable[[], bool]) -> Any:
         """Call the hook once; returns its result (a list, or one value for firstresult).
 
         Raises:
@@ -103,7 +116,7 @@ class _Chain:
 
         def report(name: str, exc: BaseException) -> bool:
             """Whether ``exc`` is isolated (reported) rather than stopping the call."""
-            if strict or not isinstance(exc, Exception):
+            if not isinstance(exc, Exception) or strict():  # asked only when something failed
                 return False
             reported.append(exc)
             failed(name, exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Final, final
 
 import pluggy
@@ -123,44 +123,46 @@ def unregister_plugins(*plugins: object) -> None:
         _generation += 1
 
 
+_Table = tuple[dict[str, list[_Impl]], dict[str, _Chain]]
+
+
 @final
 class HookDispatcher:
     """Calls hooks for one evaluation, each implementation on its own.
 
-    Hooks whose implementations are all plain run in a tight loop here; a hook
-    with a wrapper runs through its ``_Chain`` (``_calls.py``), which keeps
-    pluggy's wrapper protocol and order.
+    A hook with a wrapper is one entry of the table: its ``_Chain``
+    (``_calls.py``), which keeps pluggy's wrapper protocol and order. So the
+    loop below is the same for every hook, and costs nothing more for hooks
+    with plain implementations only.
 
     Attributes:
         plugins: Every plugin active for the evaluation, global ones first.
     """
 
-    __slots__ = ("_chains", "_failures", "_impls", "_pm", "plugins")
+    __slots__ = ("_failures", "_impls", "_pm", "_table", "plugins")
 
     def __init__(
-        self,
-        pm: pluggy.PluginManager,
-        plugins: list[object],
-        impls: tuple[dict[str, list[_Impl]], dict[str, _Chain]] | None = None,
+        self, pm: pluggy.PluginManager, plugins: list[object], table: _Table | None = None
     ) -> None:
         self._pm: Final = pm
         self.plugins: Final = plugins
-        self._impls, self._chains = _implementations(pm) if impls is None else impls
+        self._table: Final = _implementations(pm) if table is None else table
+        plain, chains = self._table
+        self._impls = plain
+        if chains:  # the chains report failures to this dispatcher's counts
+            self._impls = {**plain, **{h: [self._chain_entry(h, c)] for h, c in chains.items()}}
         self._failures: dict[tuple[str, str], int] = {}
 
     def for_run(self) -> HookDispatcher:
         """A copy for one evaluation: same implementations, its own failure counts."""
-        return HookDispatcher(self._pm, self.plugins, (self._impls, self._chains))
+        return HookDispatcher(self._pm, self.plugins, self._table)
 
     def has(self, hook: str) -> bool:
         """Whether any plugin implements ``hook``."""
-        return hook in self._impls or hook in self._chains
+        return hook in self._impls
 
     def call(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of ``hook``; failures are logged, not raised."""
-        if hook in self._chains:
-            self._chains[hook].run(kwargs, self._failed_with(hook), strict_plugins())
-            return
         for plugin_name, func, argnames in self._impls.get(hook, ()):
             try:
                 func(*[kwargs[a] for a in argnames])
@@ -172,8 +174,6 @@ class HookDispatcher:
 
         Wrappers of the hook see that result and may change it, as in pluggy.
         """
-        if hook in self._chains:
-            return self._chains[hook].run(kwargs, self._failed_with(hook), strict_plugins())
         for plugin_name, func, argnames in self._impls.get(hook, ()):
             try:
                 result = func(*[kwargs[a] for a in argnames])
@@ -184,8 +184,17 @@ class HookDispatcher:
                 return result
         return None
 
-    def _failed_with(self, hook: str) -> Callable[[str, BaseException], None]:
-        return lambda plugin_name, exc: self._count_failure(plugin_name, hook, exc)
+    def _chain_entry(self, hook: str, chain: _Chain) -> _Impl:
+        """The table entry of a hook with wrappers: its chain, given every spec argument."""
+        names = chain.spec_args
+
+        def failed(plugin_name: str, exc: BaseException) -> None:
+            self._count_failure(plugin_name, hook, exc)
+
+        def run(*values: Any) -> Any:
+            return chain.run(dict(zip(names, values)), failed, strict_plugins)
+
+        return chain.name, run, names
 
     def _hook_failed(self, plugin_name: str, hook: str) -> None:
         """Called in an ``except`` block: re-raise in strict mode, else count and log."""
@@ -214,9 +223,7 @@ class HookDispatcher:
                 )
 
 
-def _implementations(
-    pm: pluggy.PluginManager,
-) -> tuple[dict[str, list[_Impl]], dict[str, _Chain]]:
+def _implementations(pm: pluggy.PluginManager) -> _Table:
     """Per hook, its plain implementations in call order, or its chain if it has wrappers."""
     plain: dict[str, list[_Impl]] = {}
     chains: dict[str, _Chain] = {}
@@ -229,7 +236,7 @@ def _implementations(
         if not impls:
             continue
         spec = caller.spec
-        spec_args = spec.argnames if spec is not None else ()
+        spec_args = tuple(spec.argnames) if spec is not None else ()
         entries = [impl_entry(_display_name(impl), impl, spec_args) for impl in impls]
         wrappers = [(*e, bool(i.hookwrapper)) for e, i in zip(entries, impls) if _wraps(i)]
         if not wrappers:
@@ -237,7 +244,7 @@ def _implementations(
             continue
         others = [e for e, i in zip(entries, impls) if not _wraps(i)]
         firstresult = bool(spec is not None and spec.opts.get("firstresult"))
-        chains[name] = _Chain(wrappers, others, firstresult)
+        chains[name] = _Chain(wrappers, others, firstresult, spec_args)
     return plain, chains
 
 
