@@ -4,18 +4,21 @@ Global plugins live in one ``pluggy.PluginManager``; plugins published through
 the ``daglite.hooks`` entry-point group are loaded into it once per process, on
 first use. ``evaluate(..., plugins=[...])`` adds plugins for one evaluation
 only. ``HookDispatcher`` calls each implementation on its own, so a hook that
-raises is logged (once, with plugin and hook named) without skipping the others.
+raises is logged (once, with plugin and hook named) without skipping the others;
+wrappers and ordering follow pluggy (``_calls.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Final, final
 
 import pluggy
 
+from daglite.plugins._calls import _Chain, _Impl, impl_entry
 from daglite.plugins.hooks import specs
 from daglite.plugins.hooks.markers import PROJECT_NAME
 from daglite.settings import strict_plugins
@@ -120,46 +123,39 @@ def unregister_plugins(*plugins: object) -> None:
         _generation += 1
 
 
-_HookImpl = tuple[str, Callable[..., Any], tuple[str, ...]]
+_Table = tuple[dict[str, list[_Impl]], dict[str, _Chain]]
 
 
 @final
 class HookDispatcher:
     """Calls hooks for one evaluation, each implementation on its own.
 
+    A hook with a wrapper is one entry of the table: its ``_Chain``
+    (``_calls.py``), which keeps pluggy's wrapper protocol and order. So the
+    loop below is the same for every hook, and costs nothing more for hooks
+    with plain implementations only.
+
     Attributes:
         plugins: Every plugin active for the evaluation, global ones first.
     """
 
-    __slots__ = ("_failures", "_impls", "_pm", "plugins")
+    __slots__ = ("_failures", "_impls", "_pm", "_table", "plugins")
 
     def __init__(
-        self,
-        pm: pluggy.PluginManager,
-        plugins: list[object],
-        impls: dict[str, list[_HookImpl]] | None = None,
+        self, pm: pluggy.PluginManager, plugins: list[object], table: _Table | None = None
     ) -> None:
         self._pm: Final = pm
         self.plugins: Final = plugins
-        self._impls: dict[str, list[_HookImpl]] = {} if impls is None else impls
+        self._table: Final = _implementations(pm) if table is None else table
+        plain, chains = self._table
+        self._impls = plain
+        if chains:  # the chains report failures to this dispatcher's counts
+            self._impls = {**plain, **{h: [self._chain_entry(h, c)] for h, c in chains.items()}}
         self._failures: dict[tuple[str, str], int] = {}
-        if impls is not None:
-            return
-        for name in dir(pm.hook):
-            if name.startswith("_"):
-                continue
-            caller = getattr(pm.hook, name)
-            impls_of = caller.get_hookimpls()
-            if impls_of:
-                # pluggy calls the last registered (and tryfirst) implementations first.
-                self._impls[name] = [
-                    (_display_name(impl), impl.function, tuple(impl.argnames))
-                    for impl in reversed(impls_of)
-                ]
 
     def for_run(self) -> HookDispatcher:
         """A copy for one evaluation: same implementations, its own failure counts."""
-        return HookDispatcher(self._pm, self.plugins, self._impls)
+        return HookDispatcher(self._pm, self.plugins, self._table)
 
     def has(self, hook: str) -> bool:
         """Whether any plugin implements ``hook``."""
@@ -174,7 +170,10 @@ class HookDispatcher:
                 self._hook_failed(plugin_name, hook)
 
     def first_result(self, hook: str, **kwargs: Any) -> Any:
-        """Call implementations until one returns something other than None."""
+        """Call implementations until one returns something other than None.
+
+        Wrappers of the hook see that result and may change it, as in pluggy.
+        """
         for plugin_name, func, argnames in self._impls.get(hook, ()):
             try:
                 result = func(*[kwargs[a] for a in argnames])
@@ -185,13 +184,32 @@ class HookDispatcher:
                 return result
         return None
 
+    def _chain_entry(self, hook: str, chain: _Chain) -> _Impl:
+        """The table entry of a hook with wrappers: its chain, given every spec argument."""
+        names = chain.spec_args
+
+        def failed(plugin_name: str, exc: BaseException) -> None:
+            self._count_failure(plugin_name, hook, exc)
+
+        def run(*values: Any) -> Any:
+            return chain.run(dict(zip(names, values)), failed, strict_plugins)
+
+        return chain.name, run, names
+
     def _hook_failed(self, plugin_name: str, hook: str) -> None:
+        """Called in an ``except`` block: re-raise in strict mode, else count and log."""
         if strict_plugins():
             raise
+        self._count_failure(plugin_name, hook, sys.exc_info()[1])
+
+    def _count_failure(self, plugin_name: str, hook: str, exc: BaseException | None) -> None:
+        """Count a failure; the first of each plugin and hook is logged with its traceback."""
         count = self._failures.get((plugin_name, hook), 0) + 1
         self._failures[(plugin_name, hook)] = count
         if count == 1:
-            logger.exception("plugin %r raised in hook %r; the run goes on", plugin_name, hook)
+            logger.error(
+                "plugin %r raised in hook %r; the run goes on", plugin_name, hook, exc_info=exc
+            )
 
     def report_failures(self) -> None:
         """Log how often each failing hook raised, after the first logged time."""
@@ -203,6 +221,35 @@ class HookDispatcher:
                     hook,
                     count,
                 )
+
+
+def _implementations(pm: pluggy.PluginManager) -> _Table:
+    """Per hook, its plain implementations in call order, or its chain if it has wrappers."""
+    plain: dict[str, list[_Impl]] = {}
+    chains: dict[str, _Chain] = {}
+    for name in dir(pm.hook):
+        if name.startswith("_"):
+            continue
+        caller = getattr(pm.hook, name)
+        # pluggy calls the list from its end: wrappers, then the rest; tryfirst first.
+        impls = list(reversed(caller.get_hookimpls()))
+        if not impls:
+            continue
+        spec = caller.spec
+        spec_args = tuple(spec.argnames) if spec is not None else ()
+        entries = [impl_entry(_display_name(impl), impl, spec_args) for impl in impls]
+        wrappers = [(*e, bool(i.hookwrapper)) for e, i in zip(entries, impls) if _wraps(i)]
+        if not wrappers:
+            plain[name] = entries
+            continue
+        others = [e for e, i in zip(entries, impls) if not _wraps(i)]
+        firstresult = bool(spec is not None and spec.opts.get("firstresult"))
+        chains[name] = _Chain(wrappers, others, firstresult, spec_args)
+    return plain, chains
+
+
+def _wraps(impl: Any) -> bool:
+    return bool(impl.wrapper or impl.hookwrapper)
 
 
 def _display_name(impl: Any) -> str:

@@ -5,7 +5,9 @@ instances the user registered, from one thread at a time. For one node,
 ``before_node_execute`` comes before ``after_node_execute`` / ``on_node_error``;
 for an edge u -> v, u's ``after_node_execute`` comes before v's
 ``before_node_execute``. Graph hooks bracket everything else. An implementation
-may declare any subset of a hook's parameters.
+may declare any subset of a hook's parameters, with or without defaults, and
+gets every one it names; ``wrapper``, ``hookwrapper``, ``tryfirst`` and
+``trylast`` behave as pluggy documents.
 """
 
 from __future__ import annotations
