@@ -61,7 +61,13 @@ def _register(pm: pluggy.PluginManager, plugin: object) -> None:
     _check_plugin(plugin)
     if pm.is_registered(plugin):
         return
-    pm.register(plugin)
+    try:
+        pm.register(plugin)
+    except pluggy.PluginValidationError:
+        # pluggy before 1.4 leaves the rejected plugin half registered.
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise
     for caller in pm.get_hookcallers(plugin) or ():
         if caller.spec is None:
             pm.unregister(plugin)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, ClassVar, Final, Protocol, final
+from typing import Any, Final, Protocol, final
 
 __all__ = ["EventRegistry", "Reporter", "get_reporter"]
 
@@ -87,7 +87,10 @@ class _CallerContext(Reporter):
 
     __slots__ = ("elem", "events", "name", "node", "run")
 
-    direct: ClassVar[bool] = True
+    @property
+    def direct(self) -> bool:
+        """Always true: the task runs in the engine's process."""
+        return True
 
     def __init__(self, run: _CallerRun, name: str, node: int, elem: int) -> None:
         self.run = run
