@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from daglite.engine import evaluate, evaluate_async
 from daglite.exceptions import (
+    ArgumentsNotPicklableError,
     BackendError,
     DagliteError,
     DagliteWarning,
     EvaluationError,
     GraphError,
+    ResultNotPicklableError,
     TaskError,
     TaskTimeoutError,
     WorkerLostError,
@@ -22,11 +24,13 @@ from daglite.exceptions import (
 from daglite.tasks import Task, TaskFuture, task
 
 __all__ = [
+    "ArgumentsNotPicklableError",
     "BackendError",
     "DagliteError",
     "DagliteWarning",
     "EvaluationError",
     "GraphError",
+    "ResultNotPicklableError",
     "Task",
     "TaskError",
     "TaskFuture",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, final
 
-from daglite._runner import Elements
+from daglite._job.records import Elements
 from daglite.backends.base import Backend
 from daglite.graph.base import GraphMetadata
 from daglite.tasks import Task
@@ -19,7 +19,7 @@ class _Unit:
     (``elems``; ``elem`` is then the index of its first element).
 
     It is also the call a job runs in this process (``func``, ``name``, ``key``,
-    ``kwargs``, ``timeout``, ``style``, ``token``: the fields of ``_runner._Call``).
+    ``kwargs``, ``timeout``, ``style``, ``token``: the fields of ``_job.records._Call``).
     """
 
     __slots__ = (

@@ -8,6 +8,8 @@ Hierarchy::
     │   └── WorkerLostError       the worker process running the task died
     ├── EvaluationError           ``on_error="continue"``: every failure, plus the results kept
     ├── GraphError (ValueError)   the DAG itself is malformed (cycle, zip length mismatch)
+    ├── ArgumentsNotPicklableError (TypeError)  an input cannot travel to a worker
+    ├── ResultNotPicklableError (TypeError)     a result cannot travel back
     └── BackendError (RuntimeError)  unknown, missing or broken backend
 
     DagliteWarning (UserWarning)
@@ -18,11 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ArgumentsNotPicklableError",
     "BackendError",
     "DagliteError",
     "DagliteWarning",
     "EvaluationError",
     "GraphError",
+    "ResultNotPicklableError",
     "TaskError",
     "TaskTimeoutError",
     "WorkerLostError",
@@ -117,6 +121,24 @@ class BackendError(DagliteError, RuntimeError):
     """A backend name is unknown, an optional backend is not installed, or a pool broke."""
 
 
+class ArgumentsNotPicklableError(DagliteError, TypeError):
+    """A task's input could not be pickled to send it to a worker process.
+
+    Met as ``TaskError.error`` of that task; the message names the parameter.
+    Pass something picklable instead (a path rather than an open file, say),
+    or run the task on an in-process backend (``backend="threads"``).
+    """
+
+
+class ResultNotPicklableError(DagliteError, TypeError):
+    """A task's result could not travel back from its worker process.
+
+    Met as ``TaskError.error`` of that task: the result could not be pickled in
+    the worker, or not unpickled in the caller. Return plain data instead, or
+    run the task on an in-process backend.
+    """
+
+
 class DagliteWarning(UserWarning):
     """Base class of daglite's warnings."""
 
@@ -129,6 +151,8 @@ for _cls in (
     EvaluationError,
     GraphError,
     BackendError,
+    ArgumentsNotPicklableError,
+    ResultNotPicklableError,
     DagliteWarning,
 ):
     _cls.__module__ = "daglite"

@@ -231,7 +231,7 @@ def test_follower_never_runs_after_its_input_failed_on_threads(monkeypatch):
     # On threads the job runs the engine's own units; the engine may detach a
     # follower (its input failed) while the job thread is between two calls.
     # A pause after each early flush widens that window, as a pre-emption would.
-    from daglite import _runner
+    from daglite._job import job as _runner
 
     flush = _runner._HeldOutcomes.flush
 

@@ -10,9 +10,8 @@ Worker half (runs wherever a task runs):
     ahead (``EarlyOutcome``).
 
 Caller half:
-    ``_Hub`` is a listener (a Unix socket, authenticated) that worker
-    processes connect to; its reader threads hand messages to the engine of the
-    evaluation they belong to (by run id).
+    ``_Hub`` (``daglite._job.transport``) listens for worker processes and
+    hands their messages to the engine of the evaluation they belong to.
 
     task.report()            flusher thread / result          engine thread
     [call buffer] ---------> _Home.send() --socket/queue--> run queue --> hooks, handlers
@@ -26,27 +25,22 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple, Protocol, final
+from typing import Any, Final, Protocol, final
 
+from daglite._job import transport as _transport
 from daglite._job.messages import Event, Events
+from daglite._job.transport import Transport
 from daglite.plugins.reporters import (
-    DROPPED_EVENT,
     FLUSH_INTERVAL,
     Reporter,
     _check_event_type,
 )
 
-__all__ = [
-    "Transport",
-    "dumps_events",
-    "loads_events",
-    "picklable_events",
-]
+__all__ = ["Transport"]
 
 logger = logging.getLogger("daglite.plugins")
 
@@ -251,55 +245,6 @@ _FLUSHER_GRACE: Final = 1.0
 _flusher: Final = _Flusher()
 
 
-# -- the way home -------------------------------------------------------------------
-
-
-def dumps_events(events: list[_Event]) -> bytes:
-    """Pickle events; an event that cannot be pickled becomes a 'dropped' marker."""
-    try:
-        return pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return pickle.dumps(picklable_events(events), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def loads_events(count: int, payload: bytes) -> list[_Event]:
-    """Unpickle events; if that fails, ``count`` 'dropped' markers keep the tally right."""
-    try:
-        events: list[_Event] = pickle.loads(payload)
-        return events
-    except Exception as exc:
-        reason = f"could not be unpickled in the caller: {exc!r}"
-        return [(DROPPED_EVENT, {"event_type": "?", "reason": reason})] * count
-
-
-def picklable_events(events: list[_Event]) -> list[_Event]:
-    """``events`` with each unpicklable one replaced by a 'dropped' marker."""
-    kept: list[_Event] = []
-    for event_type, data in events:
-        try:
-            pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
-            kept.append((event_type, data))
-        except Exception as exc:
-            kept.append((DROPPED_EVENT, {"event_type": event_type, "reason": repr(exc)}))
-    return kept
-
-
-class Transport:
-    """How a worker process sends messages to the caller (picklable).
-
-    The default is the caller's ``_Hub`` socket; a backend with its own
-    worker-to-client channel (Dask) supplies another.
-    """
-
-    def send(self, run_id: str, message: _Message) -> None:
-        """Deliver ``message`` to the evaluation ``run_id`` in the caller."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Called in the caller when the evaluation ends; release subscriptions."""
-
-
-@final
 class _Home:
     """The way back to one evaluation's engine, carried by every job.
 
@@ -361,15 +306,16 @@ class _Home:
     def __reduce__(self) -> tuple[Any, ...]:
         transport = self.transport
         if transport is None:
-            transport = self.transport = _hub().transport()
+            transport = self.transport = _transport._hub().transport()
             if self.sink is not None:
-                _hub().route(self.run_id, self.sink)
+                _transport._hub().route(self.run_id, self.sink)
         return (_remote_home, (self.run_id, transport, self.log_level, self.wants_start))
 
     def close(self) -> None:
         """Stop routing messages for this run (late ones are dropped)."""
-        if _HUB is not None:
-            _HUB.unroute(self.run_id)
+        hub = _transport._HUB
+        if hub is not None:
+            hub.unroute(self.run_id)
         if self.transport is not None:
             self.transport.close()
 
@@ -387,130 +333,3 @@ def _remote_home(run_id: str, transport: Transport, log_level: int, wants_start:
     home = _Home(run_id, None, transport, log_level)
     home.wants_start = wants_start
     return home
-
-
-# -- caller-side hub ----------------------------------------------------------------
-
-
-@final
-class _SocketTransport(Transport):
-    """Sends to the caller's hub over one cached connection per worker process."""
-
-    __slots__ = ("address", "authkey")
-
-    def __init__(self, address: Any, authkey: bytes) -> None:
-        self.address = address
-        self.authkey = authkey
-
-    def send(self, run_id: str, message: _Message) -> None:
-        if type(message) is Events:
-            message = _WireEvents(message.token, len(message.events), dumps_events(message.events))
-        data = pickle.dumps((run_id, message), protocol=pickle.HIGHEST_PROTOCOL)
-        conn, lock = _connection(self.address, self.authkey)
-        with lock:
-            conn.send_bytes(data)
-
-
-_connections: dict[Any, tuple[int, Any, threading.Lock]] = {}
-_connections_lock = threading.Lock()
-
-
-def _connection(address: Any, authkey: bytes) -> tuple[Any, threading.Lock]:
-    from multiprocessing.connection import Client
-
-    key = (str(address), authkey)
-    entry = _connections.get(key)
-    if entry is None or entry[0] != os.getpid():
-        with _connections_lock:
-            entry = _connections.get(key)
-            if entry is None or entry[0] != os.getpid():
-                entry = (os.getpid(), Client(address, authkey=authkey), threading.Lock())
-                _connections[key] = entry
-    return entry[1], entry[2]
-
-
-@final
-class _Hub:
-    """Listens for worker processes of this process's evaluations.
-
-    One accept thread, and one reader thread per connected worker process, each
-    blocked on its socket (no polling). Messages are routed by run id.
-    """
-
-    def __init__(self) -> None:
-        from multiprocessing.connection import Listener
-
-        self._authkey = os.urandom(32)
-        family = "AF_UNIX" if hasattr(__import__("socket"), "AF_UNIX") else "AF_INET"
-        self._listener = Listener(family=family, authkey=self._authkey, backlog=128)
-        self._routes: dict[str, Callable[[_Message], None]] = {}
-        self._lock = threading.Lock()
-        self.pid = os.getpid()
-        threading.Thread(target=self._accept_loop, name="daglite-hub", daemon=True).start()
-
-    def transport(self) -> _SocketTransport:
-        return _SocketTransport(self._listener.address, self._authkey)
-
-    def route(self, run_id: str, sink: Callable[[_Message], None]) -> None:
-        with self._lock:
-            self._routes[run_id] = sink
-
-    def unroute(self, run_id: str) -> None:
-        with self._lock:
-            self._routes.pop(run_id, None)
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn = self._listener.accept()
-            except Exception:  # a client failed the handshake; keep listening
-                logger.debug("hub: rejected a connection", exc_info=True)
-                continue
-            threading.Thread(
-                target=self._read_loop, args=(conn,), name="daglite-hub-reader", daemon=True
-            ).start()
-
-    def _read_loop(self, conn: Any) -> None:
-        with conn:
-            while True:
-                try:
-                    data = conn.recv_bytes()
-                except (EOFError, OSError):
-                    return
-                try:
-                    run_id, message = pickle.loads(data)
-                    if type(message) is _WireEvents:
-                        events = loads_events(message.n_events, message.payload)
-                        message = Events(message.token, events)
-                except Exception:
-                    logger.warning(
-                        "hub: dropped a message that could not be unpickled", exc_info=True
-                    )
-                    continue
-                sink = self._routes.get(run_id)
-                if sink is not None:
-                    sink(message)
-
-
-_HUB: _Hub | None = None
-_HUB_LOCK = threading.Lock()
-
-
-def _hub() -> _Hub:
-    global _HUB
-    hub = _HUB
-    if hub is None or hub.pid != os.getpid():  # none yet, or inherited through fork
-        with _HUB_LOCK:
-            if _HUB is None or _HUB.pid != os.getpid():
-                _HUB = _Hub()
-            hub = _HUB
-    return hub
-
-
-class _WireEvents(NamedTuple):
-    """``Events`` on the socket: the events pickled apart from the envelope, so a
-    caller that cannot unpickle them still knows how many were lost, and whose."""
-
-    token: int
-    n_events: int
-    payload: bytes

@@ -1,4 +1,4 @@
-"""The messages a worker sends home while its job runs, in the engine's own terms.
+"""The messages a worker sends home while its job runs, and how events pickle.
 
 Both cross the channel (``daglite._job.channel``) from any worker to the
 engine of the evaluation they belong to, which orders them per call
@@ -7,9 +7,19 @@ engine of the evaluation they belong to, which orders them per call
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, NamedTuple
 
-__all__ = ["EarlyOutcome", "Event", "Events"]
+from daglite.plugins.reporters import DROPPED_EVENT
+
+__all__ = [
+    "EarlyOutcome",
+    "Event",
+    "Events",
+    "dumps_events",
+    "loads_events",
+    "picklable_events",
+]
 
 # One reported event: its type and its data.
 Event = tuple[str, dict[str, Any]]
@@ -26,3 +36,42 @@ class EarlyOutcome(NamedTuple):
     """A call of a job that is still running finished: its ``Outcome``, sent ahead."""
 
     outcome: Any
+
+
+class _WireEvents(NamedTuple):
+    """``Events`` on the socket: the events pickled apart from the envelope, so a
+    caller that cannot unpickle them still knows how many were lost, and whose."""
+
+    token: int
+    n_events: int
+    payload: bytes
+
+
+def dumps_events(events: list[Event]) -> bytes:
+    """Pickle events; an event that cannot be pickled becomes a 'dropped' marker."""
+    try:
+        return pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return pickle.dumps(picklable_events(events), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads_events(count: int, payload: bytes) -> list[Event]:
+    """Unpickle events; if that fails, ``count`` 'dropped' markers keep the tally right."""
+    try:
+        events: list[Event] = pickle.loads(payload)
+        return events
+    except Exception as exc:
+        reason = f"could not be unpickled in the caller: {exc!r}"
+        return [(DROPPED_EVENT, {"event_type": "?", "reason": reason})] * count
+
+
+def picklable_events(events: list[Event]) -> list[Event]:
+    """``events`` with each unpicklable one replaced by a 'dropped' marker."""
+    kept: list[Event] = []
+    for event_type, data in events:
+        try:
+            pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+            kept.append((event_type, data))
+        except Exception as exc:
+            kept.append((DROPPED_EVENT, {"event_type": event_type, "reason": repr(exc)}))
+    return kept

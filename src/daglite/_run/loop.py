@@ -30,13 +30,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, Final, Literal, final
 
+from daglite._job.call import _call_in, _run_call, timeout_error
 from daglite._job.channel import _Home
+from daglite._job.job import _Job
 from daglite._job.messages import EarlyOutcome, Events
+from daglite._job.records import Elements, _new_outcome
 from daglite._run.inbox import Cancel, Inbox, JobDone, Message
 from daglite._run.state import RunState
-from daglite._runner import Elements, _call_in, _Job, _new_outcome, _run_call, timeout_error
 from daglite._unit import _chain_of, _element_kwargs, _Unit
-from daglite.backends.base import Backend
+from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import (
     EvaluationError,
     GraphError,
@@ -696,9 +698,8 @@ class _Run:
                     if unit.token not in done and self._unfuse(unit):
                         self._forget(unit)
             return
-        lost = getattr(exc, "lost", None)
-        if lost is not None:
-            self._workers_lost(units, lost, exc)
+        if isinstance(exc, WorkersLost):
+            self._workers_lost(units, exc.lost, exc)
             return
         for unit in units:
             self._forget(unit)

@@ -15,7 +15,34 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, ClassVar
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "WorkersLost"]
+
+
+class WorkersLost(Exception):
+    """What a backend's future fails with when workers died under a job.
+
+    The worker-loss contract: a backend that can tell which calls of the job
+    died with their worker (the processes backend reads it from the slot each
+    worker keeps) names them in ``lost``, by call token, as ``(timed_out,
+    description)``; those calls fail with ``WorkerLostError`` (or
+    ``TaskTimeoutError`` when the worker was ended for a timeout) and may be
+    retried. The job's other calls were not at fault and are resubmitted. A
+    backend that cannot tell (Dask fails every task queued on a dying worker
+    alike) names none: then every call of the job is rerun alone
+    (quarantine), and one that loses its worker there is blamed.
+
+    Any other exception from a backend's future fails every call of the job
+    with that exception.
+
+    Args:
+        lost: Token of each call that died with its worker, to
+            ``(timed_out, description)``.
+        message: What happened, for logs.
+    """
+
+    def __init__(self, lost: dict[int, tuple[bool, str]], message: str) -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 class Backend(ABC):

@@ -10,7 +10,7 @@ Data flow::
                                                       (events of long-running tasks)
 
 Jobs are pickled in the caller (cloudpickle for task functions, see
-``daglite._runner``) and reach the scheduler as opaque bytes. A result whose
+``daglite._job``) and reach the scheduler as opaque bytes. A result whose
 ``dask.sizeof`` exceeds ``remote_threshold`` stays in the worker's memory: the
 job's return value is then a ``_Kept`` wrapper, the caller sees that from the
 future's type (no data moves) and asks a tiny ``_summarize`` task, run next to
@@ -61,9 +61,9 @@ from concurrent.futures import wait as wait_for_futures
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
-from daglite._job.channel import Transport, picklable_events
-from daglite._job.messages import Events
-from daglite.backends.base import Backend
+from daglite._job.messages import Events, picklable_events
+from daglite._job.transport import Transport
+from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import BackendError
 from daglite.graph.walk import find, replace
 from daglite.settings import usable_cpu_count
@@ -272,7 +272,7 @@ def _big_results(outcomes: list[Any], threshold: int) -> dict[int, int]:
 
 def _summarize(kept: _Kept, key: str) -> list[Any]:
     """The outcomes of ``kept`` with stand-ins for the big values (runs by the data)."""
-    from daglite._runner import Outcome, Outcomes
+    from daglite._job.records import Outcome, Outcomes
 
     out = Outcomes()
     out.sent_early = list(getattr(kept.outcomes, "sent_early", ()))
@@ -545,7 +545,7 @@ class DaskBackend(Backend):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         self.ensure_started()
         client = self._client
-        from daglite._runner import _Job
+        from daglite._job.job import _Job
 
         if not isinstance(fn, _Job):
             return self._watch(client.submit(fn, *args, pure=False, **kwargs), None)
@@ -849,8 +849,6 @@ def _map_error(exc: BaseException) -> BaseException:
     """Map distributed's errors at the boundary: a dead worker becomes ``WorkersLost``."""
     from distributed import KilledWorker
     from distributed.comm.core import CommClosedError
-
-    from daglite.backends.processes import WorkersLost
 
     if isinstance(exc, KilledWorker):
         description = f"the Dask worker running it died ({exc})"

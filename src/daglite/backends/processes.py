@@ -8,7 +8,7 @@ Data flow::
        │<── _Hub socket <── events of long tasks (flusher thread) ─┘
 
 Jobs serialise task functions and inputs with cloudpickle (see
-``daglite._runner``). Each worker records the token of the call it runs in a
+``daglite._job``). Each worker records the token of the call it runs in a
 shared array; when a worker dies, the pool breaks, and this backend uses that
 array to fail only the lost call (``WorkersLost``), rebuilds the pool, and
 lets the engine resubmit the other in-flight calls.
@@ -40,12 +40,12 @@ from functools import partial
 from multiprocessing import popen_forkserver, popen_spawn_posix
 from typing import Any, ClassVar, Final
 
-from daglite._runner import TIMEOUT_EXIT_CODE, init_pool_worker
-from daglite.backends.base import Backend
+from daglite.backends._process_worker import TIMEOUT_EXIT_CODE, init_pool_worker
+from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import BackendError
 from daglite.settings import usable_cpu_count
 
-__all__ = ["ProcessBackend", "WorkersLost"]
+__all__ = ["ProcessBackend"]
 
 # A pool that breaks this many times in a row without running anything is
 # considered unusable (bad environment), rather than rebuilt forever.
@@ -53,15 +53,6 @@ _MAX_EMPTY_BREAKS: Final = 5
 # How long ``stop`` waits for a broken pool's reaper; the pool's manager thread
 # has already terminated its workers by then, so this is only a backstop.
 _REAP_TIMEOUT: Final = 30.0
-
-
-class WorkersLost(Exception):
-    """A job's pool broke; ``lost`` maps each call token that died with its worker to
-    ``(timed_out, description)``. Other calls of the job were not at fault."""
-
-    def __init__(self, lost: dict[int, tuple[bool, str]], message: str) -> None:
-        super().__init__(message)
-        self.lost = lost
 
 
 def default_start_method() -> str:

@@ -1,0 +1,295 @@
+"""The records that cross between the caller and a worker, and their pickling.
+
+``_Call`` is one attempt of one node as a worker runs it (a plain value: the
+engine's own bookkeeping never travels). ``Outcome`` is what one call
+produced; ``Outcomes`` what a job returns; ``SliceValues`` what a slice of a
+fan-out returns. Each pickles itself so that one result that cannot be pickled
+(or unpickled in the caller) fails only its own call, naming "result".
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final, NamedTuple, Protocol, final
+
+from daglite._job.messages import picklable_events
+from daglite.exceptions import ResultNotPicklableError
+
+_PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
+
+
+@final
+class _Call:
+    """One attempt of one node: what to run, with which arguments."""
+
+    __slots__ = ("elems", "follows", "func", "key", "kwargs", "name", "style", "timeout", "token")
+
+    def __init__(
+        self,
+        token: int,
+        name: str,
+        key: str,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        style: tuple[tuple[str, ...], str | None, str | None] | None,
+        elems: Elements | None = None,
+        follows: tuple[str, ...] | None = None,
+    ) -> None:
+        self.token = token
+        self.name = name
+        self.key = key
+        self.func = func
+        self.kwargs = kwargs
+        self.timeout = timeout
+        # None: call func(**kwargs). Else (positional-only names, *args name, **kwargs name).
+        self.style = style
+        # None: one call. Else a slice of a fan-out: ``kwargs`` plus each element.
+        self.elems = elems
+        # Parameters that take the result of the call before it in the job (a
+        # fused chain); None for an independent call.
+        self.follows = follows
+
+
+class Elements(NamedTuple):
+    """A slice of a fan-out's elements, run as one call (see ``_run_slice``).
+
+    ``rows`` holds one value per element when ``names`` has one name, else one
+    tuple per element; ``first`` is the index of the first element in the
+    fan-out (keys are ``key[first + i]``); ``stop_on_error`` ends the slice at
+    its first failure (the evaluation fails fast anyway); ``positional`` says
+    the one name is the function's first parameter, so each element is passed
+    positionally (no dict per element).
+    """
+
+    names: tuple[str, ...]
+    rows: list[Any]
+    first: int
+    stop_on_error: bool
+    positional: bool
+
+
+class CallLike(Protocol):
+    """What a job needs of a call: ``_Call`` in workers, the engine's units in the caller."""
+
+    token: int
+    name: str
+    key: str
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+    timeout: float | None
+    style: tuple[tuple[str, ...], str | None, str | None] | None
+    elems: Elements | None
+    follows: tuple[str, ...] | None
+
+
+@final
+class _Poisoned:
+    """Stands for a call whose arguments could not be pickled."""
+
+    __slots__ = ("message", "token")
+
+    def __init__(self, token: int, message: str) -> None:
+        self.token = token
+        self.message = message
+
+
+class RemoteTraceback(Exception):
+    """Holds the formatted traceback of an exception raised in another process."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class Outcome(NamedTuple):
+    """What one call produced: a value or an error, its run time and its events.
+
+    A named tuple, so a batch of them crosses a process boundary as plain
+    tuples and is rebuilt without a constructor call per element.
+    """
+
+    token: int
+    ok: bool
+    value: Any
+    duration: float
+    events: list[tuple[str, dict[str, Any]]]
+    sent: int
+    timed_out: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        value, ok, tb = self.value, self.ok, ""
+        payload = b""
+        if ok:
+            try:
+                payload = _dumps(value)
+            except Exception as exc:
+                ok = False
+                value = ResultNotPicklableError(
+                    f"the result ({type(value).__name__}) cannot be pickled to send it "
+                    f"back from the worker process: {exc}"
+                )
+        if not ok:
+            error, tb = _portable_error(value)
+            payload = _dumps(error)
+        events = picklable_events(self.events) if self.events else self.events
+        return (
+            _load_outcome,
+            (self.token, ok, payload, tb, self.duration, events, self.sent, self.timed_out),
+        )
+
+
+# ``Outcome(...)`` runs a Python-level ``__new__``; the per-call path builds the
+# tuple directly.
+_new_outcome: Final = partial(tuple.__new__, Outcome)
+
+
+def _load_outcome(
+    token: int,
+    ok: bool,
+    payload: bytes,
+    tb: str,
+    duration: float,
+    events: Any,
+    sent: int,
+    timed_out: bool,
+) -> Outcome:
+    try:
+        value = pickle.loads(payload)
+    except Exception as exc:  # pickled in the worker, but does not unpickle here
+        error = ResultNotPicklableError(f"the result could not be unpickled in the caller: {exc}")
+        return Outcome(token, False, error, duration, events, sent, timed_out)
+    if not ok and tb:
+        value.__cause__ = RemoteTraceback(tb)
+    return Outcome(token, ok, value, duration, events, sent, timed_out)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=_PICKLE_PROTOCOL)  # type: ignore[no-any-return]
+
+
+@final
+class SliceValues:
+    """What a slice of a fan-out returns: a value per element run, and the errors.
+
+    ``values[i]`` is None where element ``i`` failed (``errors[i]`` holds its
+    exception and run time). Pickled on its own: an element whose result cannot be pickled
+    becomes that element's error, naming "result", and spoils no other.
+    """
+
+    __slots__ = ("errors", "values")
+
+    def __init__(self, values: list[Any], errors: dict[int, tuple[BaseException, float]]) -> None:
+        self.values = values
+        self.errors = errors
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        values, errors = self.values, dict(self.errors)
+        try:
+            payload = pickle.dumps(values, protocol=_PICKLE_PROTOCOL)
+        except Exception:
+            values = list(values)
+            for i, value in enumerate(values):
+                try:
+                    _dumps(value)
+                except Exception as exc:
+                    values[i] = None
+                    error = ResultNotPicklableError(
+                        f"the result ({type(value).__name__}) cannot be pickled to send it "
+                        f"back from the worker process: {exc}"
+                    )
+                    errors[i] = (error, 0.0)
+            payload = _dumps(values)
+        portable = {i: (*_portable_error(e), d) for i, (e, d) in errors.items()}
+        return (_load_slice_values, (payload, portable))
+
+
+def _load_slice_values(
+    payload: bytes, errors: dict[int, tuple[BaseException, str, float]]
+) -> SliceValues:
+    rebuilt = {}
+    for i, (error, tb, duration) in errors.items():
+        error.__cause__ = RemoteTraceback(tb)
+        rebuilt[i] = (error, duration)
+    return SliceValues(pickle.loads(payload), rebuilt)
+
+
+class Outcomes(list[Outcome]):
+    """What a job returns: its outcomes, plus the tokens already sent home early.
+
+    Pickled in one go (one C-level ``pickle.dumps`` for the whole batch); if
+    anything in it needs more than plain pickle, each outcome pickles itself
+    (cloudpickle, unpicklable results and events handled one by one).
+    """
+
+    def __init__(self, items: list[Outcome] | None = None) -> None:
+        super().__init__(items or ())
+        self.sent_early: list[int] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        tokens = [o.token for o in self]
+        try:
+            rows = [_fast_row(o) for o in self]
+            payload = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+        except Exception:
+            return (_load_outcomes, (tokens, None, list(self), self.sent_early))
+        return (_load_outcomes, (tokens, payload, None, self.sent_early))
+
+
+def _fast_row(o: Outcome) -> tuple[Any, ...]:
+    if o.ok:
+        return tuple(o)
+    # A failure carries (error, traceback text) until it is rebuilt in the caller.
+    return (o.token, False, _portable_error(o.value), o.duration, o.events, o.sent, o.timed_out)
+
+
+def _portable_error(exc: BaseException) -> tuple[BaseException, str]:
+    """The exception if it survives a pickle round trip (else a stand-in), and its traceback.
+
+    An exception class whose ``__init__`` takes other arguments than it passes to
+    ``Exception.__init__`` pickles but does not unpickle; caught here, in the
+    worker, it cannot break the caller's result handling.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.loads(_dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return exc, f'\n"""\n{tb}"""'
+
+
+def _load_outcomes(
+    tokens: list[int],
+    payload: bytes | None,
+    fallback: list[Outcome] | None,
+    sent_early: list[int],
+) -> Outcomes:
+    out = Outcomes()
+    out.sent_early = sent_early
+    if payload is None:
+        out.extend(fallback or ())
+        return out
+    try:
+        rows = pickle.loads(payload)
+    except Exception as exc:  # results that pickle but do not unpickle here
+        error = ResultNotPicklableError(f"the result could not be unpickled in the caller: {exc}")
+        out.extend(Outcome(t, False, error, 0.0, [], 0) for t in tokens)
+        return out
+    out.extend(map(Outcome._make, rows))
+    for i, outcome in enumerate(out):
+        if not outcome.ok:
+            error, tb = outcome.value
+            error.__cause__ = RemoteTraceback(tb)
+            out[i] = outcome._replace(value=error)
+    return out

@@ -1,0 +1,93 @@
+"""The process-pool worker's own state (runs in each worker process).
+
+Each worker claims a slot in an array shared with the caller and records
+there the token of the call it runs, so when a worker dies the backend can
+tell which call it took with it (``ProcessBackend._lost_workers``). A call
+that times out cannot be stopped in-process: the worker records that in its
+slot and ends itself with ``TIMEOUT_EXIT_CODE``. A watchdog thread ends the
+worker when the caller dies, so no worker outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Final, NoReturn, final
+
+from daglite._job import call
+
+# Exit status of a process worker that ends itself because its task timed out.
+TIMEOUT_EXIT_CODE: Final = 75
+
+
+@final
+class _WorkerState:
+    """Per worker process: which call it runs, in a slot of an array shared with the
+    caller, so the caller can tell which task a dead worker took with it."""
+
+    __slots__ = ("is_pool_worker", "slot", "slots")
+
+    def __init__(self) -> None:
+        self.is_pool_worker = False
+        self.slots: Any = None
+        self.slot = -1
+
+    def attach(self, slots: Any, lock: Any) -> None:
+        with lock:
+            n = len(slots) // 3
+            for i in range(n):
+                pid = slots[3 * i]
+                if pid == 0 or not _pid_alive(pid):
+                    slots[3 * i : 3 * i + 3] = [os.getpid(), 0, 0]
+                    self.slot = i
+                    break
+        self.slots = slots
+        self.is_pool_worker = True
+
+    def running(self, token: int) -> None:
+        if self.slot >= 0:
+            self.slots[3 * self.slot + 1] = token
+
+    def timed_out(self, token: int) -> NoReturn:
+        if self.slot >= 0:
+            self.slots[3 * self.slot + 2] = token
+        os._exit(TIMEOUT_EXIT_CODE)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_worker_state: Final = _WorkerState()
+
+
+def init_pool_worker(slots: Any, lock: Any, parent_pid: int) -> None:
+    """``initializer`` of process-pool workers: claim a slot, watch the parent."""
+    _worker_state.attach(slots, lock)
+    call.worker = _worker_state
+    threading.Thread(
+        target=_exit_when_parent_dies, args=(parent_pid,), name="daglite-watchdog", daemon=True
+    ).start()
+
+
+def _exit_when_parent_dies(parent_pid: int) -> None:
+    """Block until the caller is gone, then end this worker (no orphans)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(parent_pid)  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+        os._exit(1)
+    while _pid_alive(parent_pid) and os.getppid() != 1:
+        time.sleep(1.0)
+    os._exit(1)
