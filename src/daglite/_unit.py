@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, final
 
-from daglite._job.records import Elements
+from daglite._job.records import Elements, _Call
 from daglite.backends.base import Backend
 from daglite.graph.base import GraphMetadata
 from daglite.tasks import Task
@@ -18,8 +18,8 @@ class _Unit:
     On the bulk path a unit is a slice of a fan-out's elements instead
     (``elems``; ``elem`` is then the index of its first element).
 
-    It is also the call a job runs in this process (``func``, ``name``, ``key``,
-    ``kwargs``, ``timeout``, ``style``, ``token``: the fields of ``_job.records._Call``).
+    What a job runs is not the unit but its record (``call_of``): a plain value
+    the engine's later bookkeeping cannot change under a running job.
     """
 
     __slots__ = (
@@ -32,20 +32,16 @@ class _Unit:
         "elems",
         "follower",
         "follows",
-        "func",
         "isolate",
         "key",
         "kwargs",
         "meta",
-        "name",
         "node",
         "parked",
         "resubmits",
         "started",
         "stash",
-        "style",
         "task",
-        "timeout",
         "token",
         "upstream",
     )
@@ -65,10 +61,6 @@ class _Unit:
         self.key = key
         self.kwargs = kwargs
         self.task = task
-        self.func = task.func
-        self.name = task.name
-        self.timeout = task.timeout
-        self.style = task._sig.call_style
         self.meta = meta
         self.backend = backend
         self.attempt = 1
@@ -90,6 +82,22 @@ class _Unit:
         self.upstream: _Unit | None = None
         self.stash: list[Any] | None = None
         self.done = False
+
+
+def call_of(unit: _Unit) -> _Call:
+    """The record a job runs for ``unit``'s current attempt."""
+    task = unit.task
+    return _Call(
+        unit.token,
+        task.name,
+        unit.key,
+        task.func,
+        unit.kwargs,
+        task.timeout,
+        task._sig.call_style,
+        unit.elems,
+        unit.follows,
+    )
 
 
 def _chain_of(head: _Unit) -> list[_Unit]:

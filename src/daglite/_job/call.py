@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Protocol
 
 from daglite._job import channel
 from daglite._job.channel import _Home, _NodeContext
-from daglite._job.records import CallLike, Outcome, SliceValues, _new_outcome
+from daglite._job.records import Outcome, SliceValues, _Call, _new_outcome
 from daglite.plugins import reporters
 from daglite.plugins.reporters import START_EVENT, _CallerContext
 
@@ -63,7 +63,7 @@ def invoke(
     return func(*args, **kwargs, **extra)
 
 
-def _run_call(home: _Home, call: CallLike, direct: bool) -> Outcome:
+def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
     if call.elems is not None:
         return _run_slice(home, call, direct)
     ctx, reset = _enter(home, call, direct)
@@ -121,7 +121,7 @@ def _call_in(
             current.reset(reset)
 
 
-def _enter(home: _Home, call: CallLike, direct: bool) -> tuple[_NodeContext, Any]:
+def _enter(home: _Home, call: _Call, direct: bool) -> tuple[_NodeContext, Any]:
     """Make ``call`` the running task of this thread: its context, reporter, slot."""
     ctx = _NodeContext(home, call.token, direct, call.name, call.key)
     if not direct:
@@ -143,7 +143,7 @@ def _leave(ctx: _NodeContext, reset: Any, direct: bool) -> None:
         channel._flusher.remove(ctx)
 
 
-def _run_slice(home: _Home, call: CallLike, direct: bool) -> Outcome:
+def _run_slice(home: _Home, call: _Call, direct: bool) -> Outcome:
     """Run the task once per element of a slice, under one node context.
 
     The context's key follows the element, so log records name it. Only the
@@ -202,7 +202,7 @@ class _TimedOut(Exception):
         self.error = error
 
 
-def _execute_with_timeout(call: CallLike, ctx: _NodeContext, timeout: float) -> Any:
+def _execute_with_timeout(call: _Call, ctx: _NodeContext, timeout: float) -> Any:
     """Run with a deadline in a helper thread, whether the task is sync or async.
 
     ``async def`` tasks are also wrapped in ``asyncio.wait_for``, so a
@@ -230,7 +230,7 @@ def timeout_error(name: str, timeout: float | None) -> TimeoutError:
 
 
 def _run_sync_with_timeout(
-    call: CallLike, ctx: _NodeContext, timeout: float, run: Callable[[], Any]
+    call: _Call, ctx: _NodeContext, timeout: float, run: Callable[[], Any]
 ) -> Any:
     """Run in a helper thread; on expiry a process worker ends itself, others abandon it."""
     box: list[Any] = []

@@ -25,7 +25,6 @@ from daglite._job.channel import _Home
 from daglite._job.messages import EarlyOutcome
 from daglite._job.records import (
     _PICKLE_PROTOCOL,
-    CallLike,
     Outcome,
     Outcomes,
     _Call,
@@ -40,15 +39,11 @@ from daglite.plugins.reporters import FLUSH_INTERVAL
 class _Job:
     """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
 
-    __slots__ = ("calls", "feeds", "home")
+    __slots__ = ("calls", "home")
 
-    def __init__(self, home: _Home, calls: Sequence[CallLike]) -> None:
+    def __init__(self, home: _Home, calls: Sequence[_Call | _Poisoned]) -> None:
         self.home = home
         self.calls = calls
-        # Which calls take the previous call's result, as submitted: in the
-        # caller's process the calls are the engine's own units, which it may
-        # detach from their chain while this job runs.
-        self.feeds = [getattr(c, "follows", None) for c in calls]
 
     def __call__(self) -> Outcomes:
         """Run the calls in order.
@@ -70,7 +65,6 @@ class _Job:
             channel._flusher.add(held)
         last = len(self.calls) - 1
         previous: Outcome | None = None
-        feeds = self.feeds
         try:
             for i, call in enumerate(self.calls):
                 if local and home.abort:
@@ -79,7 +73,7 @@ class _Job:
                     error = ArgumentsNotPicklableError(call.message)
                     outcome = Outcome(call.token, False, error, 0.0, [], 0)
                 else:
-                    follows = feeds[i]
+                    follows = call.follows
                     if follows is not None:
                         if previous is None or not previous.ok:
                             break  # its input failed: the caller reschedules it
@@ -105,7 +99,7 @@ class _Job:
 _FLUSH: Final = FLUSH_INTERVAL
 
 
-def _fed(call: CallLike, follows: tuple[str, ...], value: Any) -> _Call:
+def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
     """A fused call with the previous call's result in its ``follows`` parameters."""
     kwargs = dict(call.kwargs)
     for name in follows:
@@ -163,7 +157,7 @@ def _load_job(home: _Home, funcs: dict[int, bytes], body: bytes) -> _Job:
     return _Job(home, _loads_calls(funcs, body))
 
 
-def _dumps_calls(calls: Sequence[CallLike]) -> tuple[dict[int, bytes], bytes]:
+def _dumps_calls(calls: Sequence[_Call | _Poisoned]) -> tuple[dict[int, bytes], bytes]:
     """Serialise calls: the functions (each once) and the call rows.
 
     A call that cannot be pickled becomes ``_Poisoned``. The two parts are

@@ -13,7 +13,7 @@ import pickle
 import traceback
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, NamedTuple, Protocol, final
+from typing import Any, Final, NamedTuple, final
 
 from daglite._job.messages import picklable_events
 from daglite.exceptions import ResultNotPicklableError
@@ -70,20 +70,6 @@ class Elements(NamedTuple):
     first: int
     stop_on_error: bool
     positional: bool
-
-
-class CallLike(Protocol):
-    """What a job needs of a call: ``_Call`` in workers, the engine's units in the caller."""
-
-    token: int
-    name: str
-    key: str
-    func: Callable[..., Any]
-    kwargs: dict[str, Any]
-    timeout: float | None
-    style: tuple[tuple[str, ...], str | None, str | None] | None
-    elems: Elements | None
-    follows: tuple[str, ...] | None
 
 
 @final

@@ -37,7 +37,7 @@ from daglite._job.messages import EarlyOutcome, Events
 from daglite._job.records import Elements, _new_outcome
 from daglite._run.inbox import Cancel, Inbox, JobDone, Message
 from daglite._run.state import RunState
-from daglite._unit import _chain_of, _element_kwargs, _Unit
+from daglite._unit import _chain_of, _element_kwargs, _Unit, call_of
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import (
     EvaluationError,
@@ -627,7 +627,7 @@ class _Run:
         # Through the inbox: events the task flushed from another thread
         # (``_NodeContext._start_buffering``) may wait in the queue; they are
         # handled right away, so the call is done before the next one runs.
-        self.inbox.outcome(_run_call(self._home_for(unit.backend), unit, True))
+        self.inbox.outcome(_run_call(self._home_for(unit.backend), call_of(unit), True))
         while unit.parked is not None:
             try:
                 message = self.queue.get_nowait()
@@ -644,7 +644,7 @@ class _Run:
         for unit in units:
             unit.token = next(_token_counter)
             track(unit)
-        job = _Job(self._home_for(backend), units)  # units are the calls
+        job = _Job(self._home_for(backend), [call_of(u) for u in units])
         backend.ensure_started()
         future = backend.submit(job)
         self.in_flight[id(job)] = future

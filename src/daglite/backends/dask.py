@@ -555,7 +555,7 @@ class DaskBackend(Backend):
             # Big inputs from the caller go straight to a worker, not into the graph
             # the scheduler receives (and Dask's "large graph" warning).
             payload = client.scatter(payload, hash=False)
-        name = fn.calls[0].name if fn.calls else "daglite"
+        name = getattr(fn.calls[0], "name", "daglite") if fn.calls else "daglite"
         key = f"{name}-{uuid.uuid4().hex}"
         dfut = client.submit(
             _run_job,
