@@ -1,5 +1,6 @@
 """``evaluate()`` and ``evaluate_async()``: build the graph, pick the backends
-and plugins, and hand the run to its scheduler loop (``daglite._run``)."""
+and plugins, and hand the run to its scheduler loop (``daglite._run``).
+"""
 
 from __future__ import annotations
 

@@ -149,7 +149,8 @@ class _NodeContext(Reporter):
 
     def close(self) -> None:
         """The task has returned or raised: stop watching its buffer, and drop
-        what a thread it left behind may report from now on."""
+        what a thread it left behind may report from now on.
+        """
         with _FLUSH_LOCK:
             self.closed = True
         _flusher.remove(self)

@@ -216,7 +216,7 @@ _function_pickles: dict[int, tuple[Callable[..., Any], bytes]] = {}
 
 
 def _cached_function_pickle(func: Callable[..., Any]) -> bytes:
-    """cloudpickle ``func`` once; the cache keeps ``func`` alive so ids stay valid."""
+    """Cloudpickle ``func`` once; the cache keeps ``func`` alive so ids stay valid."""
     import cloudpickle
 
     entry = _function_pickles.get(id(func))

@@ -40,7 +40,8 @@ class EarlyOutcome(NamedTuple):
 
 class _WireEvents(NamedTuple):
     """``Events`` on the socket: the events pickled apart from the envelope, so a
-    caller that cannot unpickle them still knows how many were lost, and whose."""
+    caller that cannot unpickle them still knows how many were lost, and whose.
+    """
 
     token: int
     n_events: int

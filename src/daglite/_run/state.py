@@ -104,7 +104,8 @@ class RunState:
 
     def element_done(self, i: int, e: int, value: Any) -> Sequence[int]:
         """Element ``e`` of fan-out ``i`` returned ``value``; returns the nodes
-        made ready (once the fan-out's last element is done)."""
+        made ready (once the fan-out's last element is done).
+        """
         self.element_results[i][e] = value
         left = self.elements_left[i] - 1  # elements_done(i, 1), inlined: the hot path
         if left:
@@ -114,13 +115,15 @@ class RunState:
 
     def slice_done(self, i: int, first: int, values: list[Any], failures: int) -> Sequence[int]:
         """Elements ``first``... of fan-out ``i`` ran as one slice: ``values`` in
-        order, of which ``failures`` failed (their places hold no result)."""
+        order, of which ``failures`` failed (their places hold no result).
+        """
         self.element_results[i][first : first + len(values)] = values
         return self.elements_done(i, len(values) - failures)
 
     def elements_done(self, i: int, n: int) -> Sequence[int]:
         """``n`` more elements of fan-out ``i`` succeeded; after the last, the
-        fan-out is done (unless one of its elements failed)."""
+        fan-out is done (unless one of its elements failed).
+        """
         left = self.elements_left[i] - n
         if left:
             self.elements_left[i] = left
@@ -145,7 +148,8 @@ class RunState:
 
     def fail(self, i: int) -> list[str]:
         """Node ``i`` failed for good (``on_error="continue"``): everything
-        downstream of it will not run. Returns the keys newly skipped."""
+        downstream of it will not run. Returns the keys newly skipped.
+        """
         if i in self.failed:
             return []
         self.failed.add(i)

@@ -252,7 +252,8 @@ def _swap_in(value: Any, kept: dict[str, _Kept]) -> Any:
 
 def _goes_home_early(threshold: int, outcome: Any) -> bool:
     """Whether a finished call may go home on the event channel before its job
-    ends: failures and small results; big ones stay here with the job's result."""
+    ends: failures and small results; big ones stay here with the job's result.
+    """
     from dask.sizeof import sizeof
 
     return not outcome.ok or int(sizeof(outcome.value)) <= threshold
@@ -754,7 +755,8 @@ def _unwrap(value: Any, kept: Any) -> Any:
 
 async def _stop_tasks(client: Any, cluster: Any, batch: list[_Watched]) -> None:
     """Cancel ``batch``'s tasks; on the embedded ``cluster`` (None: not ours), restart
-    the workers that run any of them (Dask cannot stop a running task's thread)."""
+    the workers that run any of them (Dask cannot stop a running task's thread).
+    """
     dfuts = [f for outer in batch for f in outer.dask_futures]
     await client.cancel(dfuts, asynchronous=True)
     # The cancel travels on the client's batched stream: once the scheduler

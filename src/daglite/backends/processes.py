@@ -295,7 +295,8 @@ def _inspect_broken_pool(pool: Any, slots: Any) -> WorkersLost:
 
 class _Relayed(Future[Any]):
     """The future handed to the engine: it mirrors the pool's future, and can only
-    be cancelled while that one can (a job already running in a worker cannot)."""
+    be cancelled while that one can (a job already running in a worker cannot).
+    """
 
     inner: Future[Any] | None = None
 

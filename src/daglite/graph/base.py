@@ -84,7 +84,8 @@ class Graph:
     @property
     def keys(self) -> list[str]:
         """Each node's key: a name's first node is ``name``, later ones ``name-2``,
-        ``name-3``... in node order, so the same DAG gets the same keys every run."""
+        ``name-3``... in node order, so the same DAG gets the same keys every run.
+        """
         if self._keys is None:
             self._keys = _node_keys([f.task.name for f in self.futures])
         return self._keys
@@ -141,7 +142,8 @@ def _node_keys(names: list[str]) -> list[str]:
 
 def _unique_key(name: str, counts: dict[str, int], used: set[str]) -> str:
     """``name``, then ``name-2``, ``name-3``...: never a key given out already,
-    never one with ``[``."""
+    never one with ``[``.
+    """
     count = counts.get(name, 0)
     while True:
         count += 1

@@ -56,7 +56,8 @@ def _known_width(future: TaskFuture[Any]) -> int:
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while building: the build allocates many long-lived,
-    acyclic objects, and full collections over them make a big build quadratic."""
+    acyclic objects, and full collections over them make a big build quadratic.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -145,7 +146,8 @@ def _takes_futures(future: TaskFuture[Any]) -> bool:
 @final
 class _Builder:
     """Appends nodes and their edges to a ``Graph`` (keys and metadata come
-    later, from the graph itself, when first asked for)."""
+    later, from the graph itself, when first asked for).
+    """
 
     __slots__ = ("graph", "node_count")
 

@@ -47,7 +47,8 @@ def fusable_links(graph: Graph, same_place: Callable[[int, int], bool]) -> dict[
 
 def _link(graph: Graph, i: int, d: int) -> Link | None:
     """``d`` after ``i`` with the parameters fed by ``i``, if ``d`` takes ``i``'s
-    result directly and is a single call."""
+    result directly and is a single call.
+    """
     consumer = graph.futures[d]
     if consumer.iterated is not None:
         return None

@@ -1,2 +1,3 @@
 """The plugin system: hooks (``daglite.plugins.hooks``), registration
-(``daglite.plugins.manager``) and the event channel (``daglite.plugins.reporters``)."""
+(``daglite.plugins.manager``) and the event channel (``daglite.plugins.reporters``).
+"""

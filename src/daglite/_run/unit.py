@@ -1,9 +1,11 @@
 """``_Unit``: one call the engine tracks (a node's, a fan-out element's, or a
-slice of elements), with its attempts and its place in a fused chain."""
+slice of elements), with its attempts and its place in a fused chain.
+"""
 
 from __future__ import annotations
 
-from typing import Any, final
+import itertools
+from typing import Any, Literal, final
 
 from daglite._job.records import Elements, _Call
 from daglite.backends.base import Backend
@@ -115,3 +117,14 @@ def _element_kwargs(base: dict[str, Any], names: tuple[str, ...], row: Any) -> d
     kwargs = dict(base)
     kwargs.update(zip(names, row))
     return kwargs
+
+
+OnError = Literal["raise", "continue"]
+# A plain call of the inline lane: node, element (-1: none), kwargs, backend.
+_LaneCall = tuple[int, int, dict[str, Any], Backend]
+_token_counter = itertools.count(1)
+
+
+def next_token() -> int:
+    """A token no other call of this process has had: how messages find their call."""
+    return next(_token_counter)

@@ -1,0 +1,334 @@
+"""What happens when a call comes home: the completion rules of a run.
+
+Success (results into the state, followers fed), failure (retry, or
+``on_node_error`` and fail fast / skip dependents), a job lost with its
+worker (blame, resubmit, quarantine), a slice of elements (failed elements
+handled one by one).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Final
+
+from daglite._job.call import timeout_error
+from daglite._run.inbox import Inbox
+from daglite._run.state import RunState
+from daglite._run.unit import (
+    OnError,
+    _chain_of,
+    _Unit,
+)
+from daglite.backends.base import Backend, WorkersLost
+from daglite.exceptions import (
+    TaskError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from daglite.graph.base import Graph
+from daglite.plugins.manager import HookDispatcher
+from daglite.tasks import Task
+
+# A call resubmitted this many times because other calls' workers died is failed
+# instead, so a pool that keeps breaking cannot loop forever.
+_MAX_RESUBMITS: Final = 3
+
+
+class _Completing:
+    """The completion part of ``_Run``: success, retry, failure, worker loss."""
+
+    # What this part uses of the run (set up by ``_Run.__init__``).
+    _any_remote: bool
+    _has_after: bool
+    _keep_all: bool
+    errors: dict[str, TaskError]
+    failure: BaseException | None
+    graph: Graph
+    hooks: HookDispatcher
+    in_flight: dict[int, Future[Any]]
+    inbox: Inbox
+    kept: dict[str, Any]
+    on_error: OnError
+    quarantined_job: int
+    ready_nodes: collections.deque[int]
+    remote_producers: dict[int, Backend]
+    state: RunState
+    units: dict[int, Any]
+
+    if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _abort(self) -> None: ...
+
+        def _deliver(self, unit: _Unit, events: list[tuple[str, dict[str, Any]]]) -> None: ...
+
+        def _element_unit(self, piece: _Unit, e: int) -> _Unit: ...
+
+        def _keeps_remote(self, backend: Backend) -> bool: ...
+
+        def _node_hook(
+            self, name: str, i: int, e: int, inputs: dict[str, Any], **extra: Any
+        ) -> None: ...
+
+        def _node_started(self, unit: _Unit) -> None: ...
+
+        def _queue_units(self, backend: Backend, units: list[_Unit]) -> None: ...
+
+        def _ready(self, nodes: Iterable[int]) -> None: ...
+
+        def _unit_hook(self, name: str, unit: _Unit, **extra: Any) -> None: ...
+
+        def key_of(self, node: int, elem: int) -> str: ...
+
+    def _job_done(self, job: Any, future: Future[Any], tokens: list[int]) -> None:
+        self.in_flight.pop(id(job), None)
+        if self.quarantined_job == id(job):
+            self.quarantined_job = 0
+        units = [u for u in (self.units.get(t) for t in tokens) if u is not None]
+        if future.cancelled() or future.exception() is not None:
+            units = [u for u in units if self._unfuse(u)]
+        if future.cancelled():
+            # Cancelled by us (aborting), or by someone stopping a shared backend:
+            # then the calls did not run and are not at fault.
+            for unit in units:
+                self._forget(unit)
+                if not self.state.aborting:
+                    self._resubmit_or_fail(unit, RuntimeError("the backend cancelled the job"))
+            return
+        exc = future.exception()
+        if exc is None:
+            outcomes = future.result()
+            sent_early = getattr(outcomes, "sent_early", ())
+            outcome_of = self.inbox.outcome
+            for outcome in outcomes:
+                outcome_of(outcome)
+            self.inbox.sent_early(sent_early)  # their outcome may still be on the channel
+            if len(outcomes) + len(sent_early) < len(job.calls):
+                # Calls skipped: the run is failing fast, or a fused call's input failed.
+                done = {o.token for o in outcomes}.union(sent_early)
+                for unit in units:
+                    if unit.token not in done and self._unfuse(unit):
+                        self._forget(unit)
+            return
+        if isinstance(exc, WorkersLost):
+            self._workers_lost(units, exc.lost, exc)
+            return
+        for unit in units:
+            self._forget(unit)
+            if unit.elems is not None:  # the slice failed as a whole: run its elements
+                self._split(unit, isolate=False)
+            else:
+                self._attempt_failed(unit, exc, 0.0, False)
+
+    def _workers_lost(
+        self, units: list[_Unit], lost: dict[int, tuple[bool, str]], exc: BaseException
+    ) -> None:
+        """A job's worker died: fail the calls the backend blames (``lost``).
+
+        A backend that cannot tell which call killed its worker (Dask: a task
+        queued on a dying worker fails like the one running there) blames none.
+        Then every call of the job goes to quarantine and is rerun alone; one
+        that loses its worker there is blamed. Calls not blamed while another
+        was are rerun on the rebuilt pool as usual.
+        """
+        if not lost and len(units) == 1 and units[0].isolate:
+            lost = {units[0].token: (False, str(exc))}  # it ran alone: it is the one
+        suspects = not lost
+        for unit in units:
+            self._forget(unit)
+            if unit.token in lost:
+                if unit.elems is not None:  # somewhere in this slice: find which element
+                    self._split(unit, isolate=True)
+                    continue
+                timed_out, description = lost[unit.token]
+                self._attempt_failed(
+                    unit, _lost_error(unit, timed_out, description), 0.0, timed_out
+                )
+                continue
+            if suspects:
+                if unit.elems is not None:
+                    self._split(unit, isolate=True)
+                    continue
+                unit.isolate = True
+            self._resubmit_or_fail(unit, exc)
+
+    def _forget(self, unit: _Unit) -> None:
+        """Stop tracking a submitted call, keeping the wait counters right."""
+        self.inbox.forget(unit)
+
+    def _resubmit_or_fail(self, unit: _Unit, cause: BaseException) -> None:
+        if self.state.aborting:
+            return
+        if unit.resubmits < _MAX_RESUBMITS:
+            unit.resubmits += 1
+            self._requeue(unit)
+            return
+        error = WorkerLostError(
+            f"task {unit.task.name!r} (key {unit.key!r}) could not run: its job was lost "
+            f"{unit.resubmits + 1} times ({type(cause).__name__}: {cause})",
+            task_name=unit.task.name,
+            key=unit.key,
+            error=cause,
+        )
+        self._attempt_failed(unit, error, 0.0, False)
+
+    def _requeue(self, unit: _Unit) -> None:
+        self._queue_units(unit.backend, [unit])
+
+    def _finish_unit(self, unit: _Unit, outcome: Any) -> None:
+        self._forget(unit)
+        if outcome.events:
+            self._deliver(unit, outcome.events)
+        if unit.elems is not None:
+            self._slice_finished(unit, outcome)
+            return
+        if not unit.started:
+            self._node_started(unit)
+        if outcome.ok:
+            self._succeeded(unit, outcome.value, outcome.duration)
+        else:
+            self._attempt_failed(unit, outcome.value, outcome.duration, outcome.timed_out)
+
+    def _succeeded(self, unit: _Unit, value: Any, duration: float) -> None:
+        if self._any_remote and self._keeps_remote(unit.backend):
+            self.remote_producers[unit.node] = unit.backend
+        unit.done = unit.elem < 0
+        self._call_succeeded(unit.node, unit.elem, unit.kwargs, value, duration)
+        if unit.follower:
+            self._input_done(unit.follower, value)
+
+    def _call_succeeded(
+        self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float
+    ) -> None:
+        """Element ``e`` of node ``i`` (-1: the node itself) returned ``value``."""
+        if self._has_after:
+            self._node_hook("after_node_execute", i, e, kwargs, result=value, duration=duration)
+        if self._keep_all:
+            self.kept[self.key_of(i, e)] = value
+        ready = self.state.node_done(i, value) if e < 0 else self.state.element_done(i, e, value)
+        if ready:
+            self.ready_nodes.extend(ready)
+
+    def _input_done(self, follower: _Unit, value: Any) -> None:
+        """The call before ``follower`` in its fused chain is done: fill in its input."""
+        assert follower.follows is not None
+        for name in follower.follows:
+            follower.kwargs[name] = value
+        self.state.release_inputs(follower.node)
+        self.inbox.upstream_done(follower)
+
+    def _unfuse(self, unit: _Unit) -> bool:
+        """Detach ``unit`` from its fused chain: its job failed or skipped it.
+
+        Returns:
+            True when the unit is now a plain call (its input, if any, is done);
+            False for a follower whose input is not: it is dropped, and its node
+            is scheduled as usual once that input is done.
+        """
+        unit.follower = None
+        upstream = unit.upstream
+        if upstream is None:
+            return True
+        unit.upstream = unit.follows = unit.stash = None
+        upstream.follower = None
+        self.state.unclaim(unit.node)
+        if upstream.done:
+            return True
+        self._forget(unit)
+        return False
+
+    def _slice_finished(self, piece: _Unit, outcome: Any) -> None:
+        if not outcome.ok:  # the slice could not run (say, an element would not pickle)
+            self._split(piece, isolate=False)
+            return
+        assert piece.elems is not None
+        values, errors = outcome.value.values, outcome.value.errors
+        i, first = piece.node, piece.elem
+        if self._keep_all:
+            for e, value in enumerate(values):
+                if e not in errors:
+                    self.kept[f"{piece.key}[{first + e}]"] = value
+        for e, (error, duration) in errors.items():
+            self._attempt_failed(self._element_unit(piece, first + e), error, duration, False)
+        if not self.state.aborting:  # elements a slice skipped after a failure still run
+            for e in range(first + len(values), first + len(piece.elems.rows)):
+                self._requeue(self._element_unit(piece, e))
+        self._ready(self.state.slice_done(i, first, values, len(errors)))
+
+    def _split(self, piece: _Unit, isolate: bool) -> None:
+        """Run a slice's elements one by one instead (the slice failed as a whole)."""
+        assert piece.elems is not None
+        if self.state.aborting:
+            return
+        first = piece.elems.first
+        for e in range(first, first + len(piece.elems.rows)):
+            unit = self._element_unit(piece, e)
+            unit.isolate = isolate
+            self._requeue(unit)
+
+    def _attempt_failed(
+        self, unit: _Unit, error: BaseException, duration: float, timed_out: bool
+    ) -> None:
+        if unit.follower:  # the calls fused after it will not run: drop them
+            for follower in _chain_of(unit)[1:]:
+                self._unfuse(follower)
+        if unit.upstream is not None:
+            self._unfuse(unit)  # its input is done: a retry is a plain call
+        if unit.attempt <= unit.task.retries and not self.state.aborting:
+            unit.attempt += 1
+            unit.started = False  # the next attempt gets its own before_node_execute
+            if self.hooks.has("before_node_retry"):
+                self._unit_hook(
+                    "before_node_retry", unit, error=error, attempt=unit.attempt, duration=duration
+                )
+            self._requeue(unit)
+            return
+        self._unit_hook("on_node_error", unit, error=error, duration=duration)
+        self._record_failure(unit.node, unit.key, unit.task, error, timed_out)
+
+    def _node_failed_before_running(self, i: int, error: BaseException) -> None:
+        future = self.graph.futures[i]
+        self._record_failure(i, self.graph.keys[i], future.task, error, False)
+
+    def _record_failure(
+        self, i: int, key: str, task: Task[Any, Any], error: BaseException, timed_out: bool
+    ) -> None:
+        task_error = _task_error(task, key, error, timed_out)
+        self.errors[key] = task_error
+        if self.on_error == "raise":
+            if self.failure is None:
+                self.failure = task_error
+            self._abort()
+            return
+        self.state.fail(i)
+
+
+def _lost_error(unit: _Unit, timed_out: bool, description: str) -> BaseException:
+    if timed_out:
+        return timeout_error(unit.task.name, unit.task.timeout)
+    return WorkerLostError(
+        f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: {description}",
+        task_name=unit.task.name,
+        key=unit.key,
+        error=RuntimeError(description),
+    )
+
+
+def _task_error(task: Task[Any, Any], key: str, error: BaseException, timed_out: bool) -> TaskError:
+    if isinstance(error, TaskError):
+        return error
+    if timed_out:
+        return TaskTimeoutError(
+            f"task {task.name!r} (key {key!r}) timed out after {task.timeout}s",
+            task_name=task.name,
+            key=key,
+            error=error,
+        )
+    detail = f"{type(error).__name__}: {error}"
+    return TaskError(
+        f"task {task.name!r} (key {key!r}) failed: {detail}",
+        task_name=task.name,
+        key=key,
+        error=error,
+    )

@@ -1,0 +1,315 @@
+"""Ready node to calls: the run's plan for each node whose inputs are done.
+
+A ready node becomes one call (a unit, or a plain call of the inline lane),
+one call per element of a fan-out, a few slices of elements (the bulk path,
+when nobody watches single elements), or the head of a fused chain (the
+links come from ``graph.fuse``). Arguments are filled in from the inputs'
+results here, and the inputs released.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from daglite._job.records import Elements
+from daglite._run.state import RunState
+from daglite._run.unit import (
+    _element_kwargs,
+    _LaneCall,
+    _Unit,
+)
+from daglite.backends.base import Backend
+from daglite.exceptions import (
+    GraphError,
+)
+from daglite.graph.base import Graph
+from daglite.graph.fuse import Link, fusable_links
+from daglite.graph.walk import CONTAINERS, replace
+from daglite.plugins.manager import HookDispatcher
+from daglite.tasks import Task, TaskFuture
+
+
+class _Planning:
+    """The planning part of ``_Run``: routes, arguments, fan-outs, slices, fusion."""
+
+    # What this part uses of the run (set up by ``_Run.__init__``).
+    _any_remote: bool
+    _bulk: bool
+    _fuse_ok: bool
+    _keep_all: bool
+    _lane_ok: bool
+    _links: dict[int, Link] | None
+    _remote_kind: dict[int, bool]
+    _routes: dict[int, tuple[Backend, bool]]
+    backend_of: Callable[[Task[Any, Any]], Backend]
+    graph: Graph
+    hooks: HookDispatcher
+    lane: collections.deque[_LaneCall | _Unit]
+    node_count: int
+    remote_producers: dict[int, Backend]
+    run_id: uuid.UUID
+    state: RunState
+
+    if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _node_failed_before_running(self, i: int, error: BaseException) -> None: ...
+
+        def _queue_units(self, backend: Backend, units: list[_Unit]) -> None: ...
+
+        def _ready(self, nodes: Iterable[int]) -> None: ...
+
+    def _schedule(self, i: int) -> None:
+        """Node ``i``'s inputs are ready: make its calls and queue them for submission."""
+        graph = self.graph
+        future = graph.futures[i]
+        task = future.task
+        backend, lane = self._route(task)
+        kwargs = future.kwargs
+        if graph.deps[i] or future.iterated is not None:
+            inputs = self._inputs(i, future, backend)
+            if inputs is None:
+                return
+            kwargs, names, rows = inputs
+            if future.iterated is not None:
+                self._schedule_elements(i, task, kwargs, names, rows, backend)
+                return
+        if lane:
+            self.lane.append((i, -1, kwargs, backend))
+            return
+        unit = _Unit(i, -1, graph.keys[i], kwargs, task, graph.metadata[i], backend)
+        if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
+            self._fuse(unit)
+        self._queue_units(backend, [unit])
+
+    def _inputs(
+        self, i: int, future: TaskFuture[Any], backend: Backend
+    ) -> tuple[dict[str, Any], tuple[str, ...], list[Any]] | None:
+        """Node ``i``'s arguments with its inputs' results filled in, and for a
+        fan-out its parameter names and rows (``_expand``); its inputs are then
+        released. None when that failed, and so did the node.
+        """
+        try:
+            if self.remote_producers:
+                self._fetch_remote_inputs(i, backend)
+            kwargs = self._resolve(future.kwargs) if self.graph.deps[i] else future.kwargs
+            if future.iterated is None:
+                return kwargs, (), []
+            return (kwargs, *self._expand(i, future, kwargs))
+        except Exception as exc:
+            self._node_failed_before_running(i, exc)
+            return None
+        finally:
+            self.state.release_inputs(i)
+
+    def _schedule_elements(
+        self,
+        i: int,
+        task: Task[Any, Any],
+        kwargs: dict[str, Any],
+        names: tuple[str, ...],
+        rows: list[Any],
+        backend: Backend,
+    ) -> None:
+        """Queue one call per element of fan-out ``i`` (or slices of them)."""
+        if not rows:
+            self._ready(self.state.fan_out(i, 0))
+            return
+        self.state.fan_out(i, len(rows))
+        if self._sliceable(task, backend, len(rows)):
+            self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
+        elif self._route(task)[1]:
+            self.lane.extend(
+                (i, e, _element_kwargs(kwargs, names, row), backend) for e, row in enumerate(rows)
+            )
+        else:
+            key, meta = self.graph.keys[i], self.graph.metadata[i]
+            units = [
+                _Unit(i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), task, meta, backend)
+                for e, row in enumerate(rows)
+            ]
+            self._queue_units(backend, units)
+
+    def _fuse(self, head: _Unit) -> None:
+        """Send the single-call chain hanging off ``head`` in one job with it.
+
+        The links come from ``graph.fuse`` (once per run): each follower runs
+        in the same worker right after the call before it, with no round trip
+        through the caller per hop. Hooks and events keep their order: a
+        follower's messages are held until the call before it is done in the
+        caller. A chain stops at the backend's batch size or at a node that
+        already failed (``on_error="continue"``).
+        """
+        links = self._links
+        if links is None:
+            links = self._links = fusable_links(self.graph, self._same_place)
+        graph, failed, length, unit = self.graph, self.state.failed, 1, head
+        while length < unit.backend.max_batch:
+            link = links.get(unit.node)
+            if link is None or link[0] in failed:
+                break
+            d, names = link
+            future = graph.futures[d]
+            kwargs = {n: (None if n in names else v) for n, v in future.kwargs.items()}
+            follower = _Unit(
+                d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
+            )
+            follower.follows, follower.upstream = names, unit
+            self.state.claim(d)
+            unit.follower = follower
+            unit = follower
+            length += 1
+
+    def _same_place(self, i: int, d: int) -> bool:
+        """Whether nodes ``i`` and ``d`` run on one backend that fuses chains."""
+        futures = self.graph.futures
+        backend = self._backend_for(futures[i].task)
+        return (
+            self._backend_for(futures[d].task) is backend
+            and not backend.runs_in_caller
+            and not self._keeps_remote(backend)
+        )
+
+    def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool:
+        """Whether a fan-out may take the bulk path: nobody watches its elements,
+        they have no deadline of their own, and results come home (not Dask).
+        """
+        return self._bulk and width > 1 and task.timeout is None and not self._keeps_remote(backend)
+
+    def _keeps_remote(self, backend: Backend) -> bool:
+        found = self._remote_kind.get(id(backend))
+        if found is None:
+            found = self._remote_kind[id(backend)] = (
+                type(backend).materialize is not Backend.materialize
+            )
+        return found
+
+    def _backend_for(self, task: Task[Any, Any]) -> Backend:
+        return self._route(task)[0]
+
+    def _route(self, task: Task[Any, Any]) -> tuple[Backend, bool]:
+        """The backend ``task`` runs on, and whether its plain calls take the
+        inline lane (``_run_lane``): the backend runs calls in the caller and
+        keeps no result remote, the task has no timeout, no cache plugin.
+        """
+        found = self._routes.get(id(task))
+        if found is None:
+            backend = self.backend_of(task)
+            remote = self._keeps_remote(backend)
+            self._any_remote = self._any_remote or remote
+            lane = self._lane_ok and backend.runs_in_caller and not remote
+            found = self._routes[id(task)] = (backend, lane and task.timeout is None)
+        return found
+
+    def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:
+        """Inputs kept on another backend's workers (Dask stand-ins) are fetched
+        once when a task on a different backend needs them.
+        """
+        results = self.state.results
+        for d in self.graph.deps[i]:
+            producer = self.remote_producers.get(d)
+            if producer is not None and producer is not consumer:
+                results[d] = producer.materialize(results[d])
+                del self.remote_producers[d]
+
+    def _resolve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A node's arguments with its inputs' results in place of their futures."""
+        index, results = self.graph.index, self.state.results
+        out = {}
+        for name, value in kwargs.items():
+            if isinstance(value, TaskFuture):
+                out[name] = results[index[value]]
+            elif isinstance(value, CONTAINERS):
+                out[name] = self._substitute(value)
+            else:
+                out[name] = value
+        return out
+
+    def _substitute(self, value: Any) -> Any:
+        """``value`` with the results of the futures in it (containers walked)."""
+        index, results = self.graph.index, self.state.results
+        return replace(value, TaskFuture, lambda f: results[index[f]])
+
+    def _slices(
+        self,
+        i: int,
+        base: dict[str, Any],
+        names: tuple[str, ...],
+        rows: list[Any],
+        backend: Backend,
+    ) -> list[_Unit]:
+        """A fan-out's elements in a few slices, each run as one call (bulk path).
+
+        Like ``Executor.map`` with a chunksize: four slices per worker (one on
+        inline), so the caller handles a handful of calls instead of one per
+        element. An element that fails is taken out and handled on its own
+        (retries, ``on_node_error``, its key in the error).
+        """
+        task, meta, key = self.graph.futures[i].task, self.graph.metadata[i], self.graph.keys[i]
+        parts = 1 if backend.runs_in_caller else 4 * (backend.max_workers or 1)
+        size = math.ceil(len(rows) / parts)
+        # A slice may end at its first failure only if that fails the run.
+        stop = not self._keep_all and task.retries == 0
+        sig = task._sig
+        positional = len(names) == 1 and sig.call_style is None and sig.positional[:1] == names
+        units = []
+        for first in range(0, len(rows), size):
+            unit = _Unit(i, first, key, base, task, meta, backend)
+            unit.elems = Elements(names, rows[first : first + size], first, stop, positional)
+            units.append(unit)
+        return units
+
+    def _element_unit(self, piece: _Unit, e: int) -> _Unit:
+        """Element ``e`` of slice ``piece`` as a unit of its own."""
+        assert piece.elems is not None
+        names, rows, first = piece.elems[:3]
+        kwargs = _element_kwargs(piece.kwargs, names, rows[e - first])
+        key = f"{piece.key}[{e}]"
+        return _Unit(piece.node, e, key, kwargs, piece.task, piece.meta, piece.backend)
+
+    def _expand(
+        self, i: int, future: TaskFuture[Any], base: dict[str, Any]
+    ) -> tuple[tuple[str, ...], list[Any]]:
+        """The fan-out's parameter names and its rows: a value per element for one
+        name, else a tuple per element.
+        """
+        assert future.iterated is not None
+        names = list(future.iterated)
+        seqs = []
+        dynamic = False
+        for name in names:
+            value = future.iterated[name]
+            if isinstance(value, TaskFuture):
+                dynamic = True
+                value = self._substitute(value)
+                if not isinstance(value, Iterable) or isinstance(value, (str, bytes, dict)):
+                    raise TypeError(
+                        f"task {future.task.name!r}: parameter {name!r} must receive a list "
+                        f"to fan out over, got {type(value).__name__}"
+                    )
+            elif self.graph.deps[i]:  # the list itself may hold futures
+                value = self._substitute(value)
+            seqs.append(list(value))
+        if future.mode == "zip":
+            if len({len(s) for s in seqs}) > 1:
+                shown = ", ".join(f"{n}={len(s)}" for n, s in zip(names, seqs))
+                raise GraphError(
+                    f"task {future.task.name!r}: zip() needs sequences of equal length, got {shown}"
+                )
+            rows = seqs[0] if len(names) == 1 else list(zip(*seqs))
+        else:
+            rows = seqs[0] if len(names) == 1 else list(itertools.product(*seqs))
+        if dynamic:
+            self.node_count += len(rows)
+            self.hooks.call(
+                "on_graph_expand",
+                root_id=self.run_id,
+                key=self.graph.keys[i],
+                added=len(rows),
+                node_count=self.node_count,
+            )
+        return tuple(names), rows
