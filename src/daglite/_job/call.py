@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from types import CoroutineType
 from typing import Any, NoReturn, Protocol
@@ -147,19 +148,21 @@ def _run_slice(home: _Home, call: _Call, direct: bool) -> Outcome:
     """Run the task once per element of a slice, under one node context.
 
     The context's key follows the element, so log records name it. Only the
-    engine's bulk path sends slices: nobody watches single elements then (no
-    node hooks, no event handlers), so elements get no start event of their
-    own, and a failed element's duration is its own run time.
+    engine's bulk path sends slices: nobody waits for single elements to start
+    then (no ``before_node_execute``, no event handlers), so elements get no
+    start event of their own. Each element's run time is kept when the slice
+    is timed, and always for a failed element.
     """
     elems = call.elems
     assert elems is not None
-    names, rows, first, stop_on_error, positional = elems
+    names, rows, first, stop_on_error, positional, timed = elems
     ctx, reset = _enter(home, call, direct)
     func, base, style = call.func, call.kwargs, call.style
     single = names[0] if len(names) == 1 else None
     local = home.local()
     values: list[Any] = []
     errors: dict[int, tuple[BaseException, float]] = {}
+    durations = array("d")
     start = last = time.perf_counter()
     try:
         for i, row in enumerate(rows):
@@ -181,19 +184,26 @@ def _run_slice(home: _Home, call: _Call, direct: bool) -> Outcome:
                 now = time.perf_counter()
                 values.append(None)
                 errors[i] = (exc, now - last)
+                if timed:
+                    durations.append(now - last)
                 last = now
                 if stop_on_error:
                     break
                 continue
             values.append(value)
-            last = time.perf_counter()
+            if timed:
+                now = time.perf_counter()
+                durations.append(now - last)
+                last = now
+            else:
+                last = time.perf_counter()
     finally:
         duration = time.perf_counter() - start
         _leave(ctx, reset, direct)
     ctx.elem = -1
     events, sent = ctx.finish()
     return _new_outcome(
-        (call.token, True, SliceValues(values, errors), duration, events, sent, False)
+        (call.token, True, SliceValues(values, errors, durations), duration, events, sent, False)
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from array import array
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, NamedTuple, final
@@ -62,7 +63,8 @@ class Elements(NamedTuple):
     fan-out (keys are ``key[first + i]``); ``stop_on_error`` ends the slice at
     its first failure (the evaluation fails fast anyway); ``positional`` says
     the one name is the function's first parameter, so each element is passed
-    positionally (no dict per element).
+    positionally (no dict per element); ``timed`` asks for each element's run
+    time (a plugin's ``after_node_execute`` gets it).
     """
 
     names: tuple[str, ...]
@@ -70,6 +72,7 @@ class Elements(NamedTuple):
     first: int
     stop_on_error: bool
     positional: bool
+    timed: bool = False
 
 
 @final
@@ -170,15 +173,23 @@ class SliceValues:
     """What a slice of a fan-out returns: a value per element run, and the errors.
 
     ``values[i]`` is None where element ``i`` failed (``errors[i]`` holds its
-    exception and run time). Pickled on its own: an element whose result cannot be pickled
-    becomes that element's error, naming "result", and spoils no other.
+    exception and run time). ``durations[i]`` is element ``i``'s run time when
+    the slice was timed (``Elements.timed``), else ``durations`` is empty.
+    Pickled on its own: an element whose result cannot be pickled becomes that
+    element's error, naming "result", and spoils no other.
     """
 
-    __slots__ = ("errors", "values")
+    __slots__ = ("durations", "errors", "values")
 
-    def __init__(self, values: list[Any], errors: dict[int, tuple[BaseException, float]]) -> None:
+    def __init__(
+        self,
+        values: list[Any],
+        errors: dict[int, tuple[BaseException, float]],
+        durations: array[float] | None = None,
+    ) -> None:
         self.values = values
         self.errors = errors
+        self.durations = array("d") if durations is None else durations
 
     def __reduce__(self) -> tuple[Any, ...]:
         values, errors = self.values, dict(self.errors)
@@ -198,17 +209,17 @@ class SliceValues:
                     errors[i] = (error, 0.0)
             payload = _dumps(values)
         portable = {i: (*_portable_error(e), d) for i, (e, d) in errors.items()}
-        return (_load_slice_values, (payload, portable))
+        return (_load_slice_values, (payload, portable, self.durations))
 
 
 def _load_slice_values(
-    payload: bytes, errors: dict[int, tuple[BaseException, str, float]]
+    payload: bytes, errors: dict[int, tuple[BaseException, str, float]], durations: array[float]
 ) -> SliceValues:
     rebuilt = {}
     for i, (error, tb, duration) in errors.items():
         error.__cause__ = RemoteTraceback(tb)
         rebuilt[i] = (error, duration)
-    return SliceValues(pickle.loads(payload), rebuilt)
+    return SliceValues(pickle.loads(payload), rebuilt, durations)
 
 
 class Outcomes(list[Outcome]):

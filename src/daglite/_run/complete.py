@@ -9,18 +9,14 @@ handled one by one).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final
 
 from daglite._job.call import timeout_error
 from daglite._run.inbox import Inbox
 from daglite._run.state import RunState
-from daglite._run.unit import (
-    OnError,
-    _chain_of,
-    _Unit,
-)
+from daglite._run.unit import OnError, _chain_of, _element_kwargs, _Unit
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import (
     TaskError,
@@ -29,6 +25,7 @@ from daglite.exceptions import (
 )
 from daglite.graph.base import Graph
 from daglite.plugins.manager import HookDispatcher
+from daglite.plugins.reporters import _CallerReporter
 from daglite.tasks import Task
 
 # A call resubmitted this many times because other calls' workers died is failed
@@ -52,6 +49,7 @@ class _Completing:
     kept: dict[str, Any]
     on_error: OnError
     quarantined_job: int
+    reporter: _CallerReporter
     ready_nodes: collections.deque[int]
     remote_producers: dict[int, Backend]
     state: RunState
@@ -245,6 +243,8 @@ class _Completing:
         assert piece.elems is not None
         values, errors = outcome.value.values, outcome.value.errors
         i, first = piece.node, piece.elem
+        if self._has_after:
+            self._elements_returned(piece, values, errors, outcome.value.durations)
         if self._keep_all:
             for e, value in enumerate(values):
                 if e not in errors:
@@ -255,6 +255,35 @@ class _Completing:
             for e in range(first + len(values), first + len(piece.elems.rows)):
                 self._requeue(self._element_unit(piece, e))
         self._ready(self.state.slice_done(i, first, values, len(errors)))
+
+    def _elements_returned(
+        self,
+        piece: _Unit,
+        values: list[Any],
+        errors: dict[int, Any],
+        durations: Sequence[float],
+    ) -> None:
+        """``after_node_execute`` of each element a slice ran, in element order.
+
+        Each gets its own key, inputs and result, and its run time as measured
+        in the worker; failed elements go through ``_attempt_failed`` instead.
+        """
+        assert piece.elems is not None
+        names, rows = piece.elems.names, piece.elems.rows
+        key, meta, base, first = piece.key, piece.meta, piece.kwargs, piece.elem
+        call, reporter = self.hooks.call, self.reporter
+        for e, value in enumerate(values):
+            if e in errors:
+                continue
+            call(
+                "after_node_execute",
+                key=f"{key}[{first + e}]",
+                metadata=meta,
+                inputs=_element_kwargs(base, names, rows[e]),
+                reporter=reporter,
+                result=value,
+                duration=durations[e],
+            )
 
     def _split(self, piece: _Unit, isolate: bool) -> None:
         """Run a slice's elements one by one instead (the slice failed as a whole)."""

@@ -261,7 +261,9 @@ class _Run(_Planning, _Completing, _Lane, _Notifying):
             register = getattr(plugin, "register_event_handlers", None)
             if callable(register):
                 register(self.registry)
-        self._bulk = not (self._has_before or self._has_after or self._has_lookup or self.registry)
+        # Wide fan-outs may travel in slices unless a plugin waits for single
+        # elements to start, answers for them (cache) or handles their events.
+        self._bulk = not (self._has_before or self._has_lookup or self.registry)
         started = time.perf_counter()
         hooks.call(
             "before_graph_execute",

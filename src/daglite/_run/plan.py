@@ -41,6 +41,7 @@ class _Planning:
     _any_remote: bool
     _bulk: bool
     _fuse_ok: bool
+    _has_after: bool
     _keep_all: bool
     _lane_ok: bool
     _links: dict[int, Link] | None
@@ -175,10 +176,20 @@ class _Planning:
         )
 
     def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool:
-        """Whether a fan-out may take the bulk path: nobody watches its elements,
-        they have no deadline of their own, and results come home (not Dask).
+        """Whether a fan-out may take the bulk path.
+
+        Nobody waits for single elements to start (``_bulk``), they have no
+        deadline of their own, and results come home (not Dask). Elements whose
+        ``after_node_execute`` is watched go in slices only to other threads or
+        processes: on the lane each element's hooks are called as it ends.
         """
-        return self._bulk and width > 1 and task.timeout is None and not self._keeps_remote(backend)
+        return (
+            self._bulk
+            and width > 1
+            and task.timeout is None
+            and not (self._has_after and backend.runs_in_caller)
+            and not self._keeps_remote(backend)
+        )
 
     def _keeps_remote(self, backend: Backend) -> bool:
         found = self._remote_kind.get(id(backend))
@@ -259,7 +270,9 @@ class _Planning:
         units = []
         for first in range(0, len(rows), size):
             unit = _Unit(i, first, key, base, task, meta, backend)
-            unit.elems = Elements(names, rows[first : first + size], first, stop, positional)
+            unit.elems = Elements(
+                names, rows[first : first + size], first, stop, positional, self._has_after
+            )
             units.append(unit)
         return units
 
