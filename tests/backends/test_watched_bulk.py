@@ -52,29 +52,28 @@ class Recorder:
         self.calls.append((key, dict(inputs), result, duration))
 
 
-class CountingThreads(ThreadBackend):
-    def __init__(self) -> None:
-        super().__init__(max_workers=2)
-        self.submits = 0
+class _Counting:
+    """Counts the jobs a backend is handed."""
+
+    submits = 0
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
         self.submits += 1
-        return super().submit(fn, *args, **kwargs)
+        return super().submit(fn, *args, **kwargs)  # type: ignore[misc]
 
 
-class CountingProcesses(ProcessBackend):
-    def __init__(self) -> None:
-        super().__init__(max_workers=2)
-        self.submits = 0
+class CountingThreads(_Counting, ThreadBackend):
+    pass
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.submits += 1
-        return super().submit(fn, *args, **kwargs)
+
+class CountingProcesses(_Counting, ProcessBackend):
+    pass
 
 
 @pytest.fixture(params=["threads", "processes"])
 def counting(request):
-    backend = CountingThreads() if request.param == "threads" else CountingProcesses()
+    kind = CountingThreads if request.param == "threads" else CountingProcesses
+    backend = kind(max_workers=2)
     with backend:
         yield backend
 

@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-from daglite import task
+from tests.engine._tasks import add, inc, source, total
+
 from daglite.graph import build_graph
 from daglite.graph.fuse import fusable_links
-
-
-@task
-def source(n: int) -> int:
-    return n
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 def _links(*roots, same_place=lambda i, d: True):

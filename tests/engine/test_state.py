@@ -8,30 +8,10 @@ dask's ``test_local.py`` does for ``finish_task``.
 from __future__ import annotations
 
 import pytest
+from tests.engine._tasks import add, inc, source, total
 
-from daglite import task
 from daglite._run.state import RunState
 from daglite.graph import Graph, build_graph
-
-
-@task
-def source(n: int) -> int:
-    return n
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 def _state(*roots) -> tuple[RunState, Graph]:
