@@ -210,27 +210,42 @@ def _convert(text: str, annotation: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         return _convert_union(text, args)
     if origin is typing.Literal:
-        for choice in args:
-            if str(choice) == text:
-                return choice
-        raise ValueError(text)
+        return _convert_literal(text, args)
     if origin in (list, tuple, set, frozenset) or (
         origin is not None and getattr(origin, "__name__", "") in ("Sequence", "Iterable")
     ):
         return _convert_sequence(text, origin if origin in (tuple, set, frozenset) else list, args)
     if annotation is bool:
         return _convert_bool(text)
+    return _convert_class(text, annotation)
+
+
+def _convert_literal(text: str, choices: tuple[Any, ...]) -> Any:
+    """The choice of a ``Literal`` whose text is ``text``."""
+    for choice in choices:
+        if str(choice) == text:
+            return choice
+    raise ValueError(text)
+
+
+def _convert_class(text: str, annotation: Any) -> Any:
+    """``text`` as an enum member or through the class's constructor; else ``text`` itself."""
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        for member in annotation:
-            if text in (member.name, str(member.value)):
-                return member
-        raise ValueError(text)
+        return _convert_enum(text, annotation)
     if isinstance(annotation, type) and (
         issubclass(annotation, (int, float, complex, PurePath))
         or annotation.__module__ != "builtins"
     ):
         return annotation(text)
     return text
+
+
+def _convert_enum(text: str, annotation: type[enum.Enum]) -> Any:
+    """The member of enum ``annotation`` whose name or value reads ``text``."""
+    for member in annotation:
+        if text in (member.name, str(member.value)):
+            return member
+    raise ValueError(text)
 
 
 def _annotations(func: Callable[..., Any]) -> dict[str, Any]:

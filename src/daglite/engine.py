@@ -1,5 +1,7 @@
-"""``evaluate()`` and ``evaluate_async()``: build the graph, pick the backends
-and plugins, and hand the run to its scheduler loop (``daglite._run``).
+"""``evaluate()`` and ``evaluate_async()``: the entry points that run a DAG.
+
+They build the graph, pick the backends and plugins, and hand the run to its
+scheduler loop (``daglite._run``).
 """
 
 from __future__ import annotations

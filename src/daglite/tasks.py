@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar, final, overload
 
 from typing_extensions import ParamSpec
@@ -256,19 +256,7 @@ class Task(Generic[P, R]):
         extras: dict[str, Any] = {}
         for name, value in fixed.items():
             (bound if name in sig.params else extras)[name] = value
-        positional_names: Iterable[str] = ()
-        if args:
-            free = [n for n in sig.positional if n not in fixed] if fixed else sig.positional
-            positional_names = free[: len(args)]
-            if len(args) > len(free):
-                if sig.var_positional is None:
-                    raise TypeError(
-                        f"task {self.name!r} takes {len(free)} positional argument(s) "
-                        f"but {len(args)} were given"
-                    )
-                bound[sig.var_positional] = tuple(args[len(free) :])
-            for name, value in zip(free, args):
-                bound[name] = value
+        positional_names = self._bind_positional(args, bound) if args else ()
         for name, value in kwargs.items():
             if name in fixed or name not in sig.keyword_ok:
                 self._check_keyword(name)
@@ -284,6 +272,26 @@ class Task(Generic[P, R]):
         if sig.var_keyword is not None and (extras or sig.var_keyword not in bound):
             bound[sig.var_keyword] = extras
         return bound
+
+    def _bind_positional(self, args: tuple[Any, ...], bound: dict[str, Any]) -> Sequence[str]:
+        """Bind ``args`` into ``bound`` by position (extras under ``*args``' name).
+
+        Returns:
+            The names of the parameters bound by position.
+        """
+        sig, fixed = self._sig, self.fixed
+        free = [n for n in sig.positional if n not in fixed] if fixed else sig.positional
+        positional_names = free[: len(args)]
+        if len(args) > len(free):
+            if sig.var_positional is None:
+                raise TypeError(
+                    f"task {self.name!r} takes {len(free)} positional argument(s) "
+                    f"but {len(args)} were given"
+                )
+            bound[sig.var_positional] = tuple(args[len(free) :])
+        for name, value in zip(free, args):
+            bound[name] = value
+        return positional_names
 
     def __call__(self, *args: Any, **kwargs: Any) -> TaskFuture[R]:
         """Bind arguments and return a lazy future; nothing runs.

@@ -110,7 +110,9 @@ class _NodeContext(Reporter):
         self.events.append(event)
 
     def _start_buffering(self) -> bool:
-        """An inline task reports from another thread (a timeout's helper, a
+        """Buffer this task's events from now on, as a worker does.
+
+        An inline task reports from another thread (a timeout's helper, a
         thread it started): from now on its events are buffered and flushed
         like a worker's, so they keep their order and none is lost.
 
@@ -148,8 +150,10 @@ class _NodeContext(Reporter):
             return (_drain(self.events) if self.events else []), self.sent
 
     def close(self) -> None:
-        """The task has returned or raised: stop watching its buffer, and drop
-        what a thread it left behind may report from now on.
+        """Close the context: the task has returned or raised.
+
+        Stops watching its buffer, and drops what a thread it left behind may
+        report from now on.
         """
         with _FLUSH_LOCK:
             self.closed = True

@@ -39,8 +39,10 @@ class EarlyOutcome(NamedTuple):
 
 
 class _WireEvents(NamedTuple):
-    """``Events`` on the socket: the events pickled apart from the envelope, so a
-    caller that cannot unpickle them still knows how many were lost, and whose.
+    """``Events`` on the socket, with the events pickled apart from the envelope.
+
+    A caller that cannot unpickle the events still knows how many were lost,
+    and whose.
     """
 
     token: int

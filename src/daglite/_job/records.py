@@ -28,7 +28,7 @@ class _Call:
 
     __slots__ = ("elems", "follows", "func", "key", "kwargs", "name", "style", "timeout", "token")
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - one argument per field of a record
         self,
         token: int,
         name: str,
@@ -139,7 +139,7 @@ class Outcome(NamedTuple):
 _new_outcome: Final = partial(tuple.__new__, Outcome)
 
 
-def _load_outcome(
+def _load_outcome(  # noqa: PLR0913, PLR0917 - one argument per field of a record
     token: int,
     ok: bool,
     payload: bytes,

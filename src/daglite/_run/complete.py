@@ -80,38 +80,51 @@ class _Completing:
         def key_of(self, node: int, elem: int) -> str: ...
 
     def _job_done(self, job: Any, future: Future[Any], tokens: list[int]) -> None:
+        """Job ``job`` came home: its calls' outcomes, or how it failed as a whole."""
         self.in_flight.pop(id(job), None)
         if self.quarantined_job == id(job):
             self.quarantined_job = 0
         units = [u for u in (self.units.get(t) for t in tokens) if u is not None]
-        if future.cancelled() or future.exception() is not None:
-            units = [u for u in units if self._unfuse(u)]
         if future.cancelled():
-            # Cancelled by us (aborting), or by someone stopping a shared backend:
-            # then the calls did not run and are not at fault.
-            for unit in units:
-                self._forget(unit)
-                if not self.state.aborting:
-                    self._resubmit_or_fail(unit, RuntimeError("the backend cancelled the job"))
+            self._job_cancelled([u for u in units if self._unfuse(u)])
             return
         exc = future.exception()
         if exc is None:
-            outcomes = future.result()
-            sent_early = getattr(outcomes, "sent_early", ())
-            outcome_of = self.inbox.outcome
-            for outcome in outcomes:
-                outcome_of(outcome)
-            self.inbox.sent_early(sent_early)  # their outcome may still be on the channel
-            if len(outcomes) + len(sent_early) < len(job.calls):
-                # Calls skipped: the run is failing fast, or a fused call's input failed.
-                done = {o.token for o in outcomes}.union(sent_early)
-                for unit in units:
-                    if unit.token not in done and self._unfuse(unit):
-                        self._forget(unit)
+            self._job_returned(job, future.result(), units)
             return
+        units = [u for u in units if self._unfuse(u)]
         if isinstance(exc, WorkersLost):
             self._workers_lost(units, exc.lost, exc)
             return
+        self._job_raised(units, exc)
+
+    def _job_cancelled(self, units: list[_Unit]) -> None:
+        """The job was cancelled: resubmit (or fail) its calls, unless the run is aborting.
+
+        Cancelled by us (aborting), or by someone stopping a shared backend:
+        then the calls did not run and are not at fault.
+        """
+        for unit in units:
+            self._forget(unit)
+            if not self.state.aborting:
+                self._resubmit_or_fail(unit, RuntimeError("the backend cancelled the job"))
+
+    def _job_returned(self, job: Any, outcomes: Any, units: list[_Unit]) -> None:
+        """The job returned: pass on its outcomes, and forget the calls it skipped."""
+        sent_early = getattr(outcomes, "sent_early", ())
+        outcome_of = self.inbox.outcome
+        for outcome in outcomes:
+            outcome_of(outcome)
+        self.inbox.sent_early(sent_early)  # their outcome may still be on the channel
+        if len(outcomes) + len(sent_early) < len(job.calls):
+            # Calls skipped: the run is failing fast, or a fused call's input failed.
+            done = {o.token for o in outcomes}.union(sent_early)
+            for unit in units:
+                if unit.token not in done and self._unfuse(unit):
+                    self._forget(unit)
+
+    def _job_raised(self, units: list[_Unit], exc: BaseException) -> None:
+        """The job raised ``exc`` as a whole: each call fails with it, a slice runs its elements."""
         for unit in units:
             self._forget(unit)
             if unit.elems is not None:  # the slice failed as a whole: run its elements

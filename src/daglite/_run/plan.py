@@ -90,9 +90,10 @@ class _Planning:
     def _inputs(
         self, i: int, future: TaskFuture[Any], backend: Backend
     ) -> tuple[dict[str, Any], tuple[str, ...], list[Any]] | None:
-        """Node ``i``'s arguments with its inputs' results filled in, and for a
-        fan-out its parameter names and rows (``_expand``); its inputs are then
-        released. None when that failed, and so did the node.
+        """Node ``i``'s arguments with its inputs' results filled in, or None if that failed.
+
+        For a fan-out, also its parameter names and rows (``_expand``). Its
+        inputs are then released. When this fails, so does the node.
         """
         try:
             if self.remote_producers:
@@ -203,9 +204,11 @@ class _Planning:
         return self._route(task)[0]
 
     def _route(self, task: Task[Any, Any]) -> tuple[Backend, bool]:
-        """The backend ``task`` runs on, and whether its plain calls take the
-        inline lane (``_run_lane``): the backend runs calls in the caller and
-        keeps no result remote, the task has no timeout, no cache plugin.
+        """The backend ``task`` runs on, and whether its plain calls take the inline lane.
+
+        They take the lane (``_run_lane``) when the backend runs calls in the
+        caller and keeps no result remote, the task has no timeout, and there
+        is no cache plugin.
         """
         found = self._routes.get(id(task))
         if found is None:
@@ -217,8 +220,10 @@ class _Planning:
         return found
 
     def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:
-        """Inputs kept on another backend's workers (Dask stand-ins) are fetched
-        once when a task on a different backend needs them.
+        """Fetch node ``i``'s inputs that another backend keeps on its workers.
+
+        Such inputs (Dask stand-ins) are fetched once, when a task on a
+        different backend needs them.
         """
         results = self.state.results
         for d in self.graph.deps[i]:
@@ -287,8 +292,9 @@ class _Planning:
     def _expand(
         self, i: int, future: TaskFuture[Any], base: dict[str, Any]
     ) -> tuple[tuple[str, ...], list[Any]]:
-        """The fan-out's parameter names and its rows: a value per element for one
-        name, else a tuple per element.
+        """The fan-out's parameter names and its rows.
+
+        A row is one value per element for a single name, else a tuple per element.
         """
         assert future.iterated is not None
         names = list(future.iterated)

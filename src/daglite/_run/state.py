@@ -103,8 +103,9 @@ class RunState:
         return NO_NODES
 
     def element_done(self, i: int, e: int, value: Any) -> Sequence[int]:
-        """Element ``e`` of fan-out ``i`` returned ``value``; returns the nodes
-        made ready (once the fan-out's last element is done).
+        """Element ``e`` of fan-out ``i`` returned ``value``; returns the nodes made ready.
+
+        Nodes are made ready only once the fan-out's last element is done.
         """
         self.element_results[i][e] = value
         left = self.elements_left[i] - 1  # elements_done(i, 1), inlined: the hot path
@@ -114,15 +115,18 @@ class RunState:
         return self._fan_out_done(i)
 
     def slice_done(self, i: int, first: int, values: list[Any], failures: int) -> Sequence[int]:
-        """Elements ``first``... of fan-out ``i`` ran as one slice: ``values`` in
-        order, of which ``failures`` failed (their places hold no result).
+        """Elements ``first``... of fan-out ``i`` ran as one slice and gave ``values``.
+
+        ``values`` are in order; ``failures`` of them failed (their places hold
+        no result).
         """
         self.element_results[i][first : first + len(values)] = values
         return self.elements_done(i, len(values) - failures)
 
     def elements_done(self, i: int, n: int) -> Sequence[int]:
-        """``n`` more elements of fan-out ``i`` succeeded; after the last, the
-        fan-out is done (unless one of its elements failed).
+        """``n`` more elements of fan-out ``i`` succeeded.
+
+        After the last, the fan-out is done (unless one of its elements failed).
         """
         left = self.elements_left[i] - n
         if left:
@@ -147,8 +151,10 @@ class RunState:
                 results[d] = None
 
     def fail(self, i: int) -> list[str]:
-        """Node ``i`` failed for good (``on_error="continue"``): everything
-        downstream of it will not run. Returns the keys newly skipped.
+        """Node ``i`` failed for good (``on_error="continue"``): nothing downstream runs.
+
+        Returns:
+            The keys newly skipped.
         """
         if i in self.failed:
             return []

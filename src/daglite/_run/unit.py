@@ -1,5 +1,6 @@
-"""``_Unit``: one call the engine tracks (a node's, a fan-out element's, or a
-slice of elements), with its attempts and its place in a fused chain.
+"""``_Unit``: one call the engine tracks, with its attempts and place in a fused chain.
+
+The call is a node's, a fan-out element's, or a slice of elements.
 """
 
 from __future__ import annotations

@@ -131,10 +131,10 @@ def canonical_name(name: str) -> str:
 
 
 def backend_namer(backend: str | Backend | None) -> Callable[[Task[Any, Any]], str]:
-    """The function that names the backend each task runs on, in a run whose
-    backend is ``backend`` (a task's own ``backend=`` option wins).
+    """The function that names the backend each task runs on, in a run on ``backend``.
 
-    Used by ``evaluate`` and ``describe`` alike, so they always agree.
+    A task's own ``backend=`` option wins. Used by ``evaluate`` and
+    ``describe`` alike, so they always agree.
 
     Raises:
         BackendError: If ``backend`` is an unknown name (a task's unknown

@@ -23,8 +23,9 @@ TIMEOUT_EXIT_CODE: Final = 75
 
 @final
 class _WorkerState:
-    """Per worker process: which call it runs, in a slot of an array shared with the
-    caller, so the caller can tell which task a dead worker took with it.
+    """Per worker process: which call it runs, in a slot of an array shared with the caller.
+
+    The slot lets the caller tell which task a dead worker took with it.
     """
 
     __slots__ = ("is_pool_worker", "slot", "slots")

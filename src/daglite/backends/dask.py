@@ -251,8 +251,9 @@ def _swap_in(value: Any, kept: dict[str, _Kept]) -> Any:
 
 
 def _goes_home_early(threshold: int, outcome: Any) -> bool:
-    """Whether a finished call may go home on the event channel before its job
-    ends: failures and small results; big ones stay here with the job's result.
+    """Whether a finished call may go home on the event channel before its job ends.
+
+    Failures and small results may; big ones stay here with the job's result.
     """
     from dask.sizeof import sizeof
 
@@ -449,6 +450,7 @@ class DaskBackend(Backend):
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        """Connect a client: yours, one to ``address``, or one to an embedded ``LocalCluster``."""
         distributed = _import_distributed()
         client: Any
         if self._user_client is not None:
@@ -480,6 +482,7 @@ class DaskBackend(Backend):
             )
 
     def stop(self) -> None:
+        """Fail pending result fetches, then close the client and cluster daglite opened."""
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
         with self._lock:
@@ -526,6 +529,7 @@ class DaskBackend(Backend):
     # -- events ------------------------------------------------------------------
 
     def event_transport(self, sink: Callable[[Any], None]) -> Transport:
+        """A transport that brings worker events to ``sink`` on this backend's Dask event topic."""
         route = uuid.uuid4().hex
         self._routes[route] = sink
         return _DaskTransport(self._topic, route, self)
@@ -544,6 +548,11 @@ class DaskBackend(Backend):
     # -- submit ------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Submit ``fn`` as one Dask task; remote results it takes go in as Dask futures.
+
+        Raises:
+            BackendError: If ``fn`` takes a remote result of another Dask client.
+        """
         self.ensure_started()
         client = self._client
         from daglite._job.job import _Job
@@ -754,8 +763,10 @@ def _unwrap(value: Any, kept: Any) -> Any:
 
 
 async def _stop_tasks(client: Any, cluster: Any, batch: list[_Watched]) -> None:
-    """Cancel ``batch``'s tasks; on the embedded ``cluster`` (None: not ours), restart
-    the workers that run any of them (Dask cannot stop a running task's thread).
+    """Cancel ``batch``'s tasks, and restart the workers that run any of them.
+
+    Workers are restarted only on the embedded ``cluster`` (None: not ours),
+    since Dask cannot stop a running task's thread.
     """
     dfuts = [f for outer in batch for f in outer.dask_futures]
     await client.cancel(dfuts, asynchronous=True)

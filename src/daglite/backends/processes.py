@@ -156,6 +156,7 @@ class ProcessBackend(Backend):
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        """Start a pool of worker processes."""
         with self._lock:
             self._new_pool()
 
@@ -179,6 +180,7 @@ class ProcessBackend(Backend):
         self._pools_by_generation[self._generation] = (self._pool, slots)
 
     def stop(self) -> None:
+        """Shut the pool down, and wait for the shutdown of pools replaced after a break."""
         with self._lock:
             pool, self._pool = self._pool, None
             reapers, self._reapers = self._reapers, []
@@ -210,6 +212,11 @@ class ProcessBackend(Backend):
     # -- submit ------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Submit ``fn`` to the pool, first replacing a pool that broke.
+
+        Raises:
+            BackendError: If every new pool breaks as soon as it starts.
+        """
         self.ensure_started()
         outer: _Relayed = _Relayed()
         for _ in range(_MAX_EMPTY_BREAKS):
@@ -294,8 +301,10 @@ def _inspect_broken_pool(pool: Any, slots: Any) -> WorkersLost:
 
 
 class _Relayed(Future[Any]):
-    """The future handed to the engine: it mirrors the pool's future, and can only
-    be cancelled while that one can (a job already running in a worker cannot).
+    """The future handed to the engine: it mirrors the pool's future.
+
+    It can only be cancelled while that one can (a job already running in a
+    worker cannot).
     """
 
     inner: Future[Any] | None = None

@@ -30,20 +30,24 @@ class ThreadBackend(Backend):
         self._pool: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
+        """Start the thread pool."""
         self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="daglite-thread")
 
     def stop(self) -> None:
+        """Shut the thread pool down: queued calls are cancelled, running ones waited for."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def cancel_running(self) -> None:
+        """Drop the thread pool without waiting: queued calls are cancelled, running ones run on."""
         pool, self._pool = self._pool, None
         self._started = False
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Submit ``fn`` to the thread pool (starting the backend if needed)."""
         self.ensure_started()
         assert self._pool is not None
         return self._pool.submit(fn, *args, **kwargs)

@@ -83,8 +83,10 @@ class Graph:
 
     @property
     def keys(self) -> list[str]:
-        """Each node's key: a name's first node is ``name``, later ones ``name-2``,
-        ``name-3``... in node order, so the same DAG gets the same keys every run.
+        """Each node's key; the same DAG gets the same keys every run.
+
+        A name's first node is ``name``, later ones ``name-2``, ``name-3``...
+        in node order.
         """
         if self._keys is None:
             self._keys = _node_keys([f.task.name for f in self.futures])
@@ -141,8 +143,9 @@ def _node_keys(names: list[str]) -> list[str]:
 
 
 def _unique_key(name: str, counts: dict[str, int], used: set[str]) -> str:
-    """``name``, then ``name-2``, ``name-3``...: never a key given out already,
-    never one with ``[``.
+    """The next key for ``name``: ``name``, then ``name-2``, ``name-3``...
+
+    Never a key given out already, and never a bare ``name`` with ``[`` in it.
     """
     count = counts.get(name, 0)
     while True:

@@ -55,8 +55,10 @@ def _known_width(future: TaskFuture[Any]) -> int:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building: the build allocates many long-lived,
-    acyclic objects, and full collections over them make a big build quadratic.
+    """Pause the cyclic GC while building a graph.
+
+    The build allocates many long-lived, acyclic objects, and full collections
+    over them make a big build quadratic.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -145,8 +147,9 @@ def _takes_futures(future: TaskFuture[Any]) -> bool:
 
 @final
 class _Builder:
-    """Appends nodes and their edges to a ``Graph`` (keys and metadata come
-    later, from the graph itself, when first asked for).
+    """Appends nodes and their edges to a ``Graph``.
+
+    Keys and metadata come later, from the graph itself, when first asked for.
     """
 
     __slots__ = ("graph", "node_count")
@@ -172,11 +175,14 @@ class _Builder:
                 users.append(i)
 
     def add_leaves(self, children: list[TaskFuture[Any]]) -> int:
-        """Add ``children`` that take no futures, in order, up to the first that
-        does; returns its position (``len(children)`` if there is none).
+        """Add ``children`` that take no futures, in order, up to the first that does.
 
         Children in the graph already are passed over. This loop runs once per
         leaf of a wide fan-in, so ``_takes_futures`` and ``add_leaf`` are inlined.
+
+        Returns:
+            The position of the first child that takes futures
+            (``len(children)`` if there is none).
         """
         graph = self.graph
         index, futures, deps, dependents = graph.index, graph.futures, graph.deps, graph.dependents

@@ -46,8 +46,9 @@ def fusable_links(graph: Graph, same_place: Callable[[int, int], bool]) -> dict[
 
 
 def _link(graph: Graph, i: int, d: int) -> Link | None:
-    """``d`` after ``i`` with the parameters fed by ``i``, if ``d`` takes ``i``'s
-    result directly and is a single call.
+    """The link ``i`` -> ``d``: ``d`` and the parameters ``i`` feeds, or None.
+
+    None unless ``d`` takes ``i``'s result directly and is a single call.
     """
     consumer = graph.futures[d]
     if consumer.iterated is not None:

@@ -1,3 +1,5 @@
-"""The plugin system: hooks (``daglite.plugins.hooks``), registration
-(``daglite.plugins.manager``) and the event channel (``daglite.plugins.reporters``).
+"""The plugin system: hooks, registration and the event channel.
+
+Hooks are in ``daglite.plugins.hooks``, registration in
+``daglite.plugins.manager`` and the event channel in ``daglite.plugins.reporters``.
 """

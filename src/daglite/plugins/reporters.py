@@ -162,6 +162,7 @@ class EventRegistry:
         self._handlers.setdefault(event_type, []).append(handler)
 
     def handlers(self, event_type: str) -> list[Callable[[dict[str, Any]], Any]]:
+        """The handlers registered for ``event_type``, in registration order."""
         return self._handlers.get(event_type, [])
 
     def __bool__(self) -> bool:

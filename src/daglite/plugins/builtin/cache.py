@@ -186,8 +186,10 @@ def _inputs_digest(inputs: dict[str, Any]) -> str:
 
 
 def _feed(h: Any, value: Any) -> None:
-    """Feed a canonical encoding of ``value``: builtins structurally (so dicts and sets
-    hash the same whatever their order), anything else through pickle.
+    """Feed ``h`` a canonical encoding of ``value``.
+
+    Builtins go in structurally (so dicts and sets hash the same whatever
+    their order), anything else through pickle.
     """
     kind = type(value)
     if value is None or kind is bool:
