@@ -1,7 +1,9 @@
 """Wide fan-outs nobody watches element by element travel in slices (the bulk path).
 
-The bulk path is taken when no plugin implements a node hook or an event
-handler. These tests check that it is invisible: same results, same order,
+The bulk path is taken when no plugin waits for single elements to start
+(``before_node_execute``), answers for them (a cache) or handles events; an
+``after_node_execute`` watcher gets each element's hook from the slices
+(``test_watched_bulk.py``). These tests check that it is invisible: same results, same order,
 same errors naming the element, same retries and logging as the per-element
 path, on every backend.
 """
@@ -48,7 +50,7 @@ def total(xs: list[int]) -> int:
 
 
 class AfterCounter:
-    """A node hook: its presence turns the bulk path off."""
+    """Watches every element's end: on threads and processes it is served from slices."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
@@ -83,11 +85,20 @@ def test_keyword_only_parameter_and_dynamic_width(backend):
     assert evaluate(dag, backend=backend) == [3 * x for x in range(50)]
 
 
+class StartWatcher:
+    """Waits for single elements to start: its presence turns the bulk path off."""
+
+    @hook_impl
+    def before_node_execute(self, key):
+        pass
+
+
 def test_same_answers_with_and_without_watching_plugins(backend):
     dag = affine.product(x=list(range(200)), a=[2], b=[1, 2]).join(total)
     counter = AfterCounter()
     watched = evaluate(dag, backend=backend, plugins=[counter])
-    assert evaluate(dag, backend=backend) == watched
+    per_element = evaluate(dag, backend=backend, plugins=[StartWatcher()])
+    assert evaluate(dag, backend=backend) == watched == per_element
     assert len(counter.keys) == 401  # every element seen by the hook, plus the join
 
 

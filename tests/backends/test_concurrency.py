@@ -223,15 +223,16 @@ def test_backend_as_context_manager_leaves_no_child_processes(mp_manager):
 class OpenGateOnError:
     """Opens the gate when the engine learns of a failure (in the caller).
 
-    It watches single nodes (``after_node_execute``), so the fan-out below runs
-    call by call in batched jobs rather than in slices (the bulk path).
+    It waits for single nodes to start (``before_node_execute``), so the
+    fan-out below runs call by call in batched jobs rather than in slices (the
+    bulk path).
     """
 
     def __init__(self, gate: Any) -> None:
         self.gate = gate
 
     @hook_impl
-    def after_node_execute(self, key):
+    def before_node_execute(self, key):
         pass
 
     @hook_impl

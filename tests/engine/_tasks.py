@@ -16,6 +16,11 @@ def inc(x: int) -> int:
 
 
 @task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
 def add(x: int, y: int) -> int:
     return x + y
 

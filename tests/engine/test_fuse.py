@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from tests.engine._tasks import add, inc, source, total
+from tests.engine._tasks import add, double, inc, source, total
 
 from daglite.graph import build_graph
 from daglite.graph.fuse import fusable_links
 
 
-def _links(*roots, same_place=lambda i, d: True):
+def _links(*roots, place_of=lambda task: "here"):
     graph = build_graph(list(roots), lambda t: "inline")
-    return graph, fusable_links(graph, same_place)
+    return graph, fusable_links(graph, place_of)
 
 
 def test_a_linear_chain_links_each_node_to_the_next():
@@ -52,11 +52,27 @@ def test_a_fan_out_consumer_is_not_fused():
     assert links == {}
 
 
-def test_links_only_where_the_caller_says_both_run_in_one_place():
+def test_links_only_where_both_tasks_run_in_one_place_that_fuses():
     a = source(1)
     b = inc(a)
-    c = inc(b)
-    graph = build_graph([c], lambda t: "inline")
-    ic = graph.node_of(c)
-    links = fusable_links(graph, lambda i, d: d != ic)
+    c = double(b)
+    places = {"source": "pool", "inc": "pool", "double": "other pool"}
+    graph, links = _links(c, place_of=lambda task: places[task.name])
     assert links == {graph.node_of(a): (graph.node_of(b), ("x",))}
+    graph, links = _links(c, place_of=lambda task: None)  # nowhere fuses
+    assert links == {}
+
+
+def test_each_task_is_placed_once():
+    asked: list[str] = []
+    f = source(1)
+    for _ in range(50):
+        f = inc(f)
+
+    def place_of(task):
+        asked.append(task.name)
+        return "pool"
+
+    _, links = _links(f, place_of=place_of)
+    assert len(links) == 50
+    assert sorted(asked) == ["inc", "source"]

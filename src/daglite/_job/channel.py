@@ -217,6 +217,9 @@ class _Flusher:
                     target=self._loop, name="daglite-flusher", daemon=True
                 )
                 self._thread.start()
+                # Ticking from now on: later adds need not wake it (it marks
+                # itself idle again before it sleeps on the condition).
+                self._idle = False
             self._cond.notify()
 
     def _loop(self) -> None:

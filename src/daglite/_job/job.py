@@ -28,6 +28,7 @@ from daglite._job.records import (
     Outcome,
     Outcomes,
     _Call,
+    _new_call,
     _Poisoned,
 )
 from daglite.exceptions import ArgumentsNotPicklableError
@@ -104,7 +105,8 @@ def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
     kwargs = dict(call.kwargs)
     for name in follows:
         kwargs[name] = value
-    return _Call(call.token, call.name, call.key, call.func, kwargs, call.timeout, call.style)
+    fields = (call.token, call.name, call.key, call.func, kwargs, call.timeout, call.style)
+    return _new_call((*fields, None, None))  # a plain call now: no slice, fed already
 
 
 @final
@@ -249,5 +251,7 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
         else:
             token, name, key, fid, kwargs, timeout, style, elems, follows = row
             func = funcs[fid]
-            calls.append(_Call(token, name, key, func, kwargs, timeout, style, elems, follows))
+            calls.append(
+                _new_call((token, name, key, func, kwargs, timeout, style, elems, follows))
+            )
     return calls

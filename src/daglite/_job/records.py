@@ -22,37 +22,31 @@ from daglite.exceptions import ResultNotPicklableError
 _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 
 
-@final
-class _Call:
-    """One attempt of one node: what to run, with which arguments."""
+class _Call(NamedTuple):
+    """One attempt of one node: what to run, with which arguments.
 
-    __slots__ = ("elems", "follows", "func", "key", "kwargs", "name", "style", "timeout", "token")
+    A plain value, made when the call is submitted and never changed: what the
+    engine does with its own bookkeeping afterwards cannot reach a running job.
+    """
 
-    def __init__(  # noqa: PLR0913, PLR0917 - one argument per field of a record
-        self,
-        token: int,
-        name: str,
-        key: str,
-        func: Callable[..., Any],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-        style: tuple[tuple[str, ...], str | None, str | None] | None,
-        elems: Elements | None = None,
-        follows: tuple[str, ...] | None = None,
-    ) -> None:
-        self.token = token
-        self.name = name
-        self.key = key
-        self.func = func
-        self.kwargs = kwargs
-        self.timeout = timeout
-        # None: call func(**kwargs). Else (positional-only names, *args name, **kwargs name).
-        self.style = style
-        # None: one call. Else a slice of a fan-out: ``kwargs`` plus each element.
-        self.elems = elems
-        # Parameters that take the result of the call before it in the job (a
-        # fused chain); None for an independent call.
-        self.follows = follows
+    token: int
+    name: str
+    key: str
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+    timeout: float | None
+    # None: call func(**kwargs). Else (positional-only names, *args name, **kwargs name).
+    style: tuple[tuple[str, ...], str | None, str | None] | None
+    # None: one call. Else a slice of a fan-out: ``kwargs`` plus each element.
+    elems: Elements | None = None
+    # Parameters that take the result of the call before it in the job (a fused
+    # chain); None for an independent call.
+    follows: tuple[str, ...] | None = None
+
+
+# ``_Call(...)`` runs a Python-level ``__new__``; the engine builds the tuple
+# directly (all nine fields: defaults do not apply).
+_new_call: Final = partial(tuple.__new__, _Call)
 
 
 class Elements(NamedTuple):

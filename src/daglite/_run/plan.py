@@ -148,7 +148,7 @@ class _Planning:
         """
         links = self._links
         if links is None:
-            links = self._links = fusable_links(self.graph, self._same_place)
+            links = self._links = fusable_links(self.graph, self._fusing_backend)
         graph, failed, length, unit = self.graph, self.state.failed, 1, head
         while length < unit.backend.max_batch:
             link = links.get(unit.node)
@@ -166,15 +166,12 @@ class _Planning:
             unit = follower
             length += 1
 
-    def _same_place(self, i: int, d: int) -> bool:
-        """Whether nodes ``i`` and ``d`` run on one backend that fuses chains."""
-        futures = self.graph.futures
-        backend = self._backend_for(futures[i].task)
-        return (
-            self._backend_for(futures[d].task) is backend
-            and not backend.runs_in_caller
-            and not self._keeps_remote(backend)
-        )
+    def _fusing_backend(self, task: Task[Any, Any]) -> Backend | None:
+        """The backend ``task`` runs on if it fuses chains (not in-caller, not remote)."""
+        backend = self._backend_for(task)
+        if backend.runs_in_caller or self._keeps_remote(backend):
+            return None
+        return backend
 
     def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool:
         """Whether a fan-out may take the bulk path.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Literal, final
 
-from daglite._job.records import Elements, _Call
+from daglite._job.records import Elements, _Call, _new_call
 from daglite.backends.base import Backend
 from daglite.graph.base import GraphMetadata
 from daglite.tasks import Task
@@ -90,16 +90,18 @@ class _Unit:
 def call_of(unit: _Unit) -> _Call:
     """The record a job runs for ``unit``'s current attempt."""
     task = unit.task
-    return _Call(
-        unit.token,
-        task.name,
-        unit.key,
-        task.func,
-        unit.kwargs,
-        task.timeout,
-        task._sig.call_style,
-        unit.elems,
-        unit.follows,
+    return _new_call(
+        (
+            unit.token,
+            task.name,
+            unit.key,
+            task.func,
+            unit.kwargs,
+            task.timeout,
+            task._sig.call_style,
+            unit.elems,
+            unit.follows,
+        )
     )
 
 

@@ -238,10 +238,10 @@ def _scheduler_view(keys: list[str], dask_scheduler: Any) -> tuple[list[str], li
 
 def _with_kept_inputs(job: Any, kept: dict[str, _Kept]) -> Any:
     """``job`` (a fresh copy, unpickled here) with its stand-in arguments swapped in."""
-    for call in job.calls:
-        kwargs = getattr(call, "kwargs", None)
-        if kwargs:
-            call.kwargs = _swap_in(kwargs, kept)
+    job.calls = [
+        call._replace(kwargs=_swap_in(call.kwargs, kept)) if getattr(call, "kwargs", None) else call
+        for call in job.calls
+    ]
     return job
 
 

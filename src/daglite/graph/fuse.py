@@ -12,10 +12,11 @@ them (batch size, failures).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from daglite.graph.base import Graph
 from daglite.graph.walk import CONTAINERS, find
-from daglite.tasks import TaskFuture
+from daglite.tasks import Task, TaskFuture
 
 __all__ = ["Link", "fusable_links"]
 
@@ -23,24 +24,37 @@ __all__ = ["Link", "fusable_links"]
 Link = tuple[int, tuple[str, ...]]
 
 
-def fusable_links(graph: Graph, same_place: Callable[[int, int], bool]) -> dict[int, Link]:
+def fusable_links(graph: Graph, place_of: Callable[[Task[Any, Any]], object]) -> dict[int, Link]:
     """Every node that can be followed in its job by its sole consumer.
 
     Args:
         graph: The built graph.
-        same_place: Whether nodes ``i`` and ``d`` run where a job can carry
-            both (the same backend, one that fuses).
+        place_of: Where a task's calls run, if a job there can carry a chain
+            (its backend), else None. Asked once per task.
 
     Returns:
         ``{node: (consumer, parameter names)}`` for each fusable link.
     """
     links: dict[int, Link] = {}
-    deps, dependents = graph.deps, graph.dependents
+    places: dict[int, object] = {}
+    deps, dependents, futures = graph.deps, graph.dependents, graph.futures
     for i, d in enumerate(dependents):
         if type(d) is not int or deps[d] != (i,):
             continue
+        here, there = futures[i].task, futures[d].task
+        place = places.get(id(here), places)  # ``places`` itself: not asked yet
+        if place is places:
+            place = places[id(here)] = place_of(here)
+        if place is None:
+            continue
+        if there is not here:
+            other = places.get(id(there), places)
+            if other is places:
+                other = places[id(there)] = place_of(there)
+            if other is not place:
+                continue
         link = _link(graph, i, d)
-        if link is not None and same_place(i, d):
+        if link is not None:
             links[i] = link
     return links
 
