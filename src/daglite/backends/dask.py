@@ -33,7 +33,7 @@ task: one already running goes on in its worker thread. So cancelling a
 once that is over (the engine waits for it, as for a running call of a
 pool)::
 
-    outer.cancel() ──> _abandon ──> client.cancel(task); wait until the scheduler forgot it
+    outer.cancel() ──> _Stopper ──> client.cancel(task); wait until the scheduler forgot it
                                        │ (embedded cluster only)
                                        v
       _abandon_on_worker on every worker: "which of these run here?"
@@ -367,7 +367,7 @@ class _Watched(Future[Any]):
         """Ask the backend to stop the task; False until it is stopped."""
         if self.done():
             return self.cancelled()
-        self.backend._abandon(self)
+        self.backend._stopper.abandon(self)
         return False
 
     def settle(self, ok: bool, value: Any) -> None:
@@ -388,6 +388,75 @@ class _Watched(Future[Any]):
             # What an executor does with a cancelled future: ``futures.wait`` and
             # ``as_completed`` see it only from here on.
             self.set_running_or_notify_cancel()
+
+
+@final
+class _Stopper:
+    """Stops the Dask tasks runs gave up on (``_Watched.cancel``), batch by batch.
+
+    Runs on the client's event loop; ``where`` tells the client in use and the
+    embedded cluster (None when the cluster is the user's), or no client once
+    the backend stopped.
+    """
+
+    def __init__(self, where: Callable[[], tuple[Any, Any]]) -> None:
+        self._where = where
+        self._lock = threading.Lock()
+        self._abandoned: list[_Watched] = []  # waiting for ``_stop_batches``
+        self._stopping = False
+
+    def abandon(self, outer: _Watched) -> None:
+        """The engine gave up on ``outer``: stop its task."""
+        client = self._where()[0]
+        with self._lock:
+            if outer.abandoned:
+                return
+            outer.abandoned = True
+            if client is not None:
+                self._abandoned.append(outer)
+                if self._stopping:
+                    return  # the running ``_stop_batches`` takes it in its next batch
+                self._stopping = True
+        if client is None:  # the backend was stopped: nothing of it runs any more
+            outer.stopped()
+            return
+        try:
+            client.loop.add_callback(self._stop_batches)
+        except RuntimeError:  # the client's event loop is closed: so is the client
+            self.give_up()
+
+    def give_up(self) -> None:
+        """Read every abandoned future as stopped: there is no client to stop them with."""
+        with self._lock:
+            batch, self._abandoned = self._abandoned, []
+            self._stopping = False
+        for outer in batch:
+            outer.stopped()
+
+    async def _stop_batches(self) -> None:
+        """Stop the abandoned tasks, batch after batch (on the client's event loop)."""
+        while True:
+            client, cluster = self._where()
+            with self._lock:
+                batch, self._abandoned = self._abandoned, []
+                if not batch or client is None:
+                    self._stopping = False
+            if not batch or client is None:
+                for outer in batch:
+                    outer.stopped()
+                return
+            try:
+                await _stop_tasks(client, cluster, batch)
+            except Exception:
+                # Expected if the backend is being stopped meanwhile: it ends them all.
+                log = logger.warning if self._where()[0] is client else logger.debug
+                log(
+                    "could not stop %d abandoned Dask task(s); they may go on running",
+                    len(batch),
+                    exc_info=True,
+                )
+            for outer in batch:
+                outer.stopped()
 
 
 # -- the backend -------------------------------------------------------------------------
@@ -443,8 +512,7 @@ class DaskBackend(Backend):
         self._in_flight: dict[int, _Watched] = {}
         self._to_fetch: list[tuple[_Watched, Any, Any]] = []
         self._fetching = False
-        self._abandoned: list[_Watched] = []  # waiting for ``_stop_abandoned``
-        self._stopping = False
+        self._stopper = _Stopper(lambda: (self._client, self._cluster))
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -489,7 +557,7 @@ class DaskBackend(Backend):
             self._in_flight.clear()
             pending, self._to_fetch = self._to_fetch, []
         _fail_all(pending, BackendError("the dask backend was stopped"))
-        self._give_up_stopping()  # closing the client ends what daglite can end
+        self._stopper.give_up()  # closing the client ends what daglite can end
         if client is None:
             return
         try:
@@ -669,61 +737,6 @@ class DaskBackend(Backend):
                 if ok:
                     value = _unwrap(value, kept or dfut)
                 outer.settle(ok, value)
-
-    # -- stopping abandoned tasks ------------------------------------------------
-
-    def _abandon(self, outer: _Watched) -> None:
-        """The engine gave up on ``outer`` (``_Watched.cancel``): stop its task."""
-        with self._lock:
-            if outer.abandoned:
-                return
-            outer.abandoned = True
-            client = self._client
-            if client is not None:
-                self._abandoned.append(outer)
-                if self._stopping:
-                    return  # the running ``_stop_abandoned`` takes it in its next batch
-                self._stopping = True
-        if client is None:  # the backend was stopped: nothing of it runs any more
-            outer.stopped()
-            return
-        try:
-            client.loop.add_callback(self._stop_abandoned)
-        except RuntimeError:  # the client's event loop is closed: so is the client
-            self._give_up_stopping()
-
-    def _give_up_stopping(self) -> None:
-        """Read every abandoned future as stopped: there is no client to stop them with."""
-        with self._lock:
-            batch, self._abandoned = self._abandoned, []
-            self._stopping = False
-        for outer in batch:
-            outer.stopped()
-
-    async def _stop_abandoned(self) -> None:
-        """Stop the abandoned tasks, batch after batch (on the client's event loop)."""
-        while True:
-            with self._lock:
-                batch, self._abandoned = self._abandoned, []
-                client = self._client
-                if not batch or client is None:
-                    self._stopping = False
-            if not batch or client is None:
-                for outer in batch:
-                    outer.stopped()
-                return
-            try:
-                await _stop_tasks(client, self._cluster, batch)
-            except Exception:
-                # Expected if the backend is being stopped meanwhile: it ends them all.
-                log = logger.warning if self._client is client else logger.debug
-                log(
-                    "could not stop %d abandoned Dask task(s); they may go on running",
-                    len(batch),
-                    exc_info=True,
-                )
-            for outer in batch:
-                outer.stopped()
 
     # -- results -----------------------------------------------------------------
 
