@@ -200,6 +200,7 @@ class _Run(_Planning, _Completing, _Lane, _Notifying):
             self.quarantined_job = self._submit_job(unit.backend, [unit])
 
     def _submit_units(self) -> None:
+        """Hand the pending calls to their backends, backend by backend."""
         while self.pending:
             _, (backend, units) = self.pending.popitem()
             if self.state.aborting:
@@ -207,22 +208,38 @@ class _Run(_Planning, _Completing, _Lane, _Notifying):
                 return
             if self._has_lookup:
                 units = [u for u in units if not self._served_from_cache(u)]
-            if any(u.isolate or u.elems is not None or u.follower for u in units):
-                self.quarantine.extend(u for u in units if u.isolate)
-                for unit in units:
-                    if unit.isolate:
-                        continue
-                    if unit.elems is not None:
-                        self._submit_job(backend, [unit])  # a slice is a job of its own
-                    elif unit.follower:
-                        self._submit_job(backend, _chain_of(unit))  # so is a fused chain
-                units = [u for u in units if not (u.isolate or u.elems is not None or u.follower)]
-            workers = backend.max_workers or 1
-            size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
-            for start in range(0, len(units), size):
-                self._submit_job(backend, units[start : start + size])
-                if self.state.aborting:
-                    return
+            self._submit_batches(backend, self._submit_alone(backend, units))
+            if self.state.aborting:
+                return
+
+    def _submit_alone(self, backend: Backend, units: list[_Unit]) -> list[_Unit]:
+        """Submit the calls that travel in a job of their own; return the others.
+
+        A slice is one job, and so is a fused chain; a quarantined call waits
+        to run alone (``_submit_pending``).
+        """
+        if not any(u.isolate or u.elems is not None or u.follower for u in units):
+            return units
+        plain = []
+        for unit in units:
+            if unit.isolate:
+                self.quarantine.append(unit)
+            elif unit.elems is not None:
+                self._submit_job(backend, [unit])
+            elif unit.follower:
+                self._submit_job(backend, _chain_of(unit))
+            else:
+                plain.append(unit)
+        return plain
+
+    def _submit_batches(self, backend: Backend, units: list[_Unit]) -> None:
+        """Pack plain calls into jobs: about two per worker, ``max_batch`` at most."""
+        workers = backend.max_workers or 1
+        size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
+        for start in range(0, len(units), size):
+            self._submit_job(backend, units[start : start + size])
+            if self.state.aborting:
+                return
 
     def _submit_job(self, backend: Backend, units: list[_Unit]) -> int:
         """Hand ``units`` to ``backend`` as one job; returns the job's id."""
