@@ -1,0 +1,90 @@
+"""A job run by hand, on this thread: the worker's side of a fused chain and a slice.
+
+No backend and no engine: the calls are records (``_Call``) as submitted, the
+way home a ``_Home`` that collects what would travel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daglite._job.channel import _Home
+from daglite._job.job import _Job
+from daglite._job.records import Elements, _Call
+
+
+def _home() -> tuple[_Home, list[Any]]:
+    sent: list[Any] = []
+    home = _Home("run", sent.append)
+    home.wants_start = False
+    return home, sent
+
+
+def _call(token: int, func: Any, kwargs: dict[str, Any], follows: Any = None) -> _Call:
+    return _Call(
+        token, func.__name__, f"{func.__name__}-{token}", func, kwargs, None, None, None, follows
+    )
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def boom(x: int) -> int:
+    raise RuntimeError("the head fails")
+
+
+def test_a_chain_feeds_each_call_the_previous_result():
+    home, _ = _home()
+    job = _Job(home, [_call(1, inc, {"x": 1}), _call(2, inc, {"x": None}, ("x",))])
+    outcomes = job()
+    assert [(o.token, o.ok, o.value) for o in outcomes] == [(1, True, 2), (2, True, 3)]
+
+
+def test_a_follower_after_a_failed_call_does_not_run():
+    home, _ = _home()
+    ran: list[int] = []
+
+    def follower(y: int) -> int:
+        ran.append(y)
+        return y
+
+    job = _Job(home, [_call(1, boom, {"x": 1}), _call(2, follower, {"y": None}, ("y",))])
+    outcomes = job()
+    assert [o.token for o in outcomes] == [1]  # the follower is left to the caller
+    assert not outcomes[0].ok and ran == []
+
+
+def test_the_records_a_job_runs_are_not_changed_by_running_it():
+    home, _ = _home()
+    head, follower = _call(1, inc, {"x": 1}), _call(2, inc, {"x": None}, ("x",))
+    _Job(home, [head, follower])()
+    assert follower.kwargs == {"x": None} and follower.follows == ("x",)
+
+
+def test_a_timed_slice_reports_each_elements_value_and_run_time():
+    home, _ = _home()
+    elems = Elements(("x",), [1, 2, 3], 10, False, True, True)
+    call = _Call(1, "inc", "inc", inc, {}, None, None, elems, None)
+    (outcome,) = _Job(home, [call])()
+    assert outcome.ok
+    assert outcome.value.values == [2, 3, 4]
+    assert len(outcome.value.durations) == 3
+    assert all(d >= 0.0 for d in outcome.value.durations)
+
+
+def test_an_untimed_slice_keeps_no_run_times_but_a_failures():
+    home, _ = _home()
+    elems = Elements(("x",), [1, 2], 0, False, True, False)
+
+    def odd(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    call = _Call(1, "odd", "odd", odd, {}, None, None, elems, None)
+    (outcome,) = _Job(home, [call])()
+    assert list(outcome.value.durations) == []
+    assert outcome.value.values == [1, None]
+    error, duration = outcome.value.errors[1]
+    assert isinstance(error, ValueError) and duration >= 0.0
