@@ -400,7 +400,7 @@ def targets(cases: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str,
         1.1,
     )
     ratio_target(
-        "8 matmuls 1500x1500 processes <= 1.05x loky",
+        "8 matmuls 1500x1500 processes <= 1.05x joblib on loky",
         v("matmul", "daglite", "processes"),
         v("matmul", "loky", "processes"),
         1.05,

@@ -911,12 +911,38 @@ def _daglite_matmul(size: int, param: int, mode: str) -> Timing:
 
 
 @case("matmul", "cf", ("processes",), "ProcessPoolExecutor: [submit(matmul, i, 1500)], count")
-@case("matmul", "loky", ("processes",), "loky: [submit(matmul, i, 1500)], count")
 def _pool_matmul(size: int, param: int, mode: str, system: str = "cf") -> Timing:
     with _pool(system, mode, _matmul_sample()) as (pool, startup):
         measured, result = _clock(
             lambda: sum(f.result() for f in [pool.submit(matmul, i, param) for i in range(size)])
         )
+    return Timing(measured, startup, result)
+
+
+def _joblib() -> Any:
+    try:
+        import joblib
+    except ImportError as exc:
+        raise Skip("joblib is not installed (it comes with scikit-learn)") from exc
+    return joblib
+
+
+@case("matmul", "loky", ("processes",), "joblib.Parallel(n_jobs=2) on loky: matmul x8, count")
+def _joblib_matmul(size: int, param: int, mode: str) -> Timing:
+    # joblib, not a bare loky executor: joblib is what caps the workers' pools
+    # (it hands loky OMP_NUM_THREADS and friends = cores // n_jobs).
+    joblib = _joblib()
+    _matmul_sample()
+    parallel = joblib.Parallel(n_jobs=WORKERS)  # reuses loky's executor across calls
+    t0 = time.perf_counter()
+    assert sum(parallel(joblib.delayed(nap)(i) for i in range(2 * WORKERS))) == sum(
+        range(2 * WORKERS)
+    )
+    assert all(parallel(joblib.delayed(matmul)(i, 8) for i in range(2 * WORKERS)))  # numpy
+    startup = time.perf_counter() - t0
+    measured, result = _clock(
+        lambda: sum(parallel(joblib.delayed(matmul)(i, param) for i in range(size)))
+    )
     return Timing(measured, startup, result)
 
 
