@@ -61,15 +61,12 @@ FULL_SIZES = {
     "events": wl.EVENTS_TASKS,
     "build": 100_000,
     "data": 1,
-    "sklearn": 7_000,
+    "sklearn": wl.SWEEP_SIZE,
     "matmul": wl.MATMUL_TASKS,
 }
 CPU_SECONDS = 0.25
 EVENTS_PER_TASK = 200
 DATA_BYTES = 50_000_000
-# The sweep's data: 7,000 x 30 makes GridSearchCV(n_jobs=2) take about 1 s here.
-SWEEP_FEATURES = 30
-MATMUL_N = 1_500
 # Stop repeating a case once its runs took this long in total (slow peers).
 CASE_BUDGET = 150.0
 
@@ -103,8 +100,8 @@ def sizes(scale: float) -> dict[str, tuple[int, int]]:
         ),
         "build": (max(10, int(FULL_SIZES["build"] * scale)), 0),
         "data": (1, max(256 * 1024, int(DATA_BYTES * scale))),
-        "sklearn": (max(300, int(FULL_SIZES["sklearn"] * scale)), SWEEP_FEATURES),
-        "matmul": (wl.MATMUL_TASKS, max(100, int(MATMUL_N * min(1.0, scale)))),
+        "sklearn": (max(300, int(FULL_SIZES["sklearn"] * scale)), wl.SWEEP_FEATURES),
+        "matmul": (wl.MATMUL_TASKS, max(100, int(wl.MATMUL_N * min(1.0, scale)))),
     }
 
 

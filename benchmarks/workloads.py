@@ -38,6 +38,13 @@ EVENTS_TASKS = 100
 DATA_HOPS = 4
 CPU_TASKS = 8
 MATMUL_TASKS = 8
+MATMUL_N = 1_500
+# The sweep's data: 4,000 x 20 with 3 classes makes GridSearchCV(n_jobs=2) take
+# about 1 s here. Three classes add work per fit, not bytes: each daglite call
+# ships X (640 kB) to its worker, so a bigger X would time pickling, not pools.
+SWEEP_SIZE = 4_000
+SWEEP_FEATURES = 20
+SWEEP_CLASSES = 3
 SWEEP_FOLDS = 3
 # 6 x 2 x 2 = 24 combinations of LogisticRegression's parameters, 3 folds each.
 SWEEP_GRID: dict[str, list[Any]] = {
@@ -801,7 +808,11 @@ def _sweep_data(size: int, features: int) -> tuple[Any, Any]:
     from sklearn.datasets import make_classification
 
     return make_classification(
-        n_samples=size, n_features=features, n_informative=features // 2, random_state=0
+        n_samples=size,
+        n_features=features,
+        n_informative=features // 2,
+        n_classes=SWEEP_CLASSES,
+        random_state=0,
     )
 
 
@@ -845,7 +856,7 @@ def best_params(scores: list[float], params: list[dict[str, Any]]) -> dict[str, 
 
 def warm_sklearn(i: int) -> int:
     """Warm-up call: imports scikit-learn in the worker and fits once."""
-    X, y = _sweep_data(60, 4)
+    X, y = _sweep_data(90, 8)
     fit_fold({"C": 1.0}, 0, X, y)
     return nap(i)
 
@@ -874,7 +885,7 @@ def _gridsearch_sklearn(size: int, param: int, mode: str) -> Timing:
     _sklearn()
     X, y = _sweep_data(size, param)
     t0 = time.perf_counter()
-    _sweep_search(WORKERS).fit(*_sweep_data(60, 4))  # starts joblib's workers, imports
+    _sweep_search(WORKERS).fit(*_sweep_data(90, 8))  # starts joblib's workers, imports
     startup = time.perf_counter() - t0
     measured, search = _clock(lambda: _sweep_search(WORKERS).fit(X, y))
     return Timing(measured, startup, dict(search.best_params_))
