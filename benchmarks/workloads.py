@@ -39,10 +39,11 @@ DATA_HOPS = 4
 CPU_TASKS = 8
 MATMUL_TASKS = 8
 MATMUL_N = 1_500
-# The sweep's data: 4,000 x 20 with 3 classes makes GridSearchCV(n_jobs=2) take
-# about 1 s here. Three classes add work per fit, not bytes: each daglite call
-# ships X (640 kB) to its worker, so a bigger X would time pickling, not pools.
-SWEEP_SIZE = 4_000
+# The sweep's data: 6,000 x 20 with 3 classes makes GridSearchCV(n_jobs=2) take
+# about 1 s here (0.4-0.6 s when nothing else runs). Three classes add work per
+# fit, not bytes: each daglite call ships X (960 kB) to its worker, so a bigger
+# X would time pickling rather than native pools (joblib memmaps X over 1 MB).
+SWEEP_SIZE = 6_000
 SWEEP_FEATURES = 20
 SWEEP_CLASSES = 3
 SWEEP_FOLDS = 3

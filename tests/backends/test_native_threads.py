@@ -28,10 +28,15 @@ START_METHODS = ["forkserver", "spawn"]
 
 
 @pytest.fixture(autouse=True)
-def _no_thread_variables(monkeypatch):
-    """The caller's environment sets none of the variables unless a test does."""
+def _no_thread_variables():
+    """The caller's environment sets none of the variables unless a test does,
+    and is put back as it was afterwards (Dask's nannies change it too)."""
+    saved = dict(os.environ)
     for var in THREAD_VARIABLES:
-        monkeypatch.delenv(var, raising=False)
+        os.environ.pop(var, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @task
@@ -243,7 +248,8 @@ def test_native_threads_is_a_constructor_argument(cls):
 def test_dask_workers_get_dasks_own_limits():
     # daglite sets nothing on Dask: the nanny of each worker sets OMP, MKL and
     # OpenBLAS to 1 ("distributed.nanny.pre-spawn-environ") unless the caller's
-    # environment has them.
+    # environment has them. The embedded cluster's nannies live in this process
+    # and leave them in its environment (the autouse fixture puts it back).
     pytest.importorskip("distributed")
     from daglite.backends.dask import DaskBackend
 
