@@ -50,6 +50,8 @@ UNITS = {
     "events": ("events/s", True),
     "build": ("µs/node", False),
     "data": ("MB/s", True),
+    "sklearn": ("s", False),
+    "matmul": ("s", False),
 }
 FULL_SIZES = {
     "fanout": 10_000,
@@ -59,6 +61,8 @@ FULL_SIZES = {
     "events": wl.EVENTS_TASKS,
     "build": 100_000,
     "data": 1,
+    "sklearn": wl.SWEEP_SIZE,
+    "matmul": wl.MATMUL_TASKS,
 }
 CPU_SECONDS = 0.25
 EVENTS_PER_TASK = 200
@@ -96,6 +100,8 @@ def sizes(scale: float) -> dict[str, tuple[int, int]]:
         ),
         "build": (max(10, int(FULL_SIZES["build"] * scale)), 0),
         "data": (1, max(256 * 1024, int(DATA_BYTES * scale))),
+        "sklearn": (max(300, int(FULL_SIZES["sklearn"] * scale)), wl.SWEEP_FEATURES),
+        "matmul": (wl.MATMUL_TASKS, max(100, int(wl.MATMUL_N * min(1.0, scale)))),
     }
 
 
@@ -209,6 +215,8 @@ def metric(case: dict[str, Any], cases: dict[tuple[str, str, str], dict[str, Any
         return case["size"] * case["param"] / case["median"]
     if workload == "data":
         return wl.DATA_HOPS * case["param"] / 1e6 / case["median"]
+    if workload in ("sklearn", "matmul"):
+        return float(case["median"])
     if workload == "cpu":
         ref = cases.get(("cpu", *_inline_reference(case["system"], case["mode"])))
         if ref is None or ref.get("status") != "ok":
@@ -244,6 +252,8 @@ def _fmt(workload: str, value: float | None, case: dict[str, Any] | None) -> str
         text = f"{value:,.0f}"
     elif workload == "build":
         text = f"{value:.2f} µs, {case['extra'].get('bytes_per_node', 0):.0f} B"
+    elif workload in ("sklearn", "matmul"):
+        text = f"{value:.2f}"
     else:
         text = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
     if case.get("note") and case["system"] != "daglite":
@@ -376,6 +386,22 @@ def targets(cases: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str,
             us is not None and per is not None and us <= 3 and per <= 500,
             f"{us or 0:.2f} µs, {per or 0:.0f} B",
         )
+    sweep = cases.get(("sklearn", "daglite", "processes"), {})
+    grid = cases.get(("sklearn", "loky", "processes"), {})
+    same = sweep.get("status") == grid.get("status") == "ok" and sweep["result"] == grid["result"]
+    ratio_target(
+        "sklearn sweep processes <= 1.1x GridSearchCV(n_jobs=2)"
+        + ("" if same or not sweep else ", same best params: NO"),
+        v("sklearn", "daglite", "processes") if same or not sweep else None,
+        v("sklearn", "loky", "processes"),
+        1.1,
+    )
+    ratio_target(
+        "8 matmuls 1500x1500 processes <= 1.05x joblib on loky",
+        v("matmul", "daglite", "processes"),
+        v("matmul", "loky", "processes"),
+        1.05,
+    )
     ratio_target(
         "per-task overhead on dask <= 1.3x client.submit",
         v("fanout", "daglite", "dask"),
@@ -438,7 +464,17 @@ def machine() -> dict[str, Any]:
     import psutil
 
     versions = {}
-    for dist in ("daglite", "dask", "distributed", "loky", "numpy", "cloudpickle", "pluggy"):
+    for dist in (
+        "daglite",
+        "dask",
+        "distributed",
+        "loky",
+        "numpy",
+        "cloudpickle",
+        "pluggy",
+        "scikit-learn",
+        "threadpoolctl",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

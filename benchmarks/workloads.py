@@ -37,8 +37,24 @@ WORKERS = 2  # the reference machine has 2 cores; every pool gets the same count
 EVENTS_TASKS = 100
 DATA_HOPS = 4
 CPU_TASKS = 8
+MATMUL_TASKS = 8
+MATMUL_N = 1_500
+# The sweep's data: 6,000 x 20 with 3 classes makes GridSearchCV(n_jobs=2) take
+# about 1 s here (0.4-0.6 s when nothing else runs). Three classes add work per
+# fit, not bytes: each daglite call ships X (960 kB) to its worker, so a bigger
+# X would time pickling rather than native pools (joblib memmaps X over 1 MB).
+SWEEP_SIZE = 6_000
+SWEEP_FEATURES = 20
+SWEEP_CLASSES = 3
+SWEEP_FOLDS = 3
+# 6 x 2 x 2 = 24 combinations of LogisticRegression's parameters, 3 folds each.
+SWEEP_GRID: dict[str, list[Any]] = {
+    "C": [0.001, 0.01, 0.1, 1.0, 10.0, 100.0],
+    "fit_intercept": [True, False],
+    "class_weight": [None, "balanced"],
+}
 
-WORKLOADS = ("fanout", "mapped", "chain", "cpu", "events", "build", "data")
+WORKLOADS = ("fanout", "mapped", "chain", "cpu", "events", "build", "data", "sklearn", "matmul")
 MODES: dict[str, tuple[str, ...]] = {
     "fanout": ("inline", "threads", "processes", "dask"),
     "mapped": ("inline", "threads", "processes"),
@@ -47,6 +63,8 @@ MODES: dict[str, tuple[str, ...]] = {
     "events": ("inline", "threads", "processes", "dask"),
     "build": ("calls", "product"),
     "data": ("bytes", "numpy"),
+    "sklearn": ("processes",),
+    "matmul": ("processes",),
 }
 SYSTEMS = ("daglite", "cf", "loky", "dask", "client", "pipe")
 # Sizes some peers are measured at instead, with the reason printed beside the figure.
@@ -147,6 +165,10 @@ def expected(workload: str, size: int, param: int) -> Any:
         return size + 1
     if workload == "data":
         return [True, param]
+    if workload == "sklearn":
+        return _sweep_reference(size, param)
+    if workload == "matmul":
+        return size
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -766,6 +788,173 @@ def _dist_cpu(size: int, param: int, mode: str) -> Timing:
         d = _dask().delayed
         dag = d(total)([d(spin)(i, param) for i in range(size)])
         measured, result = _clock(lambda: client.compute(dag).result())
+    return Timing(measured, startup, result)
+
+
+# -- native thread pools: a scikit-learn sweep and numpy matmuls (issue 12) -----------------
+# Both time what BLAS/OpenMP pools cost when every worker starts one thread per
+# core. Peers: GridSearchCV(n_jobs=2) and loky, which cap each worker's pools;
+# ProcessPoolExecutor, which does not.
+
+
+def _sklearn() -> Any:
+    try:
+        import sklearn
+    except ImportError as exc:
+        raise Skip("scikit-learn is not installed") from exc
+    return sklearn
+
+
+def _sweep_data(size: int, features: int) -> tuple[Any, Any]:
+    from sklearn.datasets import make_classification
+
+    return make_classification(
+        n_samples=size,
+        n_features=features,
+        n_informative=features // 2,
+        n_classes=SWEEP_CLASSES,
+        random_state=0,
+    )
+
+
+def _sweep_params() -> list[dict[str, Any]]:
+    from sklearn.model_selection import ParameterGrid
+
+    return list(ParameterGrid(SWEEP_GRID))  # GridSearchCV's own order
+
+
+def _sweep_search(n_jobs: int | None) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    model = LogisticRegression(max_iter=1000)
+    return GridSearchCV(model, SWEEP_GRID, cv=SWEEP_FOLDS, n_jobs=n_jobs, refit=False)
+
+
+def _sweep_reference(size: int, features: int) -> dict[str, Any]:
+    """Best parameters found by a sequential GridSearchCV on the same data."""
+    _sklearn()
+    X, y = _sweep_data(size, features)
+    return dict(_sweep_search(None).fit(X, y).best_params_)
+
+
+def fit_fold(params: dict[str, Any], fold: int, X: Any, y: Any) -> float:
+    """Accuracy of LogisticRegression(**params) on one of GridSearchCV's cv folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    train, test = list(StratifiedKFold(SWEEP_FOLDS).split(X, y))[fold]
+    model = LogisticRegression(max_iter=1000, **params).fit(X[train], y[train])
+    return float(model.score(X[test], y[test]))
+
+
+def best_params(scores: list[float], params: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first combination with the highest mean score (GridSearchCV's rule)."""
+    folds = SWEEP_FOLDS
+    means = [sum(scores[i : i + folds]) / folds for i in range(0, len(scores), folds)]
+    return dict(params[means.index(max(means))])
+
+
+def warm_sklearn(i: int) -> int:
+    """Warm-up call: imports scikit-learn in the worker and fits once."""
+    X, y = _sweep_data(90, 8)
+    fit_fold({"C": 1.0}, 0, X, y)
+    return nap(i)
+
+
+fit_fold_t = task(fit_fold)
+best_params_t = task(best_params)
+warm_sklearn_t = task(warm_sklearn)
+
+
+@case("sklearn", "daglite", ("processes",), "fit_fold.product(params=24, fold=3), best")
+def _daglite_sklearn(size: int, param: int, mode: str) -> Timing:
+    _sklearn()
+    X, y = _sweep_data(size, param)
+    params = _sweep_params()
+    with _daglite(mode) as (backend, startup):
+        warm = warm_sklearn_t.product(i=list(range(2 * WORKERS)))
+        assert evaluate(warm, backend=backend) == list(range(2 * WORKERS))
+        scores = fit_fold_t.product(params=params, fold=list(range(SWEEP_FOLDS)), X=X, y=y)
+        dag = best_params_t(scores, params)
+        measured, result = _clock(lambda: evaluate(dag, backend=backend))
+    return Timing(measured, startup, result)
+
+
+@case("sklearn", "loky", ("processes",), "GridSearchCV(n_jobs=2, cv=3, refit=False) (joblib/loky)")
+def _gridsearch_sklearn(size: int, param: int, mode: str) -> Timing:
+    _sklearn()
+    X, y = _sweep_data(size, param)
+    t0 = time.perf_counter()
+    _sweep_search(WORKERS).fit(*_sweep_data(90, 8))  # starts joblib's workers, imports
+    startup = time.perf_counter() - t0
+    measured, search = _clock(lambda: _sweep_search(WORKERS).fit(X, y))
+    return Timing(measured, startup, dict(search.best_params_))
+
+
+def matmul(i: int, n: int) -> bool:
+    """One n x n product of random matrices, checked on a corner."""
+    import numpy as np
+
+    rng = np.random.default_rng(i)
+    a, b = rng.random((n, n)), rng.random((n, n))
+    c = a @ b
+    corner = np.array([[a[r] @ b[:, k] for k in range(4)] for r in range(4)])
+    return bool(np.allclose(c[:4, :4], corner))
+
+
+matmul_t = task(matmul)
+
+
+def _matmul_sample() -> Any:
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise Skip("numpy is not installed") from exc
+    return np.zeros(2)
+
+
+@case("matmul", "daglite", ("processes",), "matmul.product(i=range(8), n=1500), count")
+def _daglite_matmul(size: int, param: int, mode: str) -> Timing:
+    with _daglite(mode, _matmul_sample()) as (backend, startup):
+        dag = matmul_t.product(i=list(range(size)), n=param).join(total_t)
+        measured, result = _clock(lambda: evaluate(dag, backend=backend))
+    return Timing(measured, startup, result)
+
+
+@case("matmul", "cf", ("processes",), "ProcessPoolExecutor: [submit(matmul, i, 1500)], count")
+def _pool_matmul(size: int, param: int, mode: str, system: str = "cf") -> Timing:
+    with _pool(system, mode, _matmul_sample()) as (pool, startup):
+        measured, result = _clock(
+            lambda: sum(f.result() for f in [pool.submit(matmul, i, param) for i in range(size)])
+        )
+    return Timing(measured, startup, result)
+
+
+def _joblib() -> Any:
+    try:
+        import joblib
+    except ImportError as exc:
+        raise Skip("joblib is not installed (it comes with scikit-learn)") from exc
+    return joblib
+
+
+@case("matmul", "loky", ("processes",), "joblib.Parallel(n_jobs=2) on loky: matmul x8, count")
+def _joblib_matmul(size: int, param: int, mode: str) -> Timing:
+    # joblib, not a bare loky executor: joblib is what caps the workers' pools
+    # (it hands loky OMP_NUM_THREADS and friends = cores // n_jobs).
+    joblib = _joblib()
+    _matmul_sample()
+    parallel = joblib.Parallel(n_jobs=WORKERS)  # reuses loky's executor across calls
+    t0 = time.perf_counter()
+    assert sum(parallel(joblib.delayed(nap)(i) for i in range(2 * WORKERS))) == sum(
+        range(2 * WORKERS)
+    )
+    assert all(parallel(joblib.delayed(matmul)(i, 8) for i in range(2 * WORKERS)))  # numpy
+    startup = time.perf_counter() - t0
+    measured, result = _clock(
+        lambda: sum(parallel(joblib.delayed(matmul)(i, param) for i in range(size)))
+    )
     return Timing(measured, startup, result)
 
 

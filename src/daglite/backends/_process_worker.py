@@ -16,6 +16,7 @@ import time
 from typing import Any, Final, NoReturn, final
 
 from daglite._job import call
+from daglite._native import WorkerLimits, apply_worker_limits
 
 # Exit status of a process worker that ends itself because its task timed out.
 TIMEOUT_EXIT_CODE: Final = 75
@@ -70,8 +71,16 @@ def _pid_alive(pid: int) -> bool:
 _worker_state: Final = _WorkerState()
 
 
-def init_pool_worker(slots: Any, lock: Any, parent_pid: int) -> None:
-    """``initializer`` of process-pool workers: claim a slot, watch the parent."""
+def init_pool_worker(
+    slots: Any, lock: Any, parent_pid: int, native: WorkerLimits | None = None
+) -> None:
+    """``initializer`` of process-pool workers: limit native pools, claim a slot, watch the parent.
+
+    The thread variables are set before the worker unpickles any task, so
+    before the task's imports load the libraries that read them.
+    """
+    if native is not None:
+        apply_worker_limits(native)
     _worker_state.attach(slots, lock)
     call.worker = _worker_state
     threading.Thread(

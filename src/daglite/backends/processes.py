@@ -17,6 +17,11 @@ Start method: ``forkserver`` where available, else ``spawn``. ``fork`` is
 unsafe here: the caller runs daglite's own threads (hub, flusher, pools) and
 often the user's, and a forked child can inherit a lock held by one of them.
 
+Native thread pools: each worker's initializer sets ``OMP_NUM_THREADS`` and
+friends (``daglite._native``) before it unpickles any task. They travel as an
+initializer argument because forkserver workers inherit the environment of the
+shared forkserver process, not the caller's current one.
+
 Workers never import the caller's ``__main__``: task functions travel by value
 (cloudpickle), so there is nothing to gain from it, and skipping it means a
 script without an ``if __name__ == "__main__":`` guard, or code piped through
@@ -38,8 +43,9 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing import popen_forkserver, popen_spawn_posix
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
+from daglite._native import NativeThreads, check_native_threads, worker_limits
 from daglite.backends._process_worker import TIMEOUT_EXIT_CODE, init_pool_worker
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import BackendError
@@ -130,14 +136,29 @@ class ProcessBackend(Backend):
     Args:
         max_workers: Worker count (default: CPUs usable by this process).
         start_method: ``"forkserver"``, ``"spawn"`` (or ``"fork"`` at your own risk).
+        native_threads: Threads each worker's native pools (BLAS, OpenMP, numexpr,
+            numba) may start. ``"auto"``: usable CPUs // workers (at least 1), set
+            through ``OMP_NUM_THREADS`` and friends unless the caller's environment
+            has them; an int: that count, whatever the environment says; None:
+            leave the pools and the variables alone.
+
+    Raises:
+        ValueError: If ``max_workers`` or ``native_threads`` is out of range.
     """
 
     name: ClassVar[str] = "processes"
     max_batch: ClassVar[int] = 256
 
-    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        native_threads: int | Literal["auto"] | None = "auto",
+    ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
+        self.native_threads: NativeThreads = check_native_threads(native_threads)
         self._workers = max_workers or usable_cpu_count()
         self.max_workers = self._workers
         self.start_method = start_method or default_start_method()
@@ -175,7 +196,12 @@ class ProcessBackend(Backend):
             self._workers,
             mp_context=ctx,
             initializer=init_pool_worker,
-            initargs=(slots, ctx.Lock(), os.getpid()),
+            initargs=(
+                slots,
+                ctx.Lock(),
+                os.getpid(),
+                worker_limits(self.native_threads, self._workers),
+            ),
         )
         self._pools_by_generation[self._generation] = (self._pool, slots)
 
