@@ -19,8 +19,8 @@ np = pytest.importorskip("numpy")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 from daglite import evaluate, task  # noqa: E402
-from daglite._native import THREAD_VARIABLES, _SharedLimit  # noqa: E402
 from daglite.backends import InlineBackend, ProcessBackend, ThreadBackend  # noqa: E402
+from daglite.backends._native import THREAD_VARIABLES, _SharedLimit  # noqa: E402
 from daglite.settings import usable_cpu_count  # noqa: E402
 
 WAIT = 30.0  # deadlock detector only

@@ -16,7 +16,7 @@ import time
 from typing import Any, Final, NoReturn, final
 
 from daglite._job import call
-from daglite._native import WorkerLimits, apply_worker_limits
+from daglite.backends._native import WorkerLimits, apply_worker_limits
 
 # Exit status of a process worker that ends itself because its task timed out.
 TIMEOUT_EXIT_CODE: Final = 75

@@ -18,7 +18,7 @@ unsafe here: the caller runs daglite's own threads (hub, flusher, pools) and
 often the user's, and a forked child can inherit a lock held by one of them.
 
 Native thread pools: each worker's initializer sets ``OMP_NUM_THREADS`` and
-friends (``daglite._native``) before it unpickles any task. They travel as an
+friends (``daglite.backends._native``) before it unpickles any task. They travel as an
 initializer argument because forkserver workers inherit the environment of the
 shared forkserver process, not the caller's current one.
 
@@ -45,7 +45,7 @@ from functools import partial
 from multiprocessing import popen_forkserver, popen_spawn_posix
 from typing import Any, ClassVar, Final, Literal
 
-from daglite._native import NativeThreads, check_native_threads, worker_limits
+from daglite.backends._native import NativeThreads, check_native_threads, worker_limits
 from daglite.backends._process_worker import TIMEOUT_EXIT_CODE, init_pool_worker
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import BackendError

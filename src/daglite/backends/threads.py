@@ -7,7 +7,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, ClassVar, Literal
 
-from daglite._native import NativeThreads, call_limited, check_native_threads, threads_per_worker
+from daglite.backends._native import (
+    NativeThreads,
+    call_limited,
+    check_native_threads,
+    threads_per_worker,
+)
 from daglite.backends.base import Backend
 from daglite.settings import usable_cpu_count
 
