@@ -45,6 +45,7 @@ COLUMNS = {
 UNITS = {
     "fanout": ("µs/task", False),
     "mapped": ("µs/task", False),
+    "watched": ("µs/task", False),
     "chain": ("µs/hop", False),
     "cpu": ("speedup", True),
     "events": ("events/s", True),
@@ -56,6 +57,7 @@ UNITS = {
 FULL_SIZES = {
     "fanout": 10_000,
     "mapped": 100_000,
+    "watched": 1_000_000,
     "chain": 1_000,
     "cpu": wl.CPU_TASKS,
     "events": wl.EVENTS_TASKS,
@@ -92,6 +94,7 @@ def sizes(scale: float) -> dict[str, tuple[int, int]]:
     return {
         "fanout": (max(10, int(FULL_SIZES["fanout"] * scale)), 0),
         "mapped": (max(10, int(FULL_SIZES["mapped"] * scale)), 0),
+        "watched": (max(10, int(FULL_SIZES["watched"] * scale)), 0),
         "chain": (max(5, int(FULL_SIZES["chain"] * scale)), 0),
         "cpu": (wl.CPU_TASKS, _calibrate_spin(CPU_SECONDS * min(1.0, scale))),
         "events": (
@@ -209,7 +212,7 @@ def metric(case: dict[str, Any], cases: dict[tuple[str, str, str], dict[str, Any
     if case.get("status") != "ok":
         return None
     workload = case["workload"]
-    if workload in ("fanout", "mapped", "chain", "build"):
+    if workload in ("fanout", "mapped", "watched", "chain", "build"):
         return _per_unit(case)
     if workload == "events":
         return case["size"] * case["param"] / case["median"]
@@ -359,6 +362,15 @@ def targets(cases: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str,
         v("mapped", "daglite", "processes"),
         v("mapped", "cf", "processes"),
         1.0,
+    )
+    watched = v("watched", "daglite", "processes")
+    wcase = cases.get(("watched", "daglite", "processes"), {})
+    wbytes = wcase.get("extra", {}).get("peak_bytes_per_element") if watched is not None else None
+    abs_target(
+        "watched mapped processes <= 3 µs and <= 250 B per element",
+        watched,
+        watched is not None and wbytes is not None and watched <= 3 and wbytes <= 250,
+        f"{watched or 0:.2f} µs, {wbytes or 0:.0f} B",
     )
     speedup = v("cpu", "daglite", "processes")
     abs_target(

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from daglite import evaluate, task
+from daglite.plugins.hooks import hook_impl
 
 WORKERS = 2  # the reference machine has 2 cores; every pool gets the same count
 EVENTS_TASKS = 100
@@ -54,7 +55,18 @@ SWEEP_GRID: dict[str, list[Any]] = {
     "class_weight": [None, "balanced"],
 }
 
-WORKLOADS = ("fanout", "mapped", "chain", "cpu", "events", "build", "data", "sklearn", "matmul")
+WORKLOADS = (
+    "fanout",
+    "mapped",
+    "watched",
+    "chain",
+    "cpu",
+    "events",
+    "build",
+    "data",
+    "sklearn",
+    "matmul",
+)
 MODES: dict[str, tuple[str, ...]] = {
     "fanout": ("inline", "threads", "processes", "dask"),
     "mapped": ("inline", "threads", "processes"),
@@ -63,6 +75,7 @@ MODES: dict[str, tuple[str, ...]] = {
     "events": ("inline", "threads", "processes", "dask"),
     "build": ("calls", "product"),
     "data": ("bytes", "numpy"),
+    "watched": ("processes",),
     "sklearn": ("processes",),
     "matmul": ("processes",),
 }
@@ -153,7 +166,7 @@ def chatty(i: int, m: int) -> int:
 
 def expected(workload: str, size: int, param: int) -> Any:
     """The value every system must compute for this workload and size."""
-    if workload in ("fanout", "mapped"):
+    if workload in ("fanout", "mapped", "watched"):
         return size * (size + 1) // 2
     if workload == "chain":
         return size
@@ -275,6 +288,28 @@ def _daglite_mapped(size: int, param: int, mode: str) -> Timing:
         dag = inc_t.product(x=range(size)).join(total_t)
         measured, result = _clock(lambda: evaluate(dag, backend=backend))
     return Timing(measured, startup, result)
+
+
+class _NoOpTimer:
+    """The guide's TimingPlugin shape, doing nothing: what watching costs daglite."""
+
+    @hook_impl
+    def after_node_execute(self, key, metadata, inputs, result, duration, reporter=None):
+        pass
+
+
+@case("watched", "daglite", ("processes",), "mapped, with a no-op after_node_execute plugin")
+def _daglite_watched(size: int, param: int, mode: str) -> Timing:
+    with _daglite(mode) as (backend, startup):
+        dag = inc_t.product(x=range(size)).join(total_t)
+        plugins = [_NoOpTimer()]
+        measured, result = _clock(lambda: evaluate(dag, backend=backend, plugins=plugins))
+        gc.collect()
+        tracemalloc.start()
+        evaluate(dag, backend=backend, plugins=plugins)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return Timing(measured, startup, result, {"peak_bytes_per_element": peak / size})
 
 
 @case("chain", "daglite", ALL_MODES, "inc(inc(...inc(0))) N deep, backend={mode!r}")
@@ -432,6 +467,7 @@ def _chunksize(size: int) -> int:
     return max(1, -(-size // (4 * WORKERS)))
 
 
+@case("watched", "cf", ("processes",), "Executor.map(inc, range(N), chunksize=N/(4*workers))")
 @case("mapped", "cf", CF_MODES, "{mode}: Executor.map(inc, range(N), chunksize=N/(4*workers))")
 @case("mapped", "loky", ("processes",), "loky: map(inc, range(N), chunksize=N/(4*workers))")
 def _pool_mapped(size: int, param: int, mode: str, system: str = "cf") -> Timing:
