@@ -10,7 +10,9 @@ import pytest
 from daglite.plugins.hooks import hook_impl
 from daglite.plugins.manager import HookDispatcher, dispatcher_for
 
-NODE = dict(key="k", metadata=None, inputs={}, result=1, duration=0.5, reporter="R")
+NODE = dict(
+    key="k", metadata=None, inputs={}, result=1, duration=0.5, reporter="R", started=0.0, worker="w"
+)
 
 
 def _dispatcher(*plugins: object) -> HookDispatcher:

@@ -122,7 +122,14 @@ def _pluggy_order() -> list[str]:
     for plugin in _plugins(log):
         pm.register(plugin)
     pm.hook.after_node_execute(
-        key="k", metadata=None, inputs={}, result=None, duration=0.0, reporter=None
+        key="k",
+        metadata=None,
+        inputs={},
+        result=None,
+        duration=0.0,
+        reporter=None,
+        started=0.0,
+        worker="",
     )
     return [tag for tag, _ in log.entries]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 import time
 from array import array
@@ -39,6 +40,26 @@ class _PoolWorker(Protocol):
 # Set by a process-pool worker's initializer (``backends._process_worker``);
 # None everywhere else.
 worker: _PoolWorker | None = None
+# How this process is named in worker labels when calls run in it for another
+# process: ``pid N`` unless a backend gives its workers names (Dask: the
+# worker's address).
+process_label = ""
+# The worker label of calls the engine runs on its own thread (inline).
+CALLER_LABEL = "caller"
+
+
+def worker_label(home: _Home) -> str:
+    """Where the running call runs: a thread of the caller's process, or a process.
+
+    In the caller's process: ``caller`` on the engine's own thread, else the
+    thread's name (``daglite-thread_0``); elsewhere the process
+    (``process_label``, or ``pid N``).
+    """
+    if home.local():
+        if threading.get_ident() == home.engine_thread:
+            return CALLER_LABEL
+        return threading.current_thread().name
+    return process_label or f"pid {os.getpid()}"
 
 
 def invoke(
@@ -75,6 +96,7 @@ def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
             _leave(ctx, reset, direct)
             raise
     timed_out = False
+    started = time.time()
     start = time.perf_counter()
     try:
         if call.timeout is None:
@@ -92,7 +114,8 @@ def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
         duration = time.perf_counter() - start
         _leave(ctx, reset, direct)
     events, sent = ctx.finish()
-    return _new_outcome((call.token, ok, value, duration, events, sent, timed_out))
+    where = worker_label(home)
+    return _new_outcome((call.token, ok, value, duration, events, sent, timed_out, started, where))
 
 
 def _call_in(
@@ -100,23 +123,25 @@ def _call_in(
     func: Callable[..., Any],
     style: tuple[tuple[str, ...], str | None, str | None] | None,
     kwargs: dict[str, Any],
-) -> tuple[bool, Any, float]:
+) -> tuple[bool, Any, float, float]:
     """Call ``func`` here with ``ctx`` as the running task's context (inline lane).
 
     Returns:
-        ``(True, result, duration)``, or ``(False, exception, duration)``.
+        ``(True, result, duration, started)``, or ``(False, exception, duration,
+        started)``; ``started`` is the wall-clock start (``time.time()``).
     """
     current = reporters._current
     reset = None
+    started = time.time()
     start = time.perf_counter()
     try:
         reset = current.set(ctx)
         value = invoke(func, style, kwargs)
         if type(value) is CoroutineType:
             value = asyncio.run(value)
-        return True, value, time.perf_counter() - start
+        return True, value, time.perf_counter() - start, started
     except Exception as exc:
-        return False, exc, time.perf_counter() - start
+        return False, exc, time.perf_counter() - start, started
     finally:
         if reset is not None:
             current.reset(reset)
@@ -153,58 +178,65 @@ def _run_slice(home: _Home, call: _Call, direct: bool) -> Outcome:
     start event of their own. Each element's run time is kept when the slice
     is timed, and always for a failed element.
     """
+    ctx, reset = _enter(home, call, direct)
+    started = time.time()
+    start = time.perf_counter()
+    try:
+        value = _run_elements(home, call, ctx)
+    finally:
+        duration = time.perf_counter() - start
+        _leave(ctx, reset, direct)
+    ctx.elem = -1
+    events, sent = ctx.finish()
+    where = worker_label(home)
+    return _new_outcome((call.token, True, value, duration, events, sent, False, started, where))
+
+
+def _run_elements(home: _Home, call: _Call, ctx: _NodeContext) -> SliceValues:
+    """The loop of ``_run_slice``: each element's value, or its error and run time."""
     elems = call.elems
     assert elems is not None
     names, rows, first, stop_on_error, positional, timed = elems
-    ctx, reset = _enter(home, call, direct)
     func, base, style = call.func, call.kwargs, call.style
     single = names[0] if len(names) == 1 else None
     local = home.local()
     values: list[Any] = []
     errors: dict[int, tuple[BaseException, float]] = {}
     durations = array("d")
-    start = last = time.perf_counter()
-    try:
-        for i, row in enumerate(rows):
-            if local and home.abort:
-                break
-            ctx.elem = first + i
-            try:
-                if positional:
-                    value = func(row, **base) if base else func(row)
-                elif single is not None:
-                    value = invoke(func, style, {**base, single: row})
-                else:
-                    kwargs = dict(base)
-                    kwargs.update(zip(names, row))
-                    value = invoke(func, style, kwargs)
-                if type(value) is CoroutineType:
-                    value = asyncio.run(value)
-            except Exception as exc:
-                now = time.perf_counter()
-                values.append(None)
-                errors[i] = (exc, now - last)
-                if timed:
-                    durations.append(now - last)
-                last = now
-                if stop_on_error:
-                    break
-                continue
-            values.append(value)
-            if timed:
-                now = time.perf_counter()
-                durations.append(now - last)
-                last = now
+    last = time.perf_counter()
+    for i, row in enumerate(rows):
+        if local and home.abort:
+            break
+        ctx.elem = first + i
+        try:
+            if positional:
+                value = func(row, **base) if base else func(row)
+            elif single is not None:
+                value = invoke(func, style, {**base, single: row})
             else:
-                last = time.perf_counter()
-    finally:
-        duration = time.perf_counter() - start
-        _leave(ctx, reset, direct)
-    ctx.elem = -1
-    events, sent = ctx.finish()
-    return _new_outcome(
-        (call.token, True, SliceValues(values, errors, durations), duration, events, sent, False)
-    )
+                kwargs = dict(base)
+                kwargs.update(zip(names, row))
+                value = invoke(func, style, kwargs)
+            if type(value) is CoroutineType:
+                value = asyncio.run(value)
+        except Exception as exc:
+            now = time.perf_counter()
+            values.append(None)
+            errors[i] = (exc, now - last)
+            if timed:
+                durations.append(now - last)
+            last = now
+            if stop_on_error:
+                break
+            continue
+        values.append(value)
+        if timed:
+            now = time.perf_counter()
+            durations.append(now - last)
+            last = now
+        else:
+            last = time.perf_counter()
+    return SliceValues(values, errors, durations)
 
 
 class _TimedOut(Exception):

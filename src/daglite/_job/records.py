@@ -95,7 +95,9 @@ class Outcome(NamedTuple):
     """What one call produced: a value or an error, its run time and its events.
 
     A named tuple, so a batch of them crosses a process boundary as plain
-    tuples and is rebuilt without a constructor call per element.
+    tuples and is rebuilt without a constructor call per element. ``started``
+    is the wall-clock time (``time.time()``) the call started where it ran,
+    ``worker`` names where that was (``worker_label``).
     """
 
     token: int
@@ -105,6 +107,8 @@ class Outcome(NamedTuple):
     events: list[tuple[str, dict[str, Any]]]
     sent: int
     timed_out: bool = False
+    started: float = 0.0
+    worker: str = ""
 
     def __reduce__(self) -> tuple[Any, ...]:
         value, ok, tb = self.value, self.ok, ""
@@ -122,9 +126,10 @@ class Outcome(NamedTuple):
             error, tb = _portable_error(value)
             payload = _dumps(error)
         events = picklable_events(self.events) if self.events else self.events
+        where = (self.started, self.worker)
         return (
             _load_outcome,
-            (self.token, ok, payload, tb, self.duration, events, self.sent, self.timed_out),
+            (self.token, ok, payload, tb, self.duration, events, self.sent, self.timed_out, where),
         )
 
 
@@ -142,15 +147,16 @@ def _load_outcome(  # noqa: PLR0913, PLR0917 - one argument per field of a recor
     events: Any,
     sent: int,
     timed_out: bool,
+    where: tuple[float, str] = (0.0, ""),
 ) -> Outcome:
     try:
         value = pickle.loads(payload)
     except Exception as exc:  # pickled in the worker, but does not unpickle here
         error = ResultNotPicklableError(f"the result could not be unpickled in the caller: {exc}")
-        return Outcome(token, False, error, duration, events, sent, timed_out)
+        return Outcome(token, False, error, duration, events, sent, timed_out, *where)
     if not ok and tb:
         value.__cause__ = RemoteTraceback(tb)
-    return Outcome(token, ok, value, duration, events, sent, timed_out)
+    return Outcome(token, ok, value, duration, events, sent, timed_out, *where)
 
 
 def _dumps(value: Any) -> bytes:
@@ -242,7 +248,8 @@ def _fast_row(o: Outcome) -> tuple[Any, ...]:
     if o.ok:
         return tuple(o)
     # A failure carries (error, traceback text) until it is rebuilt in the caller.
-    return (o.token, False, _portable_error(o.value), o.duration, o.events, o.sent, o.timed_out)
+    error = _portable_error(o.value)
+    return (o.token, False, error, o.duration, o.events, o.sent, o.timed_out, o.started, o.worker)
 
 
 def _portable_error(exc: BaseException) -> tuple[BaseException, str]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from daglite._job.call import timeout_error
 from daglite._run.inbox import Inbox
 from daglite._run.state import RunState
-from daglite._run.unit import OnError, _chain_of, _element_kwargs, _Unit
+from daglite._run.unit import NOWHERE, At, OnError, _chain_of, _element_kwargs, _Unit
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import (
     TaskError,
@@ -196,25 +196,35 @@ class _Completing:
             return
         if not unit.started:
             self._node_started(unit)
+        at = (outcome.started, outcome.worker)
         if outcome.ok:
-            self._succeeded(unit, outcome.value, outcome.duration)
+            self._succeeded(unit, outcome.value, outcome.duration, at)
         else:
-            self._attempt_failed(unit, outcome.value, outcome.duration, outcome.timed_out)
+            self._attempt_failed(unit, outcome.value, outcome.duration, outcome.timed_out, at)
 
-    def _succeeded(self, unit: _Unit, value: Any, duration: float) -> None:
+    def _succeeded(self, unit: _Unit, value: Any, duration: float, at: At = NOWHERE) -> None:
         if self._any_remote and self._keeps_remote(unit.backend):
             self.remote_producers[unit.node] = unit.backend
         unit.done = unit.elem < 0
-        self._call_succeeded(unit.node, unit.elem, unit.kwargs, value, duration)
+        self._call_succeeded(unit.node, unit.elem, unit.kwargs, value, duration, at)
         if unit.follower:
             self._input_done(unit.follower, value)
 
     def _call_succeeded(
-        self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float
+        self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float, at: At
     ) -> None:
         """Element ``e`` of node ``i`` (-1: the node itself) returned ``value``."""
         if self._has_after:
-            self._node_hook("after_node_execute", i, e, kwargs, result=value, duration=duration)
+            self._node_hook(
+                "after_node_execute",
+                i,
+                e,
+                kwargs,
+                result=value,
+                duration=duration,
+                started=at[0],
+                worker=at[1],
+            )
         if self._keep_all:
             self.kept[self.key_of(i, e)] = value
         ready = self.state.node_done(i, value) if e < 0 else self.state.element_done(i, e, value)
@@ -256,14 +266,16 @@ class _Completing:
         assert piece.elems is not None
         values, errors = outcome.value.values, outcome.value.errors
         i, first = piece.node, piece.elem
+        starts = _element_starts(outcome.started, outcome.value.durations, len(values))
         if self._has_after:
-            self._elements_returned(piece, values, errors, outcome.value.durations)
+            self._elements_returned(piece, values, errors, outcome, starts)
         if self._keep_all:
             for e, value in enumerate(values):
                 if e not in errors:
                     self.kept[f"{piece.key}[{first + e}]"] = value
         for e, (error, duration) in errors.items():
-            self._attempt_failed(self._element_unit(piece, first + e), error, duration, False)
+            at = (starts[e], outcome.worker)
+            self._attempt_failed(self._element_unit(piece, first + e), error, duration, False, at)
         if not self.state.aborting:  # elements a slice skipped after a failure still run
             for e in range(first + len(values), first + len(piece.elems.rows)):
                 self._requeue(self._element_unit(piece, e))
@@ -274,17 +286,19 @@ class _Completing:
         piece: _Unit,
         values: list[Any],
         errors: dict[int, Any],
-        durations: Sequence[float],
+        outcome: Any,
+        starts: Sequence[float],
     ) -> None:
         """``after_node_execute`` of each element a slice ran, in element order.
 
-        Each gets its own key, inputs and result, and its run time as measured
-        in the worker; failed elements go through ``_attempt_failed`` instead.
+        Each gets its own key, inputs and result, and its run time and start as
+        measured in the worker; failed elements go through ``_attempt_failed``.
         """
         assert piece.elems is not None
         names, rows = piece.elems.names, piece.elems.rows
         key, meta, base, first = piece.key, piece.meta, piece.kwargs, piece.elem
         call, reporter = self.hooks.call, self.reporter
+        durations, worker = outcome.value.durations, outcome.worker
         for e, value in enumerate(values):
             if e in errors:
                 continue
@@ -296,6 +310,8 @@ class _Completing:
                 reporter=reporter,
                 result=value,
                 duration=durations[e],
+                started=starts[e],
+                worker=worker,
             )
 
     def _split(self, piece: _Unit, isolate: bool) -> None:
@@ -310,7 +326,12 @@ class _Completing:
             self._requeue(unit)
 
     def _attempt_failed(
-        self, unit: _Unit, error: BaseException, duration: float, timed_out: bool
+        self,
+        unit: _Unit,
+        error: BaseException,
+        duration: float,
+        timed_out: bool,
+        at: At = NOWHERE,
     ) -> None:
         if unit.follower:  # the calls fused after it will not run: drop them
             for follower in _chain_of(unit)[1:]:
@@ -322,11 +343,19 @@ class _Completing:
             unit.started = False  # the next attempt gets its own before_node_execute
             if self.hooks.has("before_node_retry"):
                 self._unit_hook(
-                    "before_node_retry", unit, error=error, attempt=unit.attempt, duration=duration
+                    "before_node_retry",
+                    unit,
+                    error=error,
+                    attempt=unit.attempt,
+                    duration=duration,
+                    started=at[0],
+                    worker=at[1],
                 )
             self._requeue(unit)
             return
-        self._unit_hook("on_node_error", unit, error=error, duration=duration)
+        self._unit_hook(
+            "on_node_error", unit, error=error, duration=duration, started=at[0], worker=at[1]
+        )
         self._record_failure(unit.node, unit.key, unit.task, error, timed_out)
 
     def _node_failed_before_running(self, i: int, error: BaseException) -> None:
@@ -374,3 +403,18 @@ def _task_error(task: Task[Any, Any], key: str, error: BaseException, timed_out:
         key=key,
         error=error,
     )
+
+
+def _element_starts(started: float, durations: Sequence[float], count: int) -> list[float]:
+    """When each element of a slice started.
+
+    The slice's start plus the run times before it for a timed slice, else the
+    slice's start for all.
+    """
+    if len(durations) < count:
+        return [started] * count
+    starts, t = [], started
+    for d in durations[:count]:
+        starts.append(t)
+        t += d
+    return starts

@@ -10,14 +10,17 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
-from daglite._job.call import _call_in, _run_call
+from daglite._job.call import CALLER_LABEL, _call_in, _run_call
 from daglite._job.channel import _Home
 from daglite._job.records import _new_outcome
 from daglite._run.inbox import Inbox, Message
 from daglite._run.state import RunState
 from daglite._run.unit import (
+    CACHE_LABEL,
+    At,
     _LaneCall,
     _Unit,
     call_of,
@@ -53,7 +56,7 @@ class _Lane:
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
 
         def _call_succeeded(
-            self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float
+            self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float, at: At
         ) -> None: ...
 
         def _dispatch_event(
@@ -74,7 +77,7 @@ class _Lane:
 
         def _schedule_ready(self) -> None: ...
 
-        def _succeeded(self, unit: _Unit, value: Any, duration: float) -> None: ...
+        def _succeeded(self, unit: _Unit, value: Any, duration: float, at: At = ...) -> None: ...
 
         def key_of(self, node: int, elem: int) -> str: ...
 
@@ -115,16 +118,18 @@ class _Lane:
                 self._node_hook("before_node_execute", i, e, kwargs)
             ctx = _CallerContext(self, task.name, i, e)
             try:
-                ok, value, duration = _call_in(ctx, task.func, task._sig.call_style, kwargs)
+                style = task._sig.call_style
+                ok, value, duration, started = _call_in(ctx, task.func, style, kwargs)
             finally:
                 events, ctx.events = ctx.events, _CLOSED  # the task is over: no more events
             if ok and not events:
-                self._call_succeeded(i, e, kwargs, value, duration)
+                self._call_succeeded(i, e, kwargs, value, duration, (started, CALLER_LABEL))
                 continue
             # Failed, or has events from other threads: as any backend's outcome.
             unit = _Unit(i, e, self.key_of(i, e), kwargs, task, graph.metadata[i], backend)
             unit.started = True
-            self._finish_unit(unit, _new_outcome((0, ok, value, duration, events or [], 0, False)))
+            fields = (0, ok, value, duration, events or [], 0, False, started, CALLER_LABEL)
+            self._finish_unit(unit, _new_outcome(fields))
         return True
 
     def caller_event(self, ctx: _CallerContext, event_type: str, data: dict[str, Any]) -> None:
@@ -174,5 +179,5 @@ class _Lane:
         if not isinstance(found, CachedResult):
             return False
         self._node_started(unit)
-        self._succeeded(unit, found.value, 0.0)
+        self._succeeded(unit, found.value, 0.0, (time.time(), CACHE_LABEL))
         return True

@@ -6,7 +6,7 @@ The call is a node's, a fan-out element's, or a slice of elements.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Literal, final
+from typing import Any, Final, Literal, final
 
 from daglite._job.records import Elements, _Call, _new_call
 from daglite.backends.base import Backend
@@ -123,6 +123,12 @@ def _element_kwargs(base: dict[str, Any], names: tuple[str, ...], row: Any) -> d
 
 
 OnError = Literal["raise", "continue"]
+# When an attempt started (wall clock, ``time.time()``) and where it ran (its
+# worker's label): what the node hooks get as ``started`` and ``worker``.
+At = tuple[float, str]
+NOWHERE: Final[At] = (0.0, "")
+# The worker label of a result a cache plugin supplied (nothing ran).
+CACHE_LABEL: Final = "cache"
 # A plain call of the inline lane: node, element (-1: none), kwargs, backend.
 _LaneCall = tuple[int, int, dict[str, Any], Backend]
 _token_counter = itertools.count(1)

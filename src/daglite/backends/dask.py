@@ -201,6 +201,7 @@ def _run_job(
             return []
         _running_jobs.add(job_key)
     try:
+        _name_this_worker()
         job = pickle.loads(payload)
         if keys:
             job = _with_kept_inputs(job, dict(zip(keys, kept)))
@@ -211,6 +212,19 @@ def _run_job(
             _running_jobs.discard(job_key)
     big = _big_results(outcomes, threshold)
     return _Kept(outcomes, big) if big else outcomes
+
+
+def _name_this_worker() -> None:
+    """Worker labels of calls run here name the Dask worker (its address)."""
+    from daglite._job import call
+
+    if not call.process_label:
+        from distributed import get_worker
+
+        try:
+            call.process_label = get_worker().address
+        except ValueError:  # not inside a worker (a local test of the job)
+            call.process_label = f"pid {os.getpid()}"
 
 
 def _abandon_on_worker(keys: list[str]) -> list[str]:
@@ -274,7 +288,7 @@ def _big_results(outcomes: list[Any], threshold: int) -> dict[int, int]:
 
 def _summarize(kept: _Kept, key: str) -> list[Any]:
     """The outcomes of ``kept`` with stand-ins for the big values (runs by the data)."""
-    from daglite._job.records import Outcome, Outcomes
+    from daglite._job.records import Outcomes
 
     out = Outcomes()
     out.sent_early = list(getattr(kept.outcomes, "sent_early", ()))
@@ -285,7 +299,7 @@ def _summarize(kept: _Kept, key: str) -> list[Any]:
             continue
         cls = type(o.value)
         stand_in = RemoteResult(key, o.token, nbytes, f"{cls.__module__}.{cls.__qualname__}")
-        out.append(Outcome(o.token, o.ok, stand_in, o.duration, o.events, o.sent, o.timed_out))
+        out.append(o._replace(value=stand_in))
     return out
 
 

@@ -44,10 +44,16 @@ class NodeSpecs:
         result: Any,
         duration: float,
         reporter: Reporter,
+        started: float,
+        worker: str,
     ) -> None:
         """Called after the task returned; ``duration`` was measured where it ran.
 
         Every event the task reported has been delivered before this hook runs.
+        ``started`` is when the attempt started (``time.time()`` where it ran)
+        and ``worker`` names where: ``caller`` (inline), a thread's name
+        (threads), ``pid N`` (processes), a Dask worker's address, or
+        ``cache`` when a cache plugin supplied the result.
         """
 
     @hook_spec
@@ -59,11 +65,16 @@ class NodeSpecs:
         error: BaseException,
         duration: float,
         reporter: Reporter,
+        started: float,
+        worker: str,
     ) -> None:
         """Called once when a task has failed for good (after its last retry).
 
         ``error`` is the task's own exception (a ``TimeoutError`` for a timeout,
         a ``WorkerLostError`` when its worker died), not a daglite wrapper.
+        ``started`` and ``worker`` are those of the last attempt (as for
+        ``after_node_execute``; 0.0 and ``""`` when it never ran, say its worker
+        died before it reported).
         """
 
     @hook_spec
@@ -76,11 +87,14 @@ class NodeSpecs:
         attempt: int,
         duration: float,
         reporter: Reporter,
+        started: float,
+        worker: str,
     ) -> None:
         """Called when an attempt failed and the task will be run again.
 
         ``attempt`` is the number of the attempt about to start (2 for the first
         retry). ``on_node_error`` is not called for attempts that are retried.
+        ``started`` and ``worker`` are those of the attempt that failed.
         """
 
     @hook_spec(firstresult=True)
