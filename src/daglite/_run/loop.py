@@ -287,6 +287,9 @@ class _Run(_Planning, _Completing, _Lane, _Notifying):
             root_id=self.run_id,
             node_count=self.node_count,
             is_async=self.is_async,
+            graph=_description(self.graph)
+            if hooks.takes("before_graph_execute", "graph")
+            else None,
         )
         try:
             self._loop()
@@ -387,3 +390,10 @@ class _Run(_Planning, _Completing, _Lane, _Notifying):
             results=self.kept,
             skipped=self.state.skipped,
         )
+
+
+def _description(graph: Graph) -> Any:
+    """The ``GraphDescription`` of ``graph``, for hooks that ask for it."""
+    from daglite.describe import _describe_graph
+
+    return _describe_graph(graph)

@@ -163,6 +163,16 @@ class HookDispatcher:
         """A copy for one evaluation: same implementations, its own failure counts."""
         return HookDispatcher(self._pm, self.plugins, self._table)
 
+    def takes(self, hook: str, param: str) -> bool:
+        """Whether any implementation of ``hook`` declares the parameter ``param``.
+
+        For arguments that cost something to make (the graph's description):
+        the engine makes them only when somebody asked for them.
+        """
+        caller = getattr(self._pm.hook, hook, None)
+        impls = caller.get_hookimpls() if caller is not None else ()
+        return any(param in impl.argnames or param in impl.kwargnames for impl in impls)
+
     def has(self, hook: str) -> bool:
         """Whether any plugin implements ``hook``."""
         return hook in self._impls

@@ -18,6 +18,7 @@ from uuid import UUID
 from daglite.plugins.hooks.markers import hook_spec
 
 if TYPE_CHECKING:
+    from daglite.describe import GraphDescription
     from daglite.graph.base import GraphMetadata
     from daglite.plugins.reporters import Reporter
 
@@ -112,11 +113,16 @@ class GraphSpecs:
     """Hooks called once per ``evaluate`` call."""
 
     @hook_spec
-    def before_graph_execute(self, root_id: UUID, node_count: int, is_async: bool) -> None:
+    def before_graph_execute(
+        self, root_id: UUID, node_count: int, is_async: bool, graph: GraphDescription
+    ) -> None:
         """Called first, before any node hook.
 
         ``node_count`` counts every node that will run, mapped elements
         included, as far as it is known now (see ``on_graph_expand``).
+        ``graph`` describes the DAG (``daglite.describe.GraphDescription``:
+        nodes with their keys, tasks, backends, widths and inputs); it is made
+        only when an implementation declares it.
         """
 
     @hook_spec
