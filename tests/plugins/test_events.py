@@ -178,6 +178,46 @@ def test_reporter_given_to_hooks_reports_to_handlers(backend):
     assert plugin.received == [{"node": "emit", "type": "from_hook"}]
 
 
+def test_on_any_handler_gets_every_type_after_the_own_handlers(backend):
+    class Everything:
+        def __init__(self) -> None:
+            self.received: list[tuple[str, dict[str, Any]]] = []
+
+        def register_event_handlers(self, registry):
+            registry.on("from_hook", lambda e: self.received.append(("own", e)))
+            registry.on_any(lambda e: self.received.append(("any", e)))
+
+        @hook_impl
+        def after_node_execute(self, key, reporter):
+            reporter.report("from_hook", {"node": key})
+
+    @task
+    def two_kinds() -> int:
+        get_reporter().report("a", {"i": 1})
+        get_reporter().report("b", {"i": 2})
+        return 0
+
+    plugin = Everything()
+    evaluate(two_kinds(), backend=backend, plugins=[plugin])
+    assert plugin.received == [
+        ("any", {"i": 1, "type": "a", "key": "two_kinds"}),
+        ("any", {"i": 2, "type": "b", "key": "two_kinds"}),
+        ("own", {"node": "two_kinds", "type": "from_hook"}),
+        ("any", {"node": "two_kinds", "type": "from_hook"}),
+    ]
+
+
+def test_registry_on_any_checks_the_handler_and_counts_as_a_subscriber():
+    from daglite.plugins.reporters import EventRegistry
+
+    registry = EventRegistry()
+    assert not registry and registry.handlers("x") == []
+    with pytest.raises(TypeError, match="must be callable"):
+        registry.on_any("not callable")  # type: ignore[arg-type]
+    registry.on_any(print)
+    assert registry and registry.handlers("x") == [print]
+
+
 @task
 def report_unpicklable(kind: str, gate: Any = None) -> str:
     bad: Any = threading.Lock() if kind == "lock" else (lambda: None)

@@ -143,12 +143,21 @@ def get_reporter() -> Reporter:
 
 @final
 class EventRegistry:
-    """Event handlers of one evaluation, filled by plugins' ``register_event_handlers``."""
+    """Event handlers of one evaluation, filled by plugins' ``register_event_handlers``.
 
-    __slots__ = ("_handlers",)
+    ``on(event_type, handler)`` subscribes to one event type; ``on_any(handler)``
+    to every event a task or a hook reports (a trace file records them all).
+    Either turns the bulk path of fan-outs off for the evaluation (each element
+    is a call of its own, so its events find their key).
+    """
+
+    __slots__ = ("_any", "_handlers")
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}
+        # Handlers of every event type; empty unless someone subscribed to all,
+        # and then the only cost ``handlers`` adds is this list's truth test.
+        self._any: list[Callable[[dict[str, Any]], Any]] = []
 
     def on(self, event_type: str, handler: Callable[[dict[str, Any]], Any]) -> None:
         """Call ``handler(event)`` in the caller's process for each ``event_type`` event.
@@ -161,12 +170,24 @@ class EventRegistry:
             raise TypeError(f"handler for {event_type!r} must be callable, got {handler!r}")
         self._handlers.setdefault(event_type, []).append(handler)
 
+    def on_any(self, handler: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``handler(event)`` in the caller's process for every reported event.
+
+        The event dict is the same as for ``on``; ``event["type"]`` tells the
+        types apart. daglite's own messages (``daglite.*``) are not events and
+        never reach it. It runs after the handlers of the event's own type.
+        """
+        if not callable(handler):
+            raise TypeError(f"handler for every event type must be callable, got {handler!r}")
+        self._any.append(handler)
+
     def handlers(self, event_type: str) -> list[Callable[[dict[str, Any]], Any]]:
-        """The handlers registered for ``event_type``, in registration order."""
-        return self._handlers.get(event_type, [])
+        """The handlers of an ``event_type`` event: its own, then those of every type."""
+        own = self._handlers.get(event_type, [])
+        return [*own, *self._any] if self._any else own
 
     def __bool__(self) -> bool:
-        return bool(self._handlers)
+        return bool(self._handlers or self._any)
 
 
 @final
