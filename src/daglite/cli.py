@@ -4,6 +4,7 @@
 
     daglite run package.module:function [--backend NAME] [--workers N] [--progress]
                 [-p key=value ...] [--plugin package.module:Class ...] [--traceback]
+                [--trace FILE]
     daglite describe package.module:function [-p key=value ...] [--dot FILE]
     daglite backends
     daglite --version
@@ -76,6 +77,9 @@ def _build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODULE:CLASS",
         help="a plugin class to instantiate with no arguments (repeatable)",
+    )
+    run.add_argument(
+        "--trace", metavar="FILE", help="write a Chrome trace of the run to FILE (Perfetto)"
     )
     describe = commands.add_parser("describe", help="print a DAG's nodes and edges, run nothing")
     _add_target_options(describe)
@@ -218,7 +222,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     backend = _backend(args.backend, args.workers)
     dag = _build_dag(target, args.target, raw)
     try:
-        result = evaluate(dag, backend=backend, plugins=plugins, progress=args.progress)
+        result = evaluate(
+            dag, backend=backend, plugins=plugins, progress=args.progress, trace=args.trace
+        )
     except (TaskError, EvaluationError) as exc:
         raise _CliError(_one_line(exc), code=1) from exc
     except Exception as exc:

@@ -7,6 +7,7 @@ scheduler loop (``daglite._run``).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar, overload
 
@@ -90,6 +91,17 @@ def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
     return backend_of
 
 
+def _with_trace(
+    plugins: Iterable[object] | None, trace: str | os.PathLike[str] | None
+) -> Iterable[object] | None:
+    """``plugins``, plus a ``TracePlugin`` writing ``trace`` when one is asked for."""
+    if trace is None:
+        return plugins
+    from daglite.plugins.builtin.trace import TracePlugin
+
+    return [*(plugins or ()), TracePlugin(trace)]
+
+
 def _prepare(
     future: Any,
     backend: str | Backend | None,
@@ -128,6 +140,7 @@ def evaluate(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -138,6 +151,7 @@ def evaluate(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -148,6 +162,7 @@ def evaluate(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -158,6 +173,7 @@ def evaluate(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -168,6 +184,7 @@ def evaluate(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
 def evaluate(
@@ -177,6 +194,7 @@ def evaluate(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> Any:
     """Run the DAG behind ``future`` and return its result.
@@ -189,6 +207,8 @@ def evaluate(
         progress: Show a live progress bar (needs the ``rich`` extra) on a terminal.
         on_error: ``"raise"`` fails fast; ``"continue"`` runs everything that does
             not depend on a failure, then raises ``EvaluationError`` with all of them.
+        trace: Write a Chrome trace file of this evaluation here (``TracePlugin``;
+            open it in Perfetto), also when it fails.
         **backend_options: Constructor arguments of the named backend (``max_workers=``).
 
     Raises:
@@ -197,6 +217,7 @@ def evaluate(
         BackendError: For an unknown or unavailable backend.
         GraphError: For a malformed graph.
     """
+    plugins = _with_trace(plugins, trace)
     run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, False)
     return rebuild(run.execute())
 
@@ -209,6 +230,7 @@ async def evaluate_async(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -219,6 +241,7 @@ async def evaluate_async(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -229,6 +252,7 @@ async def evaluate_async(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -239,6 +263,7 @@ async def evaluate_async(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -249,6 +274,7 @@ async def evaluate_async(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
 async def evaluate_async(
@@ -258,13 +284,16 @@ async def evaluate_async(
     plugins: Iterable[object] | None = None,
     progress: bool = False,
     on_error: OnError = "raise",
+    trace: str | os.PathLike[str] | None = None,
     **backend_options: Any,
 ) -> Any:
     """Like ``evaluate``, without blocking the running event loop.
 
     The scheduler loop runs in a helper thread (which is where hooks are then
     called, still one at a time); cancelling the awaiting task stops the run.
+    ``trace=`` writes a Chrome trace file, as for ``evaluate``.
     """
+    plugins = _with_trace(plugins, trace)
     run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, True)
     task = asyncio.get_running_loop().run_in_executor(None, run.execute)
     try:

@@ -1,9 +1,11 @@
 """Plugins that ship with daglite.
 
-``ProgressPlugin`` (a rich progress bar; the ``rich`` extra) and
-``CachePlugin`` (result caching). Importing this package needs neither rich nor
-the cache's dependencies: ``CachePlugin`` is imported on first use, and a
-missing rich only matters when a ``ProgressPlugin`` is created.
+``ProgressPlugin`` (a rich progress bar; the ``rich`` extra),
+``CachePlugin`` (result caching), ``TracePlugin`` (a Chrome trace file) and
+``OpenTelemetryPlugin`` (spans; the ``otel`` extra). Importing this package
+needs neither rich, the cache's dependencies nor opentelemetry: the last three
+are imported on first use, and a missing rich or opentelemetry only matters
+when such a plugin is created.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from daglite.plugins.builtin.progress import ProgressPlugin
 
 if TYPE_CHECKING:
     from daglite.plugins.builtin.cache import CachePlugin
+    from daglite.plugins.builtin.otel import OpenTelemetryPlugin
+    from daglite.plugins.builtin.trace import TracePlugin
 
-__all__ = ["CachePlugin", "ProgressPlugin"]
+__all__ = ["CachePlugin", "OpenTelemetryPlugin", "ProgressPlugin", "TracePlugin"]
 
-_LAZY: dict[str, str] = {"CachePlugin": "daglite.plugins.builtin.cache"}
+_LAZY: dict[str, str] = {
+    "CachePlugin": "daglite.plugins.builtin.cache",
+    "OpenTelemetryPlugin": "daglite.plugins.builtin.otel",
+    "TracePlugin": "daglite.plugins.builtin.trace",
+}
 
 
 def __getattr__(name: str) -> Any:
