@@ -7,6 +7,7 @@ scheduler loop (``daglite._run``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar, overload
@@ -290,12 +291,16 @@ async def evaluate_async(
     """Like ``evaluate``, without blocking the running event loop.
 
     The scheduler loop runs in a helper thread (which is where hooks are then
-    called, still one at a time); cancelling the awaiting task stops the run.
+    called, still one at a time, in a copy of the caller's context variables);
+    cancelling the awaiting task stops the run.
     ``trace=`` writes a Chrome trace file, as for ``evaluate``.
     """
     plugins = _with_trace(plugins, trace)
     run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, True)
-    task = asyncio.get_running_loop().run_in_executor(None, run.execute)
+    # The loop runs in the caller's context (as asyncio.to_thread does), so
+    # hooks see the caller's context variables: its current span, say.
+    context = contextvars.copy_context()
+    task = asyncio.get_running_loop().run_in_executor(None, context.run, run.execute)
     try:
         return rebuild(await asyncio.shield(task))
     except asyncio.CancelledError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from daglite import TaskError, evaluate, task
+from daglite import TaskError, evaluate, evaluate_async, task
 from daglite.plugins.builtin import OpenTelemetryPlugin
 from daglite.plugins.builtin.timeline import TimelinePlugin
 
@@ -113,6 +114,19 @@ def test_failed_attempts_are_error_spans(backend, provider, exporter, tmp_path):
     assert "daglite.retried" not in second.attributes
     assert run.status.status_code is StatusCode.ERROR
     assert [e.name for e in run.events] == ["exception"]
+
+
+def test_evaluate_async_span_is_a_child_of_the_awaiting_callers_span(provider, exporter):
+    async def traced() -> int:
+        with provider.get_tracer("test").start_as_current_span("outer"):
+            plugins = [OpenTelemetryPlugin(provider)]
+            return await evaluate_async(inc(1), backend="threads", plugins=plugins)
+
+    assert asyncio.run(traced()) == 2
+    outer, run, (child,) = split(exporter.get_finished_spans())
+    assert run.parent is not None and run.parent.span_id == outer.context.span_id
+    assert run.attributes is not None and run.attributes["daglite.is_async"] is True
+    assert child.parent is not None and child.parent.span_id == run.context.span_id
 
 
 def test_global_provider_is_the_default(provider, exporter, monkeypatch):
