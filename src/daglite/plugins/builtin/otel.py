@@ -168,6 +168,8 @@ class OpenTelemetryPlugin:
         span.end()
         latest = next(reversed(self._runs.values()), None)
         self._parent = None if latest is None else latest[1]
+        if latest is None:
+            self._tries = {}  # keep nothing between evaluations
 
 
 def _end(span: Span, start: int, duration: float, error: BaseException | None) -> None:
