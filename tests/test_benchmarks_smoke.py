@@ -77,3 +77,19 @@ def test_soak_stays_flat_on_a_few_calls():
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "summary: inline=FLAT, threads=FLAT, processes=FLAT" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_trace_cost_runs_every_variant():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "trace_cost.py"), "--rounds", "2", "--size", "200"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    for variant in ("plain", "noop-hook", "trace", "trace-noevents"):
+        assert any(line.startswith(f"{variant} ") for line in lines), proc.stdout
+    assert "target <= 1.3x" in proc.stdout
