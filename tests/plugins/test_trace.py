@@ -168,12 +168,19 @@ def test_event_data_json_cannot_hold_is_written_as_its_repr(tmp_path):
     @task
     def odd(x: int) -> int:
         get_reporter().report("odd", {"value": {1, 2}})
+        get_reporter().report("odder", {"nan": float("nan"), "tuple_keys": {(1, 2): 3}})
         return x
 
     path = tmp_path / "odd.json"
     evaluate(odd(1), trace=str(path))
-    (event,) = [e for e in read(path) if e["ph"] == "i"]
-    assert event["args"]["value"] == repr({1, 2})
+    first, second = [e for e in read(path) if e["ph"] == "i"]
+    assert first["args"]["value"] == repr({1, 2})
+    assert second["args"] == {
+        "nan": "nan",
+        "tuple_keys": "{(1, 2): 3}",
+        "type": "odder",
+        "key": "odd",
+    }
 
 
 def test_evaluate_async_writes_a_trace(tmp_path):

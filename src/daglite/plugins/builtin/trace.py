@@ -114,7 +114,7 @@ def _document(run: RunTimeline, marks: list[_Mark]) -> str:
     tracks = _Tracks()
     events = [_evaluation(run, run.started), *_instants(run, marks, tracks, run.started)]
     bars = _bars(run, tracks)
-    dumped = [json.dumps(e, separators=(",", ":"), default=repr) for e in events]
+    dumped = [_dump(e) for e in events]
     other = json.dumps({"root_id": str(run.root_id), "error": run.error}, separators=(",", ":"))
     head = [json.dumps(e, separators=(",", ":")) for e in tracks.metadata()]
     return (
@@ -124,6 +124,15 @@ def _document(run: RunTimeline, marks: list[_Mark]) -> str:
         + other
         + "}"
     )
+
+
+def _dump(event: dict[str, Any]) -> str:
+    """``event`` as JSON; what JSON cannot hold in its ``args`` becomes its ``repr``."""
+    try:
+        return json.dumps(event, separators=(",", ":"), default=repr, allow_nan=False)
+    except (TypeError, ValueError):  # keys that are not strings, NaN, a cycle
+        args = {str(k): v if isinstance(v, str) else repr(v) for k, v in event["args"].items()}
+        return json.dumps({**event, "args": args}, separators=(",", ":"))
 
 
 def _bars(run: RunTimeline, tracks: _Tracks) -> list[str]:
