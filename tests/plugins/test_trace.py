@@ -213,3 +213,25 @@ def test_cli_run_trace_writes_the_file(tmp_path, monkeypatch, capsys):
     assert [e["args"]["key"] for e in read(tmp_path / "cli.json") if e.get("cat") == "task"] == [
         "double"
     ]
+
+
+def test_attempt_whose_worker_died_sits_at_the_end_on_its_own_track(tmp_path):
+    from daglite import WorkerLostError
+
+    @task
+    def die(x: int) -> int:
+        import os
+
+        os._exit(1)
+
+    path = tmp_path / "lost.json"
+    with pytest.raises(WorkerLostError):
+        evaluate(die(1), backend="processes", trace=path)
+    doc = json.loads(path.read_text())
+    events = check_chrome_trace(doc)
+    (bar,) = [e for e in events if e.get("cat") == "task"]
+    (run,) = [e for e in events if e.get("cat") == "evaluation"]
+    assert bar["args"]["error"].startswith("WorkerLostError")
+    assert (bar["ts"], bar["dur"]) == (run["ts"] + run["dur"], 0.0)
+    names = [e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "thread_name"]
+    assert names == ["run", "worker lost"]

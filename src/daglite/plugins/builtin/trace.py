@@ -7,8 +7,8 @@ open. The layout:
 
 - one process per backend (``M`` ``process_name`` event: the backend's name)
   and one thread per worker within it (``thread_name``: ``pid 1234``, a
-  thread's name, a Dask worker's address, ``caller``, ``cache``); process 0,
-  ``daglite``, holds the evaluation itself;
+  thread's name, a Dask worker's address, ``caller``, ``cache``, ``worker
+  lost``); process 0, ``daglite``, holds the evaluation itself;
 - one complete event (``"ph": "X"``, category ``task``) per task attempt, on
   its worker's track, ``ts``/``dur`` in microseconds from the run's start, with
   the key, attempt number and error in ``args``; one ``evaluate`` event
@@ -198,7 +198,7 @@ class _Tracks:
         for backend, pid in self._backends.items():
             out.append(_meta("process_name", pid, 0, backend))
         for (_, worker), (pid, tid) in self._workers.items():
-            out.append(_meta("thread_name", pid, tid, worker or "not started"))
+            out.append(_meta("thread_name", pid, tid, worker or "worker lost"))
             out.append(_meta("thread_sort_index", pid, tid, tid))
         return out
 
