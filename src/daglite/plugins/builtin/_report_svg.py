@@ -1,0 +1,342 @@
+"""The two drawings of the run report, as inline SVG: the timeline and the DAG.
+
+Both are plain strings built from a ``RunTimeline``; nothing here runs JavaScript
+or reaches the network. Every bar and node carries ``data-*`` attributes (key,
+task, worker, state, ...) that the page's script and the tests read.
+
+Large runs stay small: above ``DETAIL_LIMIT`` attempts the timeline draws, per
+worker and per time bucket, one bar per task with the number of attempts it
+stands for; above ``DAG_NODE_LIMIT`` nodes the DAG is drawn per task.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from typing import TYPE_CHECKING, Final, final
+
+if TYPE_CHECKING:
+    from daglite.plugins.builtin.timeline import Attempt, RunTimeline
+
+# Attempts drawn one bar each; above this, bars are aggregated per bucket. A
+# bar costs ~300 bytes of HTML, so the detailed timeline stays under ~1 MB.
+DETAIL_LIMIT: Final = 3000
+# Time buckets of the aggregated timeline: one per ~4 px of the plot.
+BUCKETS: Final = 250
+# Nodes drawn one box each; above this the DAG is drawn one box per task.
+DAG_NODE_LIMIT: Final = 300
+
+_LABEL_W: Final = 170
+_PLOT_W: Final = 1000
+_ROW_H: Final = 22
+_BAR_H: Final = 16
+_AXIS_H: Final = 26
+_BOX_W: Final = 170
+_BOX_H: Final = 42
+_GAP_X: Final = 60
+_GAP_Y: Final = 16
+
+
+def colour(task: str) -> str:
+    """A stable colour for a task name (the same in every report)."""
+    digest = zlib.crc32(task.encode("utf-8"))
+    hue, lightness = digest % 360, (52, 62, 72)[(digest >> 9) % 3]
+    return f"hsl({hue},62%,{lightness}%)"
+
+
+def seconds(value: float) -> str:
+    """A duration for people: ``850 µs``, ``12.3 ms``, ``4.56 s``."""
+    if value < 1e-3:
+        return f"{value * 1e6:.3g} µs"
+    if value < 1:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value:.3g} s" if value < 100 else f"{value:.0f} s"
+
+
+def _attr(text: object) -> str:
+    return escape(str(text), quote=True)
+
+
+# -- timeline -------------------------------------------------------------------------
+
+
+def _worker_sort_key(worker: str) -> tuple[int, str, int]:
+    """Caller first, then threads, processes and Dask workers in natural order; cache last."""
+    head = worker.rstrip("0123456789")
+    number = int(worker[len(head) :]) if len(head) < len(worker) else -1
+    rank = 0 if worker == "caller" else 2 if worker == "cache" else 1
+    return rank, head, number
+
+
+def placed_attempts(run: RunTimeline) -> list[Attempt]:
+    """The attempts that ran somewhere known (a worker lost before reporting is not drawn)."""
+    return [a for a in run.attempts if a.started > 0 and a.worker]
+
+
+def workers(attempts: Iterable[Attempt]) -> list[str]:
+    """The workers of ``attempts``, in display order."""
+    return sorted({a.worker for a in attempts}, key=_worker_sort_key)
+
+
+@final
+@dataclass(slots=True)
+class _Scale:
+    origin: float
+    span: float
+
+    def x(self, t: float) -> float:
+        return _LABEL_W + max(0.0, min(1.0, (t - self.origin) / self.span)) * _PLOT_W
+
+
+def _scale(run: RunTimeline, attempts: Sequence[Attempt]) -> _Scale:
+    origin = min([run.started, *(a.started for a in attempts)])
+    end = max([run.ended or run.started, *(a.started + a.duration for a in attempts)])
+    return _Scale(origin, max(end - origin, 1e-6))
+
+
+def _state(a: Attempt) -> str:
+    if a.cached:
+        return "cached"
+    if a.error is None:
+        return "ok"
+    return "retried" if a.retried else "failed"
+
+
+def _detail_bar(a: Attempt, row: int, scale: _Scale) -> str:
+    x = scale.x(a.started)
+    state = _state(a)
+    width = max(scale.x(a.started + a.duration) - x, 1.0 if state in ("ok", "cached") else 4.0)
+    tip = f"{a.key} · {seconds(a.duration)} · {a.worker} · attempt {a.attempt}"
+    if a.error:
+        tip += f"\n{a.error}" + (" (retried)" if a.retried else "")
+    return (
+        f'<rect class="bar {state}" x="{x:.1f}" y="{_bar_y(row)}" width="{width:.1f}" '
+        f'height="{_BAR_H}" fill="{colour(a.task)}" data-key="{_attr(a.key)}" '
+        f'data-task="{_attr(a.task)}" data-worker="{_attr(a.worker)}" '
+        f'data-start="{a.started - scale.origin:.6f}" data-duration="{a.duration:.6f}" '
+        f'data-attempt="{a.attempt}" data-state="{state}"><title>{escape(tip)}</title></rect>'
+    )
+
+
+def _bar_y(row: int) -> int:
+    return _AXIS_H + row * _ROW_H + (_ROW_H - _BAR_H) // 2
+
+
+@final
+@dataclass(slots=True)
+class _Bucket:
+    started: int = 0
+    busy: float = 0.0
+    failed: int = 0
+    retried: int = 0
+
+
+def _buckets(attempts: Iterable[Attempt], scale: _Scale) -> dict[tuple[str, int, str], _Bucket]:
+    """Per (worker, bucket, task): attempts started there, busy seconds, failures."""
+    width = scale.span / BUCKETS
+    out: dict[tuple[str, int, str], _Bucket] = defaultdict(_Bucket)
+    for a in attempts:
+        start = max(a.started - scale.origin, 0.0)
+        first = min(int(start / width), BUCKETS - 1)
+        head = out[a.worker, first, a.task]
+        head.started += 1
+        head.failed += a.error is not None and not a.retried
+        head.retried += a.retried
+        end, b = start + a.duration, first
+        while b < BUCKETS and b * width < end:  # spread the busy time over its buckets
+            out[a.worker, b, a.task].busy += min(end, (b + 1) * width) - max(start, b * width)
+            b += 1
+    return out
+
+
+def _aggregated_bars(attempts: Sequence[Attempt], rows: dict[str, int], scale: _Scale) -> str:
+    width = scale.span / BUCKETS
+    per_cell: dict[tuple[str, int], list[tuple[str, _Bucket]]] = defaultdict(list)
+    for (worker, b, task), bucket in sorted(_buckets(attempts, scale).items()):
+        per_cell[worker, b].append((task, bucket))
+    parts = []
+    for (worker, b), cells in per_cell.items():
+        busy = sum(c.busy for _, c in cells)
+        started = sum(c.started for _, c in cells)
+        opacity = 0.3 + 0.7 * min(1.0, busy / width)  # how busy the worker was
+        x0, x1 = scale.x(scale.origin + b * width), scale.x(scale.origin + (b + 1) * width)
+        y = float(_bar_y(rows[worker]) + _BAR_H)
+        for task, c in cells:
+            share = c.started / started if started else c.busy / busy if busy else 1 / len(cells)
+            h = _BAR_H * share
+            y -= h
+            state = "failed" if c.failed else "retried" if c.retried else "ok"
+            tip = (
+                f"{task} on {worker}, {b * width:.3f} to {(b + 1) * width:.3f} s: "
+                f"{c.started} started, busy {seconds(c.busy)}, {c.failed} failed, "
+                f"{c.retried} retried"
+            )
+            parts.append(
+                f'<rect class="bar agg {state}" x="{x0:.1f}" y="{y:.1f}" '
+                f'width="{max(x1 - x0, 1.0):.1f}" height="{h:.2f}" fill="{colour(task)}" '
+                f'data-task="{_attr(task)}" data-worker="{_attr(worker)}" '
+                f'data-count="{c.started}" data-failed="{c.failed}" data-retried="{c.retried}" '
+                f'data-state="{state}" fill-opacity="{opacity:.2f}">'
+                f"<title>{escape(tip)}</title></rect>"
+            )
+    return "".join(parts)
+
+
+def _nice_step(span: float) -> float:
+    raw = span / 8
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def _axis(scale: _Scale, height: int) -> str:
+    step = _nice_step(scale.span)
+    parts = [f'<g class="axis"><text class="unit" x="{_LABEL_W - 8}" y="{_AXIS_H - 9}">s</text>']
+    for i in range(int(scale.span / step) + 1):
+        t = i * step
+        x = scale.x(scale.origin + t)
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{_AXIS_H - 6}" x2="{x:.1f}" y2="{height}"/>'
+            f'<text x="{x:.1f}" y="{_AXIS_H - 9}">{t:.6g}</text>'
+        )
+    return "".join(parts) + "</g>"
+
+
+def timeline_svg(run: RunTimeline) -> tuple[str, bool]:
+    """The timeline as SVG, and whether it is aggregated."""
+    attempts = placed_attempts(run)
+    names = workers(attempts)
+    rows = {w: i for i, w in enumerate(names)}
+    scale = _scale(run, attempts)
+    height = _AXIS_H + max(len(names), 1) * _ROW_H + 4
+    aggregated = len(attempts) > DETAIL_LIMIT
+    if aggregated:
+        bars = _aggregated_bars(attempts, rows, scale)
+    else:
+        bars = "".join(_detail_bar(a, rows[a.worker], scale) for a in attempts)
+    labels = "".join(
+        f'<text class="worker" x="{_LABEL_W - 8}" y="{_bar_y(i) + _BAR_H - 4}" '
+        f'data-worker="{_attr(w)}">{escape(w)}</text>'
+        for w, i in rows.items()
+    )
+    mode = "aggregated" if aggregated else "detail"
+    svg = (
+        f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{_LABEL_W + _PLOT_W + 20}" '
+        f'height="{height}" data-mode="{mode}" data-attempts="{len(attempts)}" '
+        f'data-span="{scale.span:.6f}" role="img" aria-label="timeline">'
+        f'{_axis(scale, height)}{labels}<g class="bars">{bars}</g></svg>'
+    )
+    return svg, aggregated
+
+
+# -- DAG ------------------------------------------------------------------------------
+
+
+@final
+@dataclass(slots=True)
+class DagBox:
+    """One box of the DAG drawing: a node, or every node of one task when grouped.
+
+    Attributes:
+        ident: The node's key (or the task's name when grouped).
+        title: The first line of the box.
+        detail: The second line (state, element count, total time).
+        state: ``ok``, ``failed``, ``skipped`` or ``not-run``.
+        deps: ``ident`` of the boxes it depends on.
+        tip: The hover text.
+        layer: Its column (longest path from a source).
+    """
+
+    ident: str
+    title: str
+    detail: str
+    state: str
+    deps: list[str]
+    tip: str
+    layer: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def assign_layers(boxes: Sequence[DagBox]) -> None:
+    """Longest-path layers, for boxes given dependencies first (a cycle keeps layer 0).
+
+    A box is then moved right, up to the column just before its first
+    dependent, so inputs sit next to the nodes that use them.
+    """
+    layer: dict[str, int] = {}
+    for box in boxes:
+        layer[box.ident] = 1 + max((layer[d] for d in box.deps if d in layer), default=-1)
+    users: dict[str, int] = {}
+    for box in reversed(boxes):
+        if box.ident in users:
+            layer[box.ident] = max(layer[box.ident], users[box.ident] - 1)
+        for d in box.deps:
+            if d != box.ident:
+                users[d] = min(users.get(d, layer[box.ident]), layer[box.ident])
+    for box in boxes:
+        box.layer = layer[box.ident]
+
+
+def _positions(boxes: Sequence[DagBox]) -> dict[str, tuple[float, float]]:
+    """Column by layer; rows ordered by the mean row of each box's dependencies."""
+    columns: dict[int, list[DagBox]] = defaultdict(list)
+    for box in boxes:
+        columns[box.layer].append(box)
+    row: dict[str, float] = {}
+    pos: dict[str, tuple[float, float]] = {}
+    for layer in sorted(columns):
+        column = columns[layer]
+        column.sort(key=lambda b: _mean([row[d] for d in b.deps if d in row]))
+        for i, box in enumerate(column):
+            row[box.ident] = i
+            pos[box.ident] = (10 + layer * (_BOX_W + _GAP_X), 10 + i * (_BOX_H + _GAP_Y))
+    return pos
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _edge(a: tuple[float, float], b: tuple[float, float]) -> str:
+    x1, y1 = a[0] + _BOX_W, a[1] + _BOX_H / 2
+    x2, y2 = b[0], b[1] + _BOX_H / 2
+    mid = (x1 + x2) / 2
+    curve = f"M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} {x2:.0f},{y2:.0f}"
+    return f'<path class="edge" d="{curve}"/>'
+
+
+def _box(box: DagBox, at: tuple[float, float]) -> str:
+    x, y = at
+    extra = "".join(f' data-{k}="{_attr(v)}"' for k, v in box.extra.items())
+    return (
+        f'<g class="node {box.state}" data-key="{_attr(box.ident)}" data-state="{box.state}"'
+        f"{extra}><title>{escape(box.tip)}</title>"
+        f'<rect x="{x:.0f}" y="{y:.0f}" width="{_BOX_W}" height="{_BOX_H}" rx="6"/>'
+        f'<text x="{x + 8:.0f}" y="{y + 17:.0f}" class="name">{escape(_clip(box.title))}</text>'
+        f'<text x="{x + 8:.0f}" y="{y + 33:.0f}">{escape(_clip(box.detail))}</text></g>'
+    )
+
+
+def _clip(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def dag_svg(boxes: Sequence[DagBox]) -> str:
+    """The DAG as SVG: boxes in longest-path columns, edges as curves with arrows."""
+    assign_layers(boxes)
+    pos = _positions(boxes)
+    edges = "".join(
+        _edge(pos[d], pos[b.ident]) for b in boxes for d in b.deps if d in pos and d != b.ident
+    )
+    width = max((x for x, _ in pos.values()), default=0) + _BOX_W + 20
+    height = max((y for _, y in pos.values()), default=0) + _BOX_H + 20
+    return (
+        f'<svg id="dag" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
+        f'height="{height:.0f}" data-nodes="{len(boxes)}" role="img" aria-label="DAG">'
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>'
+        f'<g class="edges">{edges}</g>{"".join(_box(b, pos[b.ident]) for b in boxes)}</svg>'
+    )
