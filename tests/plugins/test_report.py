@@ -25,7 +25,14 @@ from daglite import EvaluationError, evaluate, evaluate_async, task
 from daglite.cli import main
 from daglite.describe import GraphDescription, NodeDescription
 from daglite.plugins.builtin import CachePlugin, ReportPlugin
-from daglite.plugins.builtin._report_svg import BUCKETS, DAG_NODE_LIMIT, DETAIL_LIMIT
+from daglite.plugins.builtin._report_html import render_report
+from daglite.plugins.builtin._report_svg import (
+    AGGREGATED_CELLS,
+    BUCKETS,
+    DAG_NODE_LIMIT,
+    DETAIL_LIMIT,
+    MIN_BUCKETS,
+)
 from daglite.plugins.builtin.timeline import Attempt, RunTimeline, TimelinePlugin
 
 # -- reading the page ---------------------------------------------------------------------
@@ -209,6 +216,15 @@ def test_evaluate_report_writes_the_file(tmp_path, as_path):
     assert len(bars(html)) == 3
 
 
+def test_a_run_without_attempts_still_has_a_page(tmp_path):
+    target = tmp_path / "r.html"
+    assert evaluate(inc.product(x=[]), report=target) == []
+    html = target.read_text(encoding="utf-8")
+    assert bars(html) == [] and rows(html, "data-task") == {}
+    assert {k: n["data-state"] for k, n in nodes(html).items()} == {"inc": "ok"}
+    assert by_id(html, "attempts")["data-count"] == "0"
+
+
 def test_evaluate_async_report_writes_the_file(tmp_path):
     target = tmp_path / "r.html"
     assert asyncio.run(evaluate_async(inc(1), backend="threads", report=target)) == 2
@@ -314,14 +330,14 @@ def test_100k_mapped_elements_are_aggregated_under_5_mb(tmp_path):
     assert rows(html, "data-task")["inc"]["data-calls"] == "100000"
 
 
-def synthetic_run(count: int, failures: int) -> RunTimeline:
+def synthetic_run(count: int, failures: int, workers: int = 2) -> RunTimeline:
     graph = GraphDescription(
         (NodeDescription("work", "work", "map", "threads", count, "", ()),), ("work",)
     )
     run = RunTimeline(uuid.uuid4(), graph, started=1000.0, ended=1000.0 + count * 0.001)
     for i in range(count):
         error = "ValueError: bad" if i < failures else None
-        worker = f"t{i % 2}"
+        worker = f"t{i % workers}"
         run.attempts.append(
             Attempt(f"work[{i}]", "work", "threads", worker, 1000.0 + i * 0.001, 0.0015, 1, error)
         )
@@ -332,8 +348,6 @@ def synthetic_run(count: int, failures: int) -> RunTimeline:
     ("count", "mode"), [(DETAIL_LIMIT, "detail"), (DETAIL_LIMIT + 1, "aggregated")]
 )
 def test_aggregation_starts_above_the_detail_limit(count, mode):
-    from daglite.plugins.builtin._report_html import render_report
-
     html = render_report(synthetic_run(count, failures=5), peak_memory=None)
     drawn = bars(html)
     assert by_id(html, "timeline")["data-mode"] == mode
@@ -346,6 +360,20 @@ def test_aggregation_starts_above_the_detail_limit(count, mode):
         assert sum(int(b["data-failed"]) for b in drawn) == 5
         assert {b["data-worker"] for b in drawn} == {"t0", "t1"}
         assert all("failed" in b["class"] for b in drawn if b["data-failed"] != "0")
+
+
+@pytest.mark.parametrize("workers", [1, 100, 2000])
+def test_many_workers_get_fewer_buckets(workers):
+    html = render_report(synthetic_run(20_000, failures=0, workers=workers), peak_memory=None)
+    buckets = int(by_id(html, "timeline")["data-buckets"])
+    expected = max(MIN_BUCKETS, min(BUCKETS, AGGREGATED_CELLS // workers))
+    assert buckets == expected
+    assert f"cut into {buckets} time buckets" in html
+    drawn = bars(html)
+    assert len({b["data-worker"] for b in drawn}) == workers
+    assert len(drawn) <= workers * buckets
+    assert sum(int(b["data-count"]) for b in drawn) == 20_000
+    assert len(html.encode()) < 5 * 2**20
 
 
 def test_large_dag_is_drawn_per_task(tmp_path):

@@ -16,7 +16,6 @@ from html import escape
 from typing import TYPE_CHECKING, Final, final
 
 from daglite.plugins.builtin._report_svg import (
-    BUCKETS,
     DAG_NODE_LIMIT,
     DagBox,
     colour,
@@ -272,12 +271,12 @@ def _legend(stats: dict[str, TaskStats]) -> str:
 
 
 def _timeline_section(run: RunTimeline, stats: dict[str, TaskStats]) -> str:
-    svg, aggregated = timeline_svg(run)
+    svg, buckets = timeline_svg(run)
     note = ""
-    if aggregated:
+    if buckets:
         note = (
             f'<p class="note" id="aggregated">{len(placed_attempts(run))} attempts: aggregated. '
-            f"Each worker's row is cut into {BUCKETS} time buckets; a bucket stacks one bar per "
+            f"Each worker's row is cut into {buckets} time buckets; a bucket stacks one bar per "
             "task, as tall as its share of the attempts that started there and as opaque as "
             "the worker was busy; hover a bar for its counts.</p>"
         )

@@ -25,8 +25,12 @@ if TYPE_CHECKING:
 # Attempts drawn one bar each; above this, bars are aggregated per bucket. A
 # bar costs ~300 bytes of HTML, so the detailed timeline stays under ~1 MB.
 DETAIL_LIMIT: Final = 3000
-# Time buckets of the aggregated timeline: one per ~4 px of the plot.
+# Time buckets of the aggregated timeline: one per ~4 px of the plot, fewer when
+# there are many workers, so that workers x buckets stays near AGGREGATED_CELLS
+# (an aggregated bar costs ~350 bytes: a few MB at most).
 BUCKETS: Final = 250
+MIN_BUCKETS: Final = 1
+AGGREGATED_CELLS: Final = 6000
 # Nodes drawn one box each; above this the DAG is drawn one box per task.
 DAG_NODE_LIMIT: Final = 300
 
@@ -135,28 +139,37 @@ class _Bucket:
     retried: int = 0
 
 
-def _buckets(attempts: Iterable[Attempt], scale: _Scale) -> dict[tuple[str, int, str], _Bucket]:
+def bucket_count(worker_count: int) -> int:
+    """How many time buckets an aggregated timeline with ``worker_count`` rows uses."""
+    return max(MIN_BUCKETS, min(BUCKETS, AGGREGATED_CELLS // max(worker_count, 1)))
+
+
+def _buckets(
+    attempts: Iterable[Attempt], scale: _Scale, count: int
+) -> dict[tuple[str, int, str], _Bucket]:
     """Per (worker, bucket, task): attempts started there, busy seconds, failures."""
-    width = scale.span / BUCKETS
+    width = scale.span / count
     out: dict[tuple[str, int, str], _Bucket] = defaultdict(_Bucket)
     for a in attempts:
         start = max(a.started - scale.origin, 0.0)
-        first = min(int(start / width), BUCKETS - 1)
+        first = min(int(start / width), count - 1)
         head = out[a.worker, first, a.task]
         head.started += 1
         head.failed += a.error is not None and not a.retried
         head.retried += a.retried
         end, b = start + a.duration, first
-        while b < BUCKETS and b * width < end:  # spread the busy time over its buckets
+        while b < count and b * width < end:  # spread the busy time over its buckets
             out[a.worker, b, a.task].busy += min(end, (b + 1) * width) - max(start, b * width)
             b += 1
     return out
 
 
-def _aggregated_bars(attempts: Sequence[Attempt], rows: dict[str, int], scale: _Scale) -> str:
-    width = scale.span / BUCKETS
+def _aggregated_bars(
+    attempts: Sequence[Attempt], rows: dict[str, int], scale: _Scale, count: int
+) -> str:
+    width = scale.span / count
     per_cell: dict[tuple[str, int], list[tuple[str, _Bucket]]] = defaultdict(list)
-    for (worker, b, task), bucket in sorted(_buckets(attempts, scale).items()):
+    for (worker, b, task), bucket in sorted(_buckets(attempts, scale, count).items()):
         per_cell[worker, b].append((task, bucket))
     parts = []
     for (worker, b), cells in per_cell.items():
@@ -205,16 +218,16 @@ def _axis(scale: _Scale, height: int) -> str:
     return "".join(parts) + "</g>"
 
 
-def timeline_svg(run: RunTimeline) -> tuple[str, bool]:
-    """The timeline as SVG, and whether it is aggregated."""
+def timeline_svg(run: RunTimeline) -> tuple[str, int]:
+    """The timeline as SVG, and its number of time buckets (0: one bar per attempt)."""
     attempts = placed_attempts(run)
     names = workers(attempts)
     rows = {w: i for i, w in enumerate(names)}
     scale = _scale(run, attempts)
     height = _AXIS_H + max(len(names), 1) * _ROW_H + 4
-    aggregated = len(attempts) > DETAIL_LIMIT
-    if aggregated:
-        bars = _aggregated_bars(attempts, rows, scale)
+    buckets = bucket_count(len(names)) if len(attempts) > DETAIL_LIMIT else 0
+    if buckets:
+        bars = _aggregated_bars(attempts, rows, scale, buckets)
     else:
         bars = "".join(_detail_bar(a, rows[a.worker], scale) for a in attempts)
     labels = "".join(
@@ -222,14 +235,15 @@ def timeline_svg(run: RunTimeline) -> tuple[str, bool]:
         f'data-worker="{_attr(w)}">{escape(w)}</text>'
         for w, i in rows.items()
     )
-    mode = "aggregated" if aggregated else "detail"
+    mode = "aggregated" if buckets else "detail"
     svg = (
         f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{_LABEL_W + _PLOT_W + 20}" '
-        f'height="{height}" data-mode="{mode}" data-attempts="{len(attempts)}" '
+        f'height="{height}" data-mode="{mode}" data-buckets="{buckets}" '
+        f'data-attempts="{len(attempts)}" '
         f'data-span="{scale.span:.6f}" role="img" aria-label="timeline">'
         f'{_axis(scale, height)}{labels}<g class="bars">{bars}</g></svg>'
     )
-    return svg, aggregated
+    return svg, buckets
 
 
 # -- DAG ------------------------------------------------------------------------------
@@ -248,6 +262,7 @@ class DagBox:
         deps: ``ident`` of the boxes it depends on.
         tip: The hover text.
         layer: Its column (longest path from a source).
+        extra: More ``data-*`` attributes of the box (name without ``data-``).
     """
 
     ident: str
