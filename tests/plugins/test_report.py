@@ -376,6 +376,28 @@ def test_many_workers_get_fewer_buckets(workers):
     assert len(html.encode()) < 5 * 2**20
 
 
+def test_overlapping_attempts_of_one_worker_get_lanes():
+    # A Dask worker runs several tasks at once; back-to-back ones share a lane.
+    run = synthetic_run(0, failures=0)
+    for i, (start, duration) in enumerate([(0.0, 1.0), (0.5, 1.0), (0.6, 0.2), (1.0, 0.5)]):
+        run.attempts.append(
+            Attempt(f"work[{i}]", "work", "dask", "tcp://w1", 1000 + start, duration, 1)
+        )
+    run.attempts.append(Attempt("work[9]", "work", "dask", "tcp://w2", 1000.2, 0.1, 1))
+    run.ended = 1002.0
+    html = render_report(run, peak_memory=None)
+    lanes = {
+        a["data-worker"]: a["data-lanes"]
+        for t, a in elements(html)
+        if t == "text" and "data-lanes" in a
+    }
+    assert lanes == {"tcp://w1": "3", "tcp://w2": "1"}
+    y = {b["data-key"]: float(b["y"]) for b in bars(html)}
+    assert len({y["work[0]"], y["work[1]"], y["work[2]"]}) == 3
+    assert y["work[3]"] == y["work[0]"]  # starts as work[0] ends
+    assert y["work[9]"] > max(y[f"work[{i}]"] for i in range(4))
+
+
 def test_large_dag_is_drawn_per_task(tmp_path):
     target = tmp_path / "r.html"
     futures = [inc(i) for i in range(DAG_NODE_LIMIT + 1)]

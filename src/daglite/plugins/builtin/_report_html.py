@@ -316,6 +316,7 @@ vertical-align:-1px}
 .mark{background:#ddd}.mark.failed{outline:2px solid #d00}
 .mark.retried{outline:2px dashed #d00}.mark.cached{outline:1px dotted #666;opacity:.5}
 svg text{font:12px system-ui,sans-serif;fill:#333}
+.row{fill:#fff}.row.odd{fill:#f7f7f7}
 .axis line{stroke:#e4e4e4}.axis text{text-anchor:middle;fill:#777}
 text.worker,.axis text.unit{text-anchor:end}
 .bar.failed{stroke:#d00;stroke-width:2}

@@ -218,30 +218,73 @@ def _axis(scale: _Scale, height: int) -> str:
     return "".join(parts) + "</g>"
 
 
+def _lanes(
+    attempts: Sequence[Attempt], names: Sequence[str], tolerance: float
+) -> tuple[list[int], dict[str, tuple[int, int]]]:
+    """Each attempt's row, overlapping attempts of one worker packed into lanes.
+
+    A Dask worker runs several tasks at once: its row gets as many lanes as it
+    ran attempts at the same time. Overlaps below ``tolerance`` (clock noise)
+    do not count.
+
+    Returns:
+        The row of each attempt (in order), and per worker its first row and
+        its number of lanes.
+    """
+    by_worker: dict[str, list[int]] = defaultdict(list)
+    for i, a in enumerate(attempts):
+        by_worker[a.worker].append(i)
+    row_of = [0] * len(attempts)
+    spans: dict[str, tuple[int, int]] = {}
+    first = 0
+    for worker in names:
+        ends: list[float] = []
+        for i in sorted(by_worker[worker], key=lambda i: attempts[i].started):
+            a = attempts[i]
+            lane = next((k for k, e in enumerate(ends) if e <= a.started + tolerance), len(ends))
+            if lane == len(ends):
+                ends.append(0.0)
+            ends[lane] = a.started + a.duration
+            row_of[i] = first + lane
+        spans[worker] = (first, max(len(ends), 1))
+        first += spans[worker][1]
+    return row_of, spans
+
+
+def _worker_rows(spans: dict[str, tuple[int, int]]) -> str:
+    """A band and a label per worker (a band spans the worker's lanes)."""
+    parts = []
+    for n, (worker, (first, lanes)) in enumerate(spans.items()):
+        y = _AXIS_H + first * _ROW_H
+        parts.append(
+            f'<rect class="row{" odd" if n % 2 else ""}" x="0" y="{y}" '
+            f'width="{_LABEL_W + _PLOT_W}" height="{lanes * _ROW_H}"/>'
+            f'<text class="worker" x="{_LABEL_W - 8}" y="{_bar_y(first) + _BAR_H - 4}" '
+            f'data-worker="{_attr(worker)}" data-lanes="{lanes}">{escape(worker)}</text>'
+        )
+    return "".join(parts)
+
+
 def timeline_svg(run: RunTimeline) -> tuple[str, int]:
     """The timeline as SVG, and its number of time buckets (0: one bar per attempt)."""
     attempts = placed_attempts(run)
     names = workers(attempts)
-    rows = {w: i for i, w in enumerate(names)}
     scale = _scale(run, attempts)
-    height = _AXIS_H + max(len(names), 1) * _ROW_H + 4
     buckets = bucket_count(len(names)) if len(attempts) > DETAIL_LIMIT else 0
     if buckets:
-        bars = _aggregated_bars(attempts, rows, scale, buckets)
+        spans = {w: (i, 1) for i, w in enumerate(names)}
+        bars = _aggregated_bars(attempts, {w: i for i, w in enumerate(names)}, scale, buckets)
     else:
-        bars = "".join(_detail_bar(a, rows[a.worker], scale) for a in attempts)
-    labels = "".join(
-        f'<text class="worker" x="{_LABEL_W - 8}" y="{_bar_y(i) + _BAR_H - 4}" '
-        f'data-worker="{_attr(w)}">{escape(w)}</text>'
-        for w, i in rows.items()
-    )
+        row_of, spans = _lanes(attempts, names, tolerance=scale.span / _PLOT_W / 2)
+        bars = "".join(_detail_bar(a, row, scale) for a, row in zip(attempts, row_of))
+    height = _AXIS_H + max(sum(n for _, n in spans.values()), 1) * _ROW_H + 4
     mode = "aggregated" if buckets else "detail"
     svg = (
         f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{_LABEL_W + _PLOT_W + 20}" '
         f'height="{height}" data-mode="{mode}" data-buckets="{buckets}" '
         f'data-attempts="{len(attempts)}" '
         f'data-span="{scale.span:.6f}" role="img" aria-label="timeline">'
-        f'{_axis(scale, height)}{labels}<g class="bars">{bars}</g></svg>'
+        f'{_worker_rows(spans)}{_axis(scale, height)}<g class="bars">{bars}</g></svg>'
     )
     return svg, buckets
 
