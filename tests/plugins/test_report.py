@@ -376,6 +376,17 @@ def test_many_workers_get_fewer_buckets(workers):
     assert len(html.encode()) < 5 * 2**20
 
 
+def test_an_attempt_that_never_started_is_counted_not_drawn():
+    run = synthetic_run(2, failures=0)
+    lost = Attempt("work[2]", "work", "threads", "", 0.0, 0.0, 1, "WorkerLostError: gone")
+    run.attempts.append(lost)
+    html = render_report(run, peak_memory=None)
+    assert sorted(b["data-key"] for b in bars(html)) == ["work[0]", "work[1]"]
+    row = rows(html, "data-task")["work"]
+    assert (row["data-calls"], row["data-failures"]) == ("3", "1")
+    assert set(rows(html, "data-worker")) == {"t0", "t1"}
+
+
 def test_overlapping_attempts_of_one_worker_get_lanes():
     # A Dask worker runs several tasks at once; back-to-back ones share a lane.
     run = synthetic_run(0, failures=0)

@@ -6,7 +6,7 @@ the DAG coloured by state, a table per task and the run's totals, including the
 peak resident memory of the caller and its child processes (sampled with psutil
 in a daemon thread of the caller while the run lasts). The page needs no network:
 its CSS, SVG and JavaScript are inline. Large runs are drawn aggregated (see
-``daglite.plugins.builtin._report_html``), so the file stays small.
+``daglite.plugins.builtin._report_svg``), so the file stays small.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ def _checked_path(value: object, name: str) -> Path:
     path = Path(raw)
     if path.is_dir():
         raise ValueError(f"{name} must name a file, but {raw!r} is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
+    if not path.parent.is_dir():
         raise ValueError(f"{name}: the directory of {raw!r} does not exist; create it first")
     return path
 
@@ -150,11 +149,11 @@ class ReportPlugin(TimelinePlugin):
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, so readers never see half a page."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
