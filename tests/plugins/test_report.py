@@ -451,6 +451,37 @@ def test_cache_hits_are_counted_and_drawn_apart(tmp_path):
     assert [(b["data-state"], b["data-worker"]) for b in cached] == [("cached", "cache")] * 3
 
 
+def test_a_report_that_cannot_be_written_does_not_fail_the_run(tmp_path, caplog, monkeypatch):
+    monkeypatch.delenv("DAGLITE_STRICT_PLUGINS", raising=False)
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    report = ReportPlugin(folder / "r.html")
+    folder.rmdir()  # the directory disappears before the run ends
+    with caplog.at_level("ERROR", logger="daglite.plugins"):
+        assert evaluate(inc(1), plugins=[report]) == 2
+    assert "ReportPlugin" in caplog.text and "after_graph_execute" in caplog.text
+    assert not [t for t in threading.enumerate() if t.name == "daglite-report-memory"]
+
+
+def test_memory_is_summed_over_the_process_tree():
+    import psutil
+
+    from daglite.plugins.builtin.report import _tree_rss
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "print('ready', flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        child_rss = psutil.Process(child.pid).memory_info().rss
+        assert child_rss > 2**20  # a started interpreter
+        assert _tree_rss() > psutil.Process().memory_info().rss + child_rss // 2
+    finally:
+        child.communicate(b"\n", timeout=30)
+
+
 def test_a_later_run_overwrites_the_report(tmp_path):
     report = ReportPlugin(tmp_path / "r.html")
     evaluate(inc(1), plugins=[report])
