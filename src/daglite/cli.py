@@ -3,7 +3,8 @@
 ::
 
     daglite run package.module:function [--backend NAME] [--workers N] [--progress]
-                [-p key=value ...] [--plugin package.module:Class ...] [--traceback]
+                [--report FILE] [-p key=value ...] [--plugin package.module:Class ...]
+                [--traceback]
     daglite describe package.module:function [-p key=value ...] [--dot FILE]
     daglite backends
     daglite --version
@@ -70,6 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_target_options(run)
     run.add_argument("--workers", type=int, metavar="N", help="worker count (max_workers=)")
     run.add_argument("--progress", action="store_true", help="show a progress bar on a terminal")
+    run.add_argument(
+        "--report", metavar="FILE", help="write an HTML report of the run to FILE (also on failure)"
+    )
     run.add_argument(
         "--plugin",
         action="append",
@@ -200,6 +204,18 @@ def _plugins(specs: Sequence[str]) -> list[object]:
     return plugins
 
 
+def _report(path: str | None) -> list[object]:
+    """The ``--report`` plugin (none without the option)."""
+    if path is None:
+        return []
+    from daglite.plugins.builtin.report import report_plugin
+
+    try:
+        return [report_plugin(path, "--report")]
+    except (TypeError, ValueError) as exc:
+        raise _CliError(_one_line(exc)) from exc
+
+
 # -- commands -------------------------------------------------------------------------
 
 
@@ -214,7 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _ensure_cwd_importable()
     target = _load(args.target, "the target")
     raw = _parse_params(args.param)
-    plugins = _plugins(args.plugin)
+    plugins = _plugins(args.plugin) + _report(args.report)
     backend = _backend(args.backend, args.workers)
     dag = _build_dag(target, args.target, raw)
     try:

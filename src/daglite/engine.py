@@ -7,6 +7,7 @@ scheduler loop (``daglite._run``).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar, overload
 
@@ -90,11 +91,12 @@ def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
     return backend_of
 
 
-def _prepare(
+def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
     future: Any,
     backend: str | Backend | None,
     plugins: Iterable[object] | None,
     progress: bool,
+    report: str | os.PathLike[str] | None,
     on_error: str,
     options: dict[str, Any],
     is_async: bool,
@@ -116,6 +118,10 @@ def _prepare(
         bar = progress_plugin_if_terminal()
         if bar is not None:
             extra.append(bar)
+    if report is not None:
+        from daglite.plugins.builtin.report import report_plugin
+
+        extra.append(report_plugin(report))
     hooks = dispatcher_for(extra).for_run()
     return _Run(graph, default, pick, hooks, on_error, is_async), rebuild  # type: ignore[arg-type]
 
@@ -127,6 +133,7 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> T: ...
@@ -137,6 +144,7 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
@@ -147,6 +155,7 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
@@ -157,6 +166,7 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> list[T]: ...
@@ -167,6 +177,7 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> dict[K, T]: ...
@@ -176,6 +187,7 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> Any:
@@ -187,6 +199,8 @@ def evaluate(
             (``DAGLITE_BACKEND``, else ``"inline"``). A task's own ``backend=`` wins.
         plugins: Plugins for this evaluation only, on top of the global ones.
         progress: Show a live progress bar (needs the ``rich`` extra) on a terminal.
+        report: Write a self-contained HTML report of the run to this file
+            when it ends (see ``daglite.plugins.builtin.ReportPlugin``).
         on_error: ``"raise"`` fails fast; ``"continue"`` runs everything that does
             not depend on a failure, then raises ``EvaluationError`` with all of them.
         **backend_options: Constructor arguments of the named backend (``max_workers=``).
@@ -196,8 +210,12 @@ def evaluate(
         EvaluationError: With ``on_error="continue"``, when any task failed.
         BackendError: For an unknown or unavailable backend.
         GraphError: For a malformed graph.
+        TypeError: If ``report`` is not a ``str`` or ``os.PathLike``.
+        ValueError: If ``report`` is a directory or its directory is missing.
     """
-    run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, False)
+    run, rebuild = _prepare(
+        future, backend, plugins, progress, report, on_error, backend_options, False
+    )
     return rebuild(run.execute())
 
 
@@ -208,6 +226,7 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> T: ...
@@ -218,6 +237,7 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
@@ -228,6 +248,7 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
@@ -238,6 +259,7 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> list[T]: ...
@@ -248,6 +270,7 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> dict[K, T]: ...
@@ -257,6 +280,7 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
     **backend_options: Any,
 ) -> Any:
@@ -265,7 +289,9 @@ async def evaluate_async(
     The scheduler loop runs in a helper thread (which is where hooks are then
     called, still one at a time); cancelling the awaiting task stops the run.
     """
-    run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, True)
+    run, rebuild = _prepare(
+        future, backend, plugins, progress, report, on_error, backend_options, True
+    )
     task = asyncio.get_running_loop().run_in_executor(None, run.execute)
     try:
         return rebuild(await asyncio.shield(task))

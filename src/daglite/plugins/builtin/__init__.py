@@ -1,9 +1,10 @@
 """Plugins that ship with daglite.
 
-``ProgressPlugin`` (a rich progress bar; the ``rich`` extra) and
-``CachePlugin`` (result caching). Importing this package needs neither rich nor
-the cache's dependencies: ``CachePlugin`` is imported on first use, and a
-missing rich only matters when a ``ProgressPlugin`` is created.
+``ProgressPlugin`` (a rich progress bar; the ``rich`` extra), ``CachePlugin``
+(result caching) and ``ReportPlugin`` (a self-contained HTML run report).
+Importing this package needs neither rich nor the cache's dependencies:
+``CachePlugin`` and ``ReportPlugin`` are imported on first use, and a missing
+rich only matters when a ``ProgressPlugin`` is created.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from daglite.plugins.builtin.progress import ProgressPlugin
 
 if TYPE_CHECKING:
     from daglite.plugins.builtin.cache import CachePlugin
+    from daglite.plugins.builtin.report import ReportPlugin
 
-__all__ = ["CachePlugin", "ProgressPlugin"]
+__all__ = ["CachePlugin", "ProgressPlugin", "ReportPlugin"]
 
-_LAZY: dict[str, str] = {"CachePlugin": "daglite.plugins.builtin.cache"}
+_LAZY: dict[str, str] = {
+    "CachePlugin": "daglite.plugins.builtin.cache",
+    "ReportPlugin": "daglite.plugins.builtin.report",
+}
 
 
 def __getattr__(name: str) -> Any:
