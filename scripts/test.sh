@@ -51,6 +51,27 @@ echo "== mypy"
 echo "== pyright"
 .venv/bin/pyright
 
+# The HTML run report is rendered in headless Chromium by the tests
+# (tests/plugins/test_report_browser.py). CI runs as root on Debian: install it
+# there if missing. Elsewhere say why not; those tests then fail, since the
+# test command below requires every optional part.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "== chromium missing and not installable here (needs root and apt-get)"
+    return 0
+  fi
+  echo "== installing chromium with apt-get"
+  local log
+  log=$(mktemp)
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$log" 2>&1; then
+    tail -n 20 "$log"
+    echo "== apt-get could not install chromium"
+  fi
+  rm -f "$log"
+}
+ensure_chromium
+
 tested=()
 missing=()
 failed=()

@@ -3,8 +3,8 @@
 ::
 
     daglite run package.module:function [--backend NAME] [--workers N] [--progress]
-                [-p key=value ...] [--plugin package.module:Class ...] [--traceback]
-                [--trace FILE]
+                [--report FILE] [--trace FILE] [-p key=value ...]
+                [--plugin package.module:Class ...] [--traceback]
     daglite describe package.module:function [-p key=value ...] [--dot FILE]
     daglite backends
     daglite --version
@@ -72,14 +72,17 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, metavar="N", help="worker count (max_workers=)")
     run.add_argument("--progress", action="store_true", help="show a progress bar on a terminal")
     run.add_argument(
+        "--report", metavar="FILE", help="write an HTML report of the run to FILE (also on failure)"
+    )
+    run.add_argument(
+        "--trace", metavar="FILE", help="write a Chrome trace of the run to FILE (also on failure)"
+    )
+    run.add_argument(
         "--plugin",
         action="append",
         default=[],
         metavar="MODULE:CLASS",
         help="a plugin class to instantiate with no arguments (repeatable)",
-    )
-    run.add_argument(
-        "--trace", metavar="FILE", help="write a Chrome trace of the run to FILE (Perfetto)"
     )
     describe = commands.add_parser("describe", help="print a DAG's nodes and edges, run nothing")
     _add_target_options(describe)
@@ -204,6 +207,30 @@ def _plugins(specs: Sequence[str]) -> list[object]:
     return plugins
 
 
+def _report(path: str | None) -> list[object]:
+    """The ``--report`` plugin (none without the option)."""
+    if path is None:
+        return []
+    from daglite.plugins.builtin.report import report_plugin
+
+    try:
+        return [report_plugin(path, "--report")]
+    except (TypeError, ValueError) as exc:
+        raise _CliError(_one_line(exc)) from exc
+
+
+def _trace(path: str | None) -> list[object]:
+    """The ``--trace`` plugin (none without the option)."""
+    if path is None:
+        return []
+    from daglite.plugins.builtin.trace import trace_plugin
+
+    try:
+        return [trace_plugin(path, "--trace")]
+    except (TypeError, ValueError) as exc:
+        raise _CliError(_one_line(exc)) from exc
+
+
 # -- commands -------------------------------------------------------------------------
 
 
@@ -218,13 +245,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _ensure_cwd_importable()
     target = _load(args.target, "the target")
     raw = _parse_params(args.param)
-    plugins = _plugins(args.plugin)
+    plugins = _plugins(args.plugin) + _report(args.report) + _trace(args.trace)
     backend = _backend(args.backend, args.workers)
     dag = _build_dag(target, args.target, raw)
     try:
-        result = evaluate(
-            dag, backend=backend, plugins=plugins, progress=args.progress, trace=args.trace
-        )
+        result = evaluate(dag, backend=backend, plugins=plugins, progress=args.progress)
     except (TaskError, EvaluationError) as exc:
         raise _CliError(_one_line(exc), code=1) from exc
     except Exception as exc:

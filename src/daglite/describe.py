@@ -159,20 +159,33 @@ def _roots(value: Any) -> list[TaskFuture[Any]]:
 
 
 def _describe_graph(graph: Graph) -> GraphDescription:
-    keys = graph.keys
+    """The description of a built graph (``describe``, and hooks that ask for it)."""
+    keys, futures, deps = graph.keys, graph.futures, graph.deps
     nodes = tuple(
-        NodeDescription(
-            key=keys[i],
-            task=meta.name,
-            kind=meta.kind,
-            backend=meta.backend_name,
-            width=_width(graph.futures[i]),
-            description=meta.description,
-            deps=tuple(keys[d] for d in graph.deps[i]),
-        )
+        _node(keys[i], meta, _width(futures[i]), tuple(map(keys.__getitem__, deps[i])))
         for i, meta in enumerate(graph.metadata)
     )
     return GraphDescription(nodes, tuple(keys[r] for r in graph.roots))
+
+
+def _node(key: str, meta: Any, width: int | None, deps: tuple[str, ...]) -> NodeDescription:
+    """A ``NodeDescription`` made without the frozen dataclass's ``__init__``.
+
+    That ``__init__`` sets each field through ``object.__setattr__``; a run's
+    hooks may ask for the description of a 100,000-node graph, so the fields
+    go into the instance's dict in one step (same object, same equality).
+    """
+    node = object.__new__(NodeDescription)
+    node.__dict__.update(
+        key=key,
+        task=meta.name,
+        kind=meta.kind,
+        backend=meta.backend_name,
+        width=width,
+        description=meta.description,
+        deps=deps,
+    )
+    return node
 
 
 def describe(future: Any, *, backend: str | Backend | None = None) -> GraphDescription:

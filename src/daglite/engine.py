@@ -92,22 +92,13 @@ def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
     return backend_of
 
 
-def _with_trace(
-    plugins: Iterable[object] | None, trace: str | os.PathLike[str] | None
-) -> Iterable[object] | None:
-    """``plugins``, plus a ``TracePlugin`` writing ``trace`` when one is asked for."""
-    if trace is None:
-        return plugins
-    from daglite.plugins.builtin.trace import TracePlugin
-
-    return [*(plugins or ()), TracePlugin(trace)]
-
-
-def _prepare(
+def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
     future: Any,
     backend: str | Backend | None,
     plugins: Iterable[object] | None,
     progress: bool,
+    report: str | os.PathLike[str] | None,
+    trace: str | os.PathLike[str] | None,
     on_error: str,
     options: dict[str, Any],
     is_async: bool,
@@ -129,6 +120,14 @@ def _prepare(
         bar = progress_plugin_if_terminal()
         if bar is not None:
             extra.append(bar)
+    if report is not None:
+        from daglite.plugins.builtin.report import report_plugin
+
+        extra.append(report_plugin(report))
+    if trace is not None:
+        from daglite.plugins.builtin.trace import trace_plugin
+
+        extra.append(trace_plugin(trace))
     hooks = dispatcher_for(extra).for_run()
     return _Run(graph, default, pick, hooks, on_error, is_async), rebuild  # type: ignore[arg-type]
 
@@ -140,8 +139,9 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -151,8 +151,9 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -162,8 +163,9 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -173,8 +175,9 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -184,8 +187,9 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> dict[K, T]: ...
 def evaluate(
@@ -194,8 +198,9 @@ def evaluate(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> Any:
     """Run the DAG behind ``future`` and return its result.
@@ -206,10 +211,13 @@ def evaluate(
             (``DAGLITE_BACKEND``, else ``"inline"``). A task's own ``backend=`` wins.
         plugins: Plugins for this evaluation only, on top of the global ones.
         progress: Show a live progress bar (needs the ``rich`` extra) on a terminal.
+        report: Write a self-contained HTML report of the run to this file
+            when it ends (see ``daglite.plugins.builtin.ReportPlugin``).
+        trace: Write a Chrome trace file of the run to this file when it ends,
+            also when it fails (``daglite.plugins.builtin.TracePlugin``; open it
+            in Perfetto).
         on_error: ``"raise"`` fails fast; ``"continue"`` runs everything that does
             not depend on a failure, then raises ``EvaluationError`` with all of them.
-        trace: Write a Chrome trace file of this evaluation here (``TracePlugin``;
-            open it in Perfetto), also when it fails.
         **backend_options: Constructor arguments of the named backend (``max_workers=``).
 
     Raises:
@@ -217,9 +225,12 @@ def evaluate(
         EvaluationError: With ``on_error="continue"``, when any task failed.
         BackendError: For an unknown or unavailable backend.
         GraphError: For a malformed graph.
+        TypeError: If ``report`` or ``trace`` is not a ``str`` or ``os.PathLike``.
+        ValueError: If ``report`` or ``trace`` is a directory or its directory is missing.
     """
-    plugins = _with_trace(plugins, trace)
-    run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, False)
+    run, rebuild = _prepare(
+        future, backend, plugins, progress, report, trace, on_error, backend_options, False
+    )
     return rebuild(run.execute())
 
 
@@ -230,8 +241,9 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -241,8 +253,9 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -252,8 +265,9 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -263,8 +277,9 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -274,8 +289,9 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> dict[K, T]: ...
 async def evaluate_async(
@@ -284,8 +300,9 @@ async def evaluate_async(
     backend: str | Backend | None = None,
     plugins: Iterable[object] | None = None,
     progress: bool = False,
-    on_error: OnError = "raise",
+    report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
+    on_error: OnError = "raise",
     **backend_options: Any,
 ) -> Any:
     """Like ``evaluate``, without blocking the running event loop.
@@ -295,8 +312,9 @@ async def evaluate_async(
     cancelling the awaiting task stops the run.
     ``trace=`` writes a Chrome trace file, as for ``evaluate``.
     """
-    plugins = _with_trace(plugins, trace)
-    run, rebuild = _prepare(future, backend, plugins, progress, on_error, backend_options, True)
+    run, rebuild = _prepare(
+        future, backend, plugins, progress, report, trace, on_error, backend_options, True
+    )
     # The loop runs in the caller's context (as asyncio.to_thread does), so
     # hooks see the caller's context variables: its current span, say.
     context = contextvars.copy_context()

@@ -235,3 +235,21 @@ def test_attempt_whose_worker_died_sits_at_the_end_on_its_own_track(tmp_path):
     assert (bar["ts"], bar["dur"]) == (run["ts"] + run["dur"], 0.0)
     names = [e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "thread_name"]
     assert names == ["run", "worker lost"]
+
+
+def test_a_path_that_cannot_be_written_fails_before_the_run(tmp_path):
+    with pytest.raises(ValueError, match="trace must name a file"):
+        evaluate(tick(1), trace=tmp_path)
+    with pytest.raises(ValueError, match="directory of .* does not exist"):
+        TracePlugin(tmp_path / "missing" / "run.json")
+    with pytest.raises(TypeError, match="trace must be a file path"):
+        evaluate(tick(1), trace=42)  # type: ignore[arg-type]
+
+
+def test_cli_trace_to_a_missing_directory_is_a_usage_error(tmp_path, capsys):
+    from daglite.cli import main
+
+    code = main(["run", "daglite:__version__", "--trace", str(tmp_path / "no" / "t.json")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("daglite: error: --trace: the directory of") and err.count("\n") == 1

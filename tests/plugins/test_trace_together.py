@@ -1,4 +1,4 @@
-"""Progress bar, trace file, OpenTelemetry spans and a timeline in one evaluation."""
+"""Progress bar, trace file, OpenTelemetry spans, run report and a timeline in one evaluation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rich.console import Console
 
 from daglite import evaluate, task
-from daglite.plugins.builtin import OpenTelemetryPlugin, ProgressPlugin, TracePlugin
+from daglite.plugins.builtin import (
+    OpenTelemetryPlugin,
+    ProgressPlugin,
+    ReportPlugin,
+    TracePlugin,
+)
 from daglite.plugins.builtin.timeline import TimelinePlugin
 from daglite.plugins.reporters import get_reporter
 
@@ -41,7 +46,8 @@ def test_every_plugin_does_its_job_in_one_evaluation(backend, tmp_path):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     timeline = TimelinePlugin()
-    plugins = [progress, trace, OpenTelemetryPlugin(provider), timeline]
+    report = ReportPlugin(tmp_path / "run.html")
+    plugins = [progress, trace, OpenTelemetryPlugin(provider), report, timeline]
 
     assert evaluate(step.product(x=[1, 2, 3]).join(total), backend=backend, plugins=plugins) == 12
 
@@ -57,3 +63,6 @@ def test_every_plugin_does_its_job_in_one_evaluation(backend, tmp_path):
         sorted(s.attributes["daglite.key"] for s in spans if s.name != "daglite.evaluate") == keys
     )
     assert [a.key for a in trace.last.attempts] == [a.key for a in timeline.last.attempts]
+    assert [a.key for a in report.last.attempts] == [a.key for a in timeline.last.attempts]
+    page = (tmp_path / "run.html").read_text()
+    assert page.lstrip().lower().startswith("<!doctype html") and "total" in page

@@ -85,9 +85,14 @@ def invoke(
     return func(*args, **kwargs, **extra)
 
 
-def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
+def _run_call(home: _Home, call: _Call, direct: bool, where: str = "") -> Outcome:
+    """Run one call (or a slice of elements) here and return its outcome.
+
+    ``where`` is this worker's label (``worker_label``); a job works it out once
+    for all its calls.
+    """
     if call.elems is not None:
-        return _run_slice(home, call, direct)
+        return _run_slice(home, call, direct, where)
     ctx, reset = _enter(home, call, direct)
     if home.wants_start:
         try:
@@ -100,7 +105,9 @@ def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
     start = time.perf_counter()
     try:
         if call.timeout is None:
-            value = invoke(call.func, call.style, call.kwargs)
+            # ``invoke`` unpacks special signatures; the common case is called here.
+            func, style, kwargs = call.func, call.style, call.kwargs
+            value = func(**kwargs) if style is None else invoke(func, style, kwargs)
             if type(value) is CoroutineType:
                 value = asyncio.run(value)
         else:
@@ -114,7 +121,7 @@ def _run_call(home: _Home, call: _Call, direct: bool) -> Outcome:
         duration = time.perf_counter() - start
         _leave(ctx, reset, direct)
     events, sent = ctx.finish()
-    where = worker_label(home)
+    where = where or worker_label(home)
     return _new_outcome((call.token, ok, value, duration, events, sent, timed_out, started, where))
 
 
@@ -123,25 +130,24 @@ def _call_in(
     func: Callable[..., Any],
     style: tuple[tuple[str, ...], str | None, str | None] | None,
     kwargs: dict[str, Any],
-) -> tuple[bool, Any, float, float]:
+) -> tuple[bool, Any, float]:
     """Call ``func`` here with ``ctx`` as the running task's context (inline lane).
 
     Returns:
-        ``(True, result, duration, started)``, or ``(False, exception, duration,
-        started)``; ``started`` is the wall-clock start (``time.time()``).
+        ``(True, result, duration)``, or ``(False, exception, duration)``.
     """
     current = reporters._current
     reset = None
-    started = time.time()
     start = time.perf_counter()
     try:
         reset = current.set(ctx)
-        value = invoke(func, style, kwargs)
+        # ``invoke`` unpacks special signatures; the common case is called here.
+        value = func(**kwargs) if style is None else invoke(func, style, kwargs)
         if type(value) is CoroutineType:
             value = asyncio.run(value)
-        return True, value, time.perf_counter() - start, started
+        return True, value, time.perf_counter() - start
     except Exception as exc:
-        return False, exc, time.perf_counter() - start, started
+        return False, exc, time.perf_counter() - start
     finally:
         if reset is not None:
             current.reset(reset)
@@ -169,7 +175,7 @@ def _leave(ctx: _NodeContext, reset: Any, direct: bool) -> None:
         channel._flusher.remove(ctx)
 
 
-def _run_slice(home: _Home, call: _Call, direct: bool) -> Outcome:
+def _run_slice(home: _Home, call: _Call, direct: bool, where: str = "") -> Outcome:
     """Run the task once per element of a slice, under one node context.
 
     The context's key follows the element, so log records name it. Only the
@@ -188,7 +194,7 @@ def _run_slice(home: _Home, call: _Call, direct: bool) -> Outcome:
         _leave(ctx, reset, direct)
     ctx.elem = -1
     events, sent = ctx.finish()
-    where = worker_label(home)
+    where = where or worker_label(home)
     return _new_outcome((call.token, True, value, duration, events, sent, False, started, where))
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, final
 
 from daglite._job import channel
-from daglite._job.call import _run_call
+from daglite._job.call import _run_call, worker_label
 from daglite._job.channel import _Home
 from daglite._job.messages import EarlyOutcome
 from daglite._job.records import (
@@ -65,6 +65,7 @@ class _Job:
         if not direct:
             channel._flusher.add(held)
         last = len(self.calls) - 1
+        where = worker_label(home)
         previous: Outcome | None = None
         try:
             for i, call in enumerate(self.calls):
@@ -83,7 +84,7 @@ class _Job:
                             # Its start must not overtake the result it takes, and a
                             # timeout ends this worker: that result must be home first.
                             held.flush()
-                    outcome = _run_call(home, call, direct)
+                    outcome = _run_call(home, call, direct, where)
                 previous = outcome
                 held.append(outcome)
                 if i < last and not direct and time.monotonic() - held.started >= _FLUSH:

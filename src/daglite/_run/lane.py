@@ -20,6 +20,7 @@ from daglite._run.inbox import Inbox, Message
 from daglite._run.state import RunState
 from daglite._run.unit import (
     CACHE_LABEL,
+    NOWHERE,
     At,
     _LaneCall,
     _Unit,
@@ -41,6 +42,7 @@ class _Lane:
 
     # What this part uses of the run (set up by ``_Run.__init__``).
     _caller_lock: threading.Lock
+    _has_after: bool
     _has_before: bool
     _has_lookup: bool
     engine_thread: int
@@ -98,12 +100,14 @@ class _Lane:
         lane, graph, queue_empty = self.lane, self.graph, self.queue.empty
         futures = graph.futures
         ready = self.ready_nodes
-        while lane:
+        while lane or ready:
             if self.state.aborting:
                 lane.clear()
                 return True
             if ready:  # dependents of the calls before: queued in that order
                 self._schedule_ready()
+                if not lane:
+                    return True
             if self.pending:
                 return True
             if not queue_empty():
@@ -118,16 +122,18 @@ class _Lane:
                 self._node_hook("before_node_execute", i, e, kwargs)
             ctx = _CallerContext(self, task.name, i, e)
             try:
-                style = task._sig.call_style
-                ok, value, duration, started = _call_in(ctx, task.func, style, kwargs)
+                ok, value, duration = _call_in(ctx, task.func, task._sig.call_style, kwargs)
             finally:
                 events, ctx.events = ctx.events, _CLOSED  # the task is over: no more events
             if ok and not events:
-                self._call_succeeded(i, e, kwargs, value, duration, (started, CALLER_LABEL))
+                # The start, for hooks that want it: now less the run time.
+                at = (time.time() - duration, CALLER_LABEL) if self._has_after else NOWHERE
+                self._call_succeeded(i, e, kwargs, value, duration, at)
                 continue
             # Failed, or has events from other threads: as any backend's outcome.
             unit = _Unit(i, e, self.key_of(i, e), kwargs, task, graph.metadata[i], backend)
             unit.started = True
+            started = time.time() - duration
             fields = (0, ok, value, duration, events or [], 0, False, started, CALLER_LABEL)
             self._finish_unit(unit, _new_outcome(fields))
         return True

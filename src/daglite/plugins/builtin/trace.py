@@ -29,8 +29,10 @@ import os
 import time
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
+from daglite.plugins.builtin._files import checked_path, write_atomically
 from daglite.plugins.builtin.timeline import RunTimeline, TimelinePlugin
 from daglite.plugins.hooks import hook_impl
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
     from daglite.plugins.reporters import EventRegistry
 
-__all__ = ["TracePlugin"]
+__all__ = ["TracePlugin", "trace_plugin"]
 
 _US: Final = 1e6  # trace time stamps are microseconds
 _CALLER: Final = (0, 0)  # the track of the evaluation and of events without a task
@@ -70,16 +72,23 @@ class TracePlugin(TimelinePlugin):
     DAG's description, which the trace does not show: ``graph`` is None).
 
     Args:
-        path: The file to write (overwritten).
+        path: The file to write (overwritten); its directory must exist.
         events: Also record the events tasks report, as instant events. This
             subscribes to every event type, which turns the bulk path of
             ``product``/``zip``/``map`` fan-outs off (each element becomes a call
             of its own, as with any event handler); ``events=False`` keeps it.
+
+    Attributes:
+        path: The trace file's path.
+
+    Raises:
+        TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
+        ValueError: If ``path`` is empty, a directory, or in a missing directory.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, events: bool = True) -> None:
         super().__init__()
-        self.path = os.fspath(path)
+        self.path: Path = checked_path(path, "path")
         self.events = events
         self._marks: list[_Mark] = []
 
@@ -99,14 +108,23 @@ class TracePlugin(TimelinePlugin):
     def run_ended(self, run: RunTimeline) -> None:
         """Write the trace of ``run`` to ``path``."""
         marks, self._marks = self._marks, []
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.write(_document(run, marks))
+        write_atomically(self.path, _document(run, marks))
 
     def _on_event(self, event: dict[str, Any]) -> None:
         key = event.get("key")
         # The attempt running now is the one after those whose hooks have run.
         attempt = self._tries.get(key, 0) + 1 if key is not None else 0
         self._marks.append(_Mark(time.time(), key, attempt, event))
+
+
+def trace_plugin(trace: object, name: str = "trace") -> TracePlugin:
+    """A ``TracePlugin`` for ``trace``, with errors that name the ``name`` parameter.
+
+    Raises:
+        TypeError: If ``trace`` is not a ``str`` or ``os.PathLike``.
+        ValueError: If it is empty, a directory, or in a missing directory.
+    """
+    return TracePlugin(checked_path(trace, name))
 
 
 def _document(run: RunTimeline, marks: list[_Mark]) -> str:
