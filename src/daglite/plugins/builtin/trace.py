@@ -80,6 +80,7 @@ class TracePlugin(TimelinePlugin):
 
     Attributes:
         path: The trace file's path.
+        events: Whether reported events are recorded.
 
     Raises:
         TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
