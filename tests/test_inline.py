@@ -201,7 +201,7 @@ def test_cancel_queues_its_message_before_local_jobs_can_see_abort():
     def one() -> int:
         return 1
 
-    run, _ = _prepare(one(), None, None, False, "raise", {}, True)
+    run, _ = _prepare(one(), None, None, False, None, None, "raise", {}, True)
     queued_when_aborted: list[int] = []
 
     class Home:
