@@ -9,14 +9,14 @@ handled one by one).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final
 
 from daglite._job.call import timeout_error
 from daglite._run.inbox import Inbox
 from daglite._run.state import RunState
-from daglite._run.unit import NOWHERE, At, OnError, _chain_of, _element_kwargs, _Unit
+from daglite._run.unit import NOWHERE, At, OnError, _chain_of, _Unit
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import (
     TaskError,
@@ -57,11 +57,13 @@ class _Completing:
 
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
 
+        def _split(self, piece: _Unit, isolate: bool) -> None: ...
+
+        def _slice_finished(self, piece: _Unit, outcome: Any) -> None: ...
+
         def _abort(self) -> None: ...
 
         def _deliver(self, unit: _Unit, events: list[tuple[str, dict[str, Any]]]) -> None: ...
-
-        def _element_unit(self, piece: _Unit, e: int) -> _Unit: ...
 
         def _keeps_remote(self, backend: Backend) -> bool: ...
 
@@ -259,72 +261,6 @@ class _Completing:
         self._forget(unit)
         return False
 
-    def _slice_finished(self, piece: _Unit, outcome: Any) -> None:
-        if not outcome.ok:  # the slice could not run (say, an element would not pickle)
-            self._split(piece, isolate=False)
-            return
-        assert piece.elems is not None
-        values, errors = outcome.value.values, outcome.value.errors
-        i, first = piece.node, piece.elem
-        starts = _element_starts(outcome.started, outcome.value.durations, len(values))
-        if self._has_after:
-            self._elements_returned(piece, values, errors, outcome, starts)
-        if self._keep_all:
-            for e, value in enumerate(values):
-                if e not in errors:
-                    self.kept[f"{piece.key}[{first + e}]"] = value
-        for e, (error, duration) in errors.items():
-            at = (starts[e], outcome.worker)
-            self._attempt_failed(self._element_unit(piece, first + e), error, duration, False, at)
-        if not self.state.aborting:  # elements a slice skipped after a failure still run
-            for e in range(first + len(values), first + len(piece.elems.rows)):
-                self._requeue(self._element_unit(piece, e))
-        self._ready(self.state.slice_done(i, first, values, len(errors)))
-
-    def _elements_returned(
-        self,
-        piece: _Unit,
-        values: list[Any],
-        errors: dict[int, Any],
-        outcome: Any,
-        starts: Sequence[float],
-    ) -> None:
-        """``after_node_execute`` of each element a slice ran, in element order.
-
-        Each gets its own key, inputs and result, and its run time and start as
-        measured in the worker; failed elements go through ``_attempt_failed``.
-        """
-        assert piece.elems is not None
-        names, rows = piece.elems.names, piece.elems.rows
-        key, meta, base, first = piece.key, piece.meta, piece.kwargs, piece.elem
-        call, reporter = self.hooks.call, self.reporter
-        durations, worker = outcome.value.durations, outcome.worker
-        for e, value in enumerate(values):
-            if e in errors:
-                continue
-            call(
-                "after_node_execute",
-                key=f"{key}[{first + e}]",
-                metadata=meta,
-                inputs=_element_kwargs(base, names, rows[e]),
-                reporter=reporter,
-                result=value,
-                duration=durations[e],
-                started=starts[e],
-                worker=worker,
-            )
-
-    def _split(self, piece: _Unit, isolate: bool) -> None:
-        """Run a slice's elements one by one instead (the slice failed as a whole)."""
-        assert piece.elems is not None
-        if self.state.aborting:
-            return
-        first = piece.elems.first
-        for e in range(first, first + len(piece.elems.rows)):
-            unit = self._element_unit(piece, e)
-            unit.isolate = isolate
-            self._requeue(unit)
-
     def _attempt_failed(
         self,
         unit: _Unit,
@@ -403,18 +339,3 @@ def _task_error(task: Task[Any, Any], key: str, error: BaseException, timed_out:
         key=key,
         error=error,
     )
-
-
-def _element_starts(started: float, durations: Sequence[float], count: int) -> list[float]:
-    """When each element of a slice started.
-
-    The slice's start plus the run times before it for a timed slice, else the
-    slice's start for all.
-    """
-    if len(durations) < count:
-        return [started] * count
-    starts, t = [], started
-    for d in durations[:count]:
-        starts.append(t)
-        t += d
-    return starts

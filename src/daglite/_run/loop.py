@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import queue
 import threading
 import time
@@ -30,21 +29,19 @@ from concurrent.futures import Future
 from typing import Any, final
 
 from daglite._job.channel import _Home
-from daglite._job.job import _Job
 from daglite._job.messages import EarlyOutcome, Events
 from daglite._run.complete import _Completing
 from daglite._run.inbox import Cancel, Inbox, JobDone, Message
 from daglite._run.lane import _Lane
 from daglite._run.notify import _Notifying
 from daglite._run.plan import _Planning
+from daglite._run.slices import _Slicing
 from daglite._run.state import RunState
+from daglite._run.submit import _Submitting
 from daglite._run.unit import (
     OnError,
-    _chain_of,
     _LaneCall,
     _Unit,
-    call_of,
-    next_token,
 )
 from daglite.backends.base import Backend
 from daglite.exceptions import (
@@ -64,14 +61,16 @@ logger = logging.getLogger("daglite")
 
 
 @final
-class _Run(_Planning, _Completing, _Lane, _Notifying):
+class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
     """State and loop of one evaluation.
 
-    The parts live in their own modules: planning (``plan``), completions
-    (``complete``), the inline lane (``lane``) and hooks and events
-    (``notify``); the bookkeeping is ``state``, the ordering of what comes home
-    ``inbox``. This class owns the queue, the submission of jobs and the loop.
+    The parts live in their own modules: planning (``plan``), submission
+    (``submit``), completions (``complete``), the bulk path (``slices``), the
+    inline lane (``lane``) and hooks and events (``notify``); each declares
+    what it uses of the others. The bookkeeping is ``state``, the ordering of
+    what comes home ``inbox``. This class owns the queue and the loop.
     """
+
 
     def __init__(
         self,
@@ -166,16 +165,6 @@ class _Run(_Planning, _Completing, _Lane, _Notifying):
         if self.inbox.ready:
             self.inbox.replay()
 
-    def _queue_units(self, backend: Backend, units: list[_Unit]) -> None:
-        if backend.runs_in_caller:
-            self.lane.extend(units)
-            return
-        entry = self.pending.get(id(backend))
-        if entry is None:
-            self.pending[id(backend)] = (backend, units)
-        else:
-            entry[1].extend(units)
-
     def _ready(self, nodes: Iterable[int]) -> None:
         """Queue nodes a transition made ready; the loop schedules them in order."""
         self.ready_nodes.extend(nodes)
@@ -185,79 +174,6 @@ class _Run(_Planning, _Completing, _Lane, _Notifying):
         ready, schedule = self.ready_nodes, self._schedule
         while ready:
             schedule(ready.popleft())
-
-    def _submit_pending(self) -> None:
-        self._schedule_ready()
-        if self.quarantined_job:
-            return  # a quarantined call runs alone
-        while self.pending or self.lane or self.ready_nodes:
-            self._schedule_ready()
-            self._submit_units()
-            if self.lane and not self._run_lane():
-                break  # messages wait in the queue: the loop handles them first
-        if self.quarantine and not self.in_flight:
-            unit = self.quarantine.popleft()
-            self.quarantined_job = self._submit_job(unit.backend, [unit])
-
-    def _submit_units(self) -> None:
-        """Hand the pending calls to their backends, backend by backend."""
-        while self.pending:
-            _, (backend, units) = self.pending.popitem()
-            if self.state.aborting:
-                self.pending.clear()
-                return
-            if self._has_lookup:
-                units = [u for u in units if not self._served_from_cache(u)]
-            self._submit_batches(backend, self._submit_alone(backend, units))
-            if self.state.aborting:
-                return
-
-    def _submit_alone(self, backend: Backend, units: list[_Unit]) -> list[_Unit]:
-        """Submit the calls that travel in a job of their own; return the others.
-
-        A slice is one job, and so is a fused chain; a quarantined call waits
-        to run alone (``_submit_pending``).
-        """
-        if not any(u.isolate or u.elems is not None or u.follower for u in units):
-            return units
-        plain = []
-        for unit in units:
-            if unit.isolate:
-                self.quarantine.append(unit)
-            elif unit.elems is not None:
-                self._submit_job(backend, [unit])
-            elif unit.follower:
-                self._submit_job(backend, _chain_of(unit))
-            else:
-                plain.append(unit)
-        return plain
-
-    def _submit_batches(self, backend: Backend, units: list[_Unit]) -> None:
-        """Pack plain calls into jobs: about two per worker, ``max_batch`` at most."""
-        workers = backend.max_workers or 1
-        size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
-        for start in range(0, len(units), size):
-            self._submit_job(backend, units[start : start + size])
-            if self.state.aborting:
-                return
-
-    def _submit_job(self, backend: Backend, units: list[_Unit]) -> int:
-        """Hand ``units`` to ``backend`` as one job; returns the job's id."""
-        track = self.inbox.track
-        for unit in units:
-            unit.token = next_token()
-            track(unit)
-        job = _Job(self._home_for(backend), [call_of(u) for u in units])
-        backend.ensure_started()
-        future = backend.submit(job)
-        self.in_flight[id(job)] = future
-        # Always through the queue: a callback that runs at once (inline) must not
-        # call hooks inside add_done_callback, which would swallow their errors.
-        # The tokens as submitted: a call of this job may be requeued (retried,
-        # with a new token) before the job itself reports done.
-        tokens = [u.token for u in units]
-        future.add_done_callback(lambda f: self.queue.put(JobDone(job, f, tokens)))
-        return id(job)
 
     def _abort(self) -> None:
         """Fail fast: submit nothing more, cancel queued jobs, await running ones."""

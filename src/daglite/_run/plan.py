@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import collections
 import itertools
-import math
 import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from daglite._job.records import Elements
 from daglite._run.state import RunState
 from daglite._run.unit import (
     _element_kwargs,
@@ -57,6 +55,17 @@ class _Planning:
     state: RunState
 
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool: ...
+
+        def _slices(
+            self,
+            i: int,
+            base: dict[str, Any],
+            names: tuple[str, ...],
+            rows: list[Any],
+            backend: Backend,
+        ) -> list[_Unit]: ...
 
         def _node_failed_before_running(self, i: int, error: BaseException) -> None: ...
 
@@ -173,22 +182,6 @@ class _Planning:
             return None
         return backend
 
-    def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool:
-        """Whether a fan-out may take the bulk path.
-
-        Nobody waits for single elements to start (``_bulk``), they have no
-        deadline of their own, and results come home (not Dask). Elements whose
-        ``after_node_execute`` is watched go in slices only to other threads or
-        processes: on the lane each element's hooks are called as it ends.
-        """
-        return (
-            self._bulk
-            and width > 1
-            and task.timeout is None
-            and not (self._has_after and backend.runs_in_caller)
-            and not self._keeps_remote(backend)
-        )
-
     def _keeps_remote(self, backend: Backend) -> bool:
         found = self._remote_kind.get(id(backend))
         if found is None:
@@ -246,45 +239,6 @@ class _Planning:
         """``value`` with the results of the futures in it (containers walked)."""
         index, results = self.graph.index, self.state.results
         return replace(value, TaskFuture, lambda f: results[index[f]])
-
-    def _slices(
-        self,
-        i: int,
-        base: dict[str, Any],
-        names: tuple[str, ...],
-        rows: list[Any],
-        backend: Backend,
-    ) -> list[_Unit]:
-        """A fan-out's elements in a few slices, each run as one call (bulk path).
-
-        Like ``Executor.map`` with a chunksize: four slices per worker (one on
-        inline), so the caller handles a handful of calls instead of one per
-        element. An element that fails is taken out and handled on its own
-        (retries, ``on_node_error``, its key in the error).
-        """
-        task, meta, key = self.graph.futures[i].task, self.graph.metadata[i], self.graph.keys[i]
-        parts = 1 if backend.runs_in_caller else 4 * (backend.max_workers or 1)
-        size = math.ceil(len(rows) / parts)
-        # A slice may end at its first failure only if that fails the run.
-        stop = not self._keep_all and task.retries == 0
-        sig = task._sig
-        positional = len(names) == 1 and sig.call_style is None and sig.positional[:1] == names
-        units = []
-        for first in range(0, len(rows), size):
-            unit = _Unit(i, first, key, base, task, meta, backend)
-            unit.elems = Elements(
-                names, rows[first : first + size], first, stop, positional, self._has_after
-            )
-            units.append(unit)
-        return units
-
-    def _element_unit(self, piece: _Unit, e: int) -> _Unit:
-        """Element ``e`` of slice ``piece`` as a unit of its own."""
-        assert piece.elems is not None
-        names, rows, first = piece.elems[:3]
-        kwargs = _element_kwargs(piece.kwargs, names, rows[e - first])
-        key = f"{piece.key}[{e}]"
-        return _Unit(piece.node, e, key, kwargs, piece.task, piece.meta, piece.backend)
 
     def _expand(
         self, i: int, future: TaskFuture[Any], base: dict[str, Any]

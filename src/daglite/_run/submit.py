@@ -1,0 +1,132 @@
+"""Submission: ready calls to jobs, jobs to their backends.
+
+Calls for in-caller backends join the inline lane; the others wait in
+``pending`` per backend until the loop submits them: a slice or a fused chain
+as a job of its own, a quarantined call alone once nothing else of the run is
+in flight, plain calls packed about two jobs per worker. Each job's
+completion comes back to the loop's queue as ``JobDone``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import queue
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from daglite._job.channel import _Home
+from daglite._job.job import _Job
+from daglite._run.inbox import Inbox, JobDone, Message
+from daglite._run.state import RunState
+from daglite._run.unit import _chain_of, _LaneCall, _Unit, call_of, next_token
+from daglite.backends.base import Backend
+
+
+class _Submitting:
+    """The submission part of ``_Run``."""
+
+    # What this part uses of the run (set up by ``_Run.__init__``).
+    _has_lookup: bool
+    in_flight: dict[int, Future[Any]]
+    inbox: Inbox
+    lane: collections.deque[_LaneCall | _Unit]
+    pending: dict[int, tuple[Backend, list[_Unit]]]
+    quarantine: collections.deque[_Unit]
+    quarantined_job: int
+    queue: queue.SimpleQueue[Message]
+    ready_nodes: collections.deque[int]
+    state: RunState
+
+    if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _home_for(self, backend: Backend) -> _Home: ...
+
+        def _run_lane(self) -> bool: ...
+
+        def _schedule_ready(self) -> None: ...
+
+        def _served_from_cache(self, unit: _Unit) -> bool: ...
+
+    def _queue_units(self, backend: Backend, units: list[_Unit]) -> None:
+        if backend.runs_in_caller:
+            self.lane.extend(units)
+            return
+        entry = self.pending.get(id(backend))
+        if entry is None:
+            self.pending[id(backend)] = (backend, units)
+        else:
+            entry[1].extend(units)
+
+    def _submit_pending(self) -> None:
+        self._schedule_ready()
+        if self.quarantined_job:
+            return  # a quarantined call runs alone
+        while self.pending or self.lane or self.ready_nodes:
+            self._schedule_ready()
+            self._submit_units()
+            if self.lane and not self._run_lane():
+                break  # messages wait in the queue: the loop handles them first
+        if self.quarantine and not self.in_flight:
+            unit = self.quarantine.popleft()
+            self.quarantined_job = self._submit_job(unit.backend, [unit])
+
+    def _submit_units(self) -> None:
+        """Hand the pending calls to their backends, backend by backend."""
+        while self.pending:
+            _, (backend, units) = self.pending.popitem()
+            if self.state.aborting:
+                self.pending.clear()
+                return
+            if self._has_lookup:
+                units = [u for u in units if not self._served_from_cache(u)]
+            self._submit_batches(backend, self._submit_alone(backend, units))
+            if self.state.aborting:
+                return
+
+    def _submit_alone(self, backend: Backend, units: list[_Unit]) -> list[_Unit]:
+        """Submit the calls that travel in a job of their own; return the others.
+
+        A slice is one job, and so is a fused chain; a quarantined call waits
+        to run alone (``_submit_pending``).
+        """
+        if not any(u.isolate or u.elems is not None or u.follower for u in units):
+            return units
+        plain = []
+        for unit in units:
+            if unit.isolate:
+                self.quarantine.append(unit)
+            elif unit.elems is not None:
+                self._submit_job(backend, [unit])
+            elif unit.follower:
+                self._submit_job(backend, _chain_of(unit))
+            else:
+                plain.append(unit)
+        return plain
+
+    def _submit_batches(self, backend: Backend, units: list[_Unit]) -> None:
+        """Pack plain calls into jobs: about two per worker, ``max_batch`` at most."""
+        workers = backend.max_workers or 1
+        size = max(1, min(backend.max_batch, math.ceil(len(units) / (2 * workers))))
+        for start in range(0, len(units), size):
+            self._submit_job(backend, units[start : start + size])
+            if self.state.aborting:
+                return
+
+    def _submit_job(self, backend: Backend, units: list[_Unit]) -> int:
+        """Hand ``units`` to ``backend`` as one job; returns the job's id."""
+        track = self.inbox.track
+        for unit in units:
+            unit.token = next_token()
+            track(unit)
+        job = _Job(self._home_for(backend), [call_of(u) for u in units])
+        backend.ensure_started()
+        future = backend.submit(job)
+        self.in_flight[id(job)] = future
+        # Always through the queue: a callback that runs at once (inline) must not
+        # call hooks inside add_done_callback, which would swallow their errors.
+        # The tokens as submitted: a call of this job may be requeued (retried,
+        # with a new token) before the job itself reports done.
+        tokens = [u.token for u in units]
+        future.add_done_callback(lambda f: self.queue.put(JobDone(job, f, tokens)))
+        return id(job)
