@@ -77,7 +77,7 @@ class _Lane:
 
         def _node_started(self, unit: _Unit) -> None: ...
 
-        def _schedule_ready(self) -> None: ...
+        def _schedule(self, i: int) -> None: ...
 
         def _succeeded(self, unit: _Unit, value: Any, duration: float, at: At = ...) -> None: ...
 
@@ -99,13 +99,14 @@ class _Lane:
         """
         lane, graph, queue_empty = self.lane, self.graph, self.queue.empty
         futures = graph.futures
-        ready = self.ready_nodes
+        ready, schedule = self.ready_nodes, self._schedule
         while lane or ready:
             if self.state.aborting:
                 lane.clear()
                 return True
             if ready:  # dependents of the calls before: queued in that order
-                self._schedule_ready()
+                while ready:
+                    schedule(ready.popleft())
                 if not lane:
                     return True
             if self.pending:

@@ -87,6 +87,11 @@ class RunState:
         if users is None or self.aborting:
             return NO_NODES
         waiting, failed, claimed = self.waiting, self.failed, self.claimed
+        if type(users) is int:  # one consumer, the common case: no list
+            waiting[users] -= 1
+            if waiting[users] == 0 and users not in failed and users not in claimed:
+                return (users,)
+            return NO_NODES
         ready = []
         for d in (users,) if isinstance(users, int) else users:
             waiting[d] -= 1
