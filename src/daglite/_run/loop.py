@@ -71,7 +71,6 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
     what comes home ``inbox``. This class owns the queue and the loop.
     """
 
-
     def __init__(
         self,
         graph: Graph,
