@@ -161,3 +161,20 @@ def test_a_second_outcome_for_a_parked_call_is_ignored():
     rec.inbox.outcome(Outcome(1, sent=1))
     rec.inbox.events(Events(1, [_event(0)]))
     assert [(k, o) for k, _, o in rec.seen if k == "outcome"] == [("outcome", first)]
+
+
+def test_held_messages_keep_their_order_after_the_link_upstream_is_dropped():
+    # The engine drops a spent link (follower.upstream = None) when the call
+    # before it is done; messages already held must still go first.
+    rec = Recorder()
+    head = Call(1)
+    follower = Call(2, upstream=head)
+    _track(rec, head, follower)
+    rec.inbox.events(Events(2, [_event(0)]))  # held: the head is not done
+    head.done = True
+    follower.upstream = None
+    rec.inbox.upstream_done(follower)
+    rec.inbox.events(Events(2, [_event(1)]))  # arrives before the replay
+    assert rec.seen == []
+    rec.inbox.replay()
+    assert rec.seen == [("event", 2, _event(0)), ("event", 2, _event(1))]

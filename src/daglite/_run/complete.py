@@ -209,8 +209,14 @@ class _Completing:
             self.remote_producers[unit.node] = unit.backend
         unit.done = unit.elem < 0
         self._call_succeeded(unit.node, unit.elem, unit.kwargs, value, duration, at)
-        if unit.follower:
-            self._input_done(unit.follower, value)
+        follower = unit.follower
+        if follower:
+            self._input_done(follower, value)
+            # The link is spent: the follower is a plain call with its input
+            # now (a retry runs it alone), and no unit keeps another, or the
+            # results it holds, alive until the cycle collector runs.
+            unit.follower = follower.upstream = follower.follows = None
+            self.state.unclaim(follower.node)
 
     def _call_succeeded(
         self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float, at: At

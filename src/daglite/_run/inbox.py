@@ -184,11 +184,15 @@ class Inbox:
                     self.outcome(message.outcome)
 
     def _stashed(self, call: _Call, message: Events | EarlyOutcome) -> bool:
-        """Hold a fused follower's message until the call before it is done here."""
-        upstream = call.upstream
-        if upstream is None or (upstream.done and call.stash is None):
-            return False
+        """Hold a fused follower's message until the call before it is done here.
+
+        Once messages are held, later ones join them until ``replay`` hands
+        them on, even if the call's link upstream is gone by then.
+        """
         if call.stash is None:
+            upstream = call.upstream
+            if upstream is None or upstream.done:
+                return False
             call.stash = []
         call.stash.append(message)
         return True

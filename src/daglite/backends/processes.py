@@ -270,6 +270,8 @@ class ProcessBackend(Backend):
         for a lock a submitter holds while calling into it: the rebuild is left
         to the next ``submit``.
         """
+        if isinstance(outer, _Relayed):
+            outer.inner = None  # each held the other: results waited for the cycle collector
         if outer.done():
             return
         if inner.cancelled():
