@@ -164,8 +164,8 @@ def test_elements_left_is_empty_once_every_fan_out_is_done(width):
     state, graph = _state(mapped)
     im = _node(graph, mapped)
     state.fan_out(im, width)
-    assert not state.is_done()
+    assert state.elements_left == {im: width}
     for e in range(width):
         state.element_done(im, e, e + 1)
-    assert state.is_done()
+    assert state.elements_left == {}
     assert state.results[im] == list(range(1, width + 1))

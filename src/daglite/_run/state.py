@@ -188,7 +188,3 @@ class RunState:
     def unclaim(self, i: int) -> None:
         """Node ``i`` is no longer handed out ahead: it becomes ready as usual."""
         self.claimed.discard(i)
-
-    def is_done(self) -> bool:
-        """Whether no fan-out is still waiting for elements."""
-        return not self.elements_left
