@@ -161,7 +161,7 @@ LEAK_SCRIPT = textwrap.dedent(
         if i == calls // 4:
             first = snapshot()
     last = snapshot()
-    helpers = ("forkserver", "resource_tracker")
+    helpers = ("forkserver", "resource_tracker", "daglite-shm-janitor")
     workers = [
         p for p in me.children(recursive=True)
         if not (p.ppid() == os.getpid() and any(h in " ".join(p.cmdline()) for h in helpers))

@@ -13,6 +13,7 @@ import pytest
 
 from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, task
 from daglite.backends import ProcessBackend
+from daglite.plugins.hooks import hook_impl
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def _assert_no_new_workers_left(before: set[int], deadline: float = 30.0) -> Non
 
 # multiprocessing's forkserver and resource tracker are per-interpreter helpers
 # that live until the caller exits; they run no tasks.
-_HELPERS = ("forkserver", "resource_tracker")
+_HELPERS = ("forkserver", "resource_tracker", "daglite-shm-janitor")
 
 
 def _is_pool_worker(proc: psutil.Process) -> bool:
@@ -279,6 +280,15 @@ def test_result_that_does_not_unpickle_in_the_caller_fails_only_its_task(pool):
     assert list(err.errors) == ["slow_odd"]
     assert "could not be unpickled in the caller" in str(err.errors["slow_odd"])
     assert sorted(err.results.values()) == [1, 2, 3]
+    # A fused chain: the result stays in the worker, where ``kind`` uses it (gh-14)...
+    assert evaluate(kind(slow_odd(0)), backend=pool) == "OnlyInWorkers"
+
+    class SeesResults:
+        @hook_impl
+        def after_node_execute(self, key, result):
+            pass
+
+    # ...unless the caller needs it: a hook looks at results.
     with pytest.raises(TaskError, match=r"'slow_odd'.*could not be unpickled"):
-        evaluate(kind(slow_odd(0)), backend=pool)  # a fused chain
+        evaluate(kind(slow_odd(0)), backend=pool, plugins=[SeesResults()])
     assert evaluate(total([value(1), value(2)]), backend=pool) == 3

@@ -33,6 +33,7 @@ from typing import Any, Final, Protocol, final
 
 from daglite._job import transport as _transport
 from daglite._job.messages import Event, Events
+from daglite._job.shared import SharedMemory
 from daglite._job.transport import Transport
 from daglite.plugins.reporters import (
     FLUSH_INTERVAL,
@@ -267,6 +268,7 @@ class _Home:
         "log_level",
         "pid",
         "run_id",
+        "shared",
         "sink",
         "transport",
         "wants_start",
@@ -296,6 +298,8 @@ class _Home:
         # channel (None: all). Set where the job runs, by a backend whose
         # channel must not carry big results (Dask keeps those on the cluster).
         self.early: Callable[[Any], bool] | None = None
+        # Where large buffers of this run go between processes (None: the pipe).
+        self.shared: SharedMemory | None = None
 
     def local(self) -> bool:
         """True when running in the process that owns the engine."""
@@ -317,7 +321,8 @@ class _Home:
             transport = self.transport = _transport._hub().transport()
             if self.sink is not None:
                 _transport._hub().route(self.run_id, self.sink)
-        return (_remote_home, (self.run_id, transport, self.log_level, self.wants_start))
+        args = (self.run_id, transport, self.log_level, self.wants_start, self.shared)
+        return (_remote_home, args)
 
     def close(self) -> None:
         """Stop routing messages for this run (late ones are dropped)."""
@@ -337,7 +342,14 @@ def _lowest_log_level() -> int:
     return min(levels)
 
 
-def _remote_home(run_id: str, transport: Transport, log_level: int, wants_start: bool) -> _Home:
+def _remote_home(
+    run_id: str,
+    transport: Transport,
+    log_level: int,
+    wants_start: bool,
+    shared: SharedMemory | None = None,
+) -> _Home:
     home = _Home(run_id, None, transport, log_level)
     home.wants_start = wants_start
+    home.shared = shared
     return home

@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, final
 
-from daglite._job import channel
+from daglite._job import channel, shared
 from daglite._job.call import _run_call, worker_label
 from daglite._job.channel import _Home
 from daglite._job.messages import EarlyOutcome
 from daglite._job.records import (
     _PICKLE_PROTOCOL,
+    KEPT,
     Outcome,
     Outcomes,
     _Call,
@@ -61,6 +62,7 @@ class _Job:
         local = home.local()
         if not local:
             log_bridge.forward_worker_logs(home.log_level)
+            shared.set_active(home.shared)
         held = _HeldOutcomes(home)
         if not direct:
             channel._flusher.add(held)
@@ -80,13 +82,11 @@ class _Job:
                         if previous is None or not previous.ok:
                             break  # its input failed: the caller reschedules it
                         call = _fed(call, follows, previous.value)
-                        if not direct and (home.wants_start or call.timeout is not None):
-                            # Its start must not overtake the result it takes, and a
-                            # timeout ends this worker: that result must be home first.
+                        if _flush_first(home, call, direct):
                             held.flush()
                     outcome = _run_call(home, call, direct, where)
                 previous = outcome
-                held.append(outcome)
+                held.append(outcome, keep=i < last and self._owned_next(i, direct))
                 if i < last and not direct and time.monotonic() - held.started >= _FLUSH:
                     held.flush()
         finally:
@@ -94,11 +94,33 @@ class _Job:
                 channel._flusher.remove(held)
         return held.finish()
 
+    def _owned_next(self, i: int, direct: bool) -> bool:
+        """Whether call ``i + 1`` is the only use of call ``i``'s result (gh-14).
+
+        Then that result's value need not go home, unless it must be home before
+        the next call starts (``_flush_first``).
+        """
+        follower = self.calls[i + 1]
+        return (
+            not isinstance(follower, _Poisoned)
+            and follower.owns_input
+            and not _flush_first(self.home, follower, direct)
+        )
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_job, (self.home, *_dumps_calls(self.calls)))
+        return (_load_job, (self.home, *_dumps_calls(self.calls, self.home.shared)))
 
 
 _FLUSH: Final = FLUSH_INTERVAL
+
+
+def _flush_first(home: _Home, follower: _Call, direct: bool) -> bool:
+    """Whether the results before a fused call must be home before it starts.
+
+    Its start must not overtake the result it takes, and a timeout ends this
+    worker: that result must be home first.
+    """
+    return not direct and (home.wants_start or follower.timeout is not None)
 
 
 def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
@@ -107,7 +129,7 @@ def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
     for name in follows:
         kwargs[name] = value
     fields = (call.token, call.name, call.key, call.func, kwargs, call.timeout, call.style)
-    return _new_call((*fields, None, None))  # a plain call now: no slice, fed already
+    return _new_call((*fields, None, None, False))  # a plain call now: no slice, fed already
 
 
 @final
@@ -120,7 +142,7 @@ class _HeldOutcomes:
     The lock makes each outcome go exactly one way.
     """
 
-    __slots__ = ("_held", "_lock", "home", "outcomes", "started")
+    __slots__ = ("_held", "_kept", "_lock", "home", "outcomes", "started")
 
     def __init__(self, home: _Home) -> None:
         self.home = home
@@ -128,9 +150,34 @@ class _HeldOutcomes:
         self.started = time.monotonic()
         self._held: list[Outcome] = []
         self._lock = threading.Lock()
+        # The outcome whose value the next call owns, as it was, until that call ends.
+        self._kept: Outcome | None = None
 
-    def append(self, outcome: Outcome) -> None:
-        self._held.append(outcome)  # atomic under the GIL; drained under the lock
+    def append(self, outcome: Outcome, keep: bool = False) -> None:
+        """Hold ``outcome``; with ``keep``, hold its value back (gh-14).
+
+        ``keep`` says the next call is the only use of this result: its
+        outcome then waits (``flush`` stops at it) with ``KEPT`` for a value
+        until the next call's outcome is in. If that call fails, the value goes
+        home after all, so that a retry can be fed; if it succeeds, it never does.
+        """
+        if self._kept is not None:
+            self._settle_kept(outcome.ok)
+        if keep and outcome.ok:
+            with self._lock:
+                self._kept = outcome
+                self._held.append(outcome._replace(value=KEPT))
+        else:
+            self._held.append(outcome)  # atomic under the GIL; drained under the lock
+
+    def _settle_kept(self, fed_call_ok: bool) -> None:
+        with self._lock:
+            kept, self._kept = self._kept, None
+            if fed_call_ok or kept is None:
+                return
+            for i, outcome in enumerate(self._held):
+                if outcome.token == kept.token:
+                    self._held[i] = kept
 
     def flush(self) -> None:
         early = self.home.early
@@ -138,6 +185,8 @@ class _HeldOutcomes:
             held = self._held
             sent = 0
             for outcome in held:
+                if self._kept is not None and outcome.value is KEPT:
+                    break  # waits for the call it feeds (``keep_last``)
                 if early is not None and not early(outcome):
                     break  # this one goes with the job's result, and so do the rest
                 try:
@@ -150,22 +199,31 @@ class _HeldOutcomes:
                 del held[:sent]
 
     def finish(self) -> Outcomes:
+        if self._kept is not None:  # the call it fed never ended: the value goes home
+            self._settle_kept(False)
         with self._lock:
             self.outcomes.extend(self._held)
             self._held.clear()
         return self.outcomes
 
 
-def _load_job(home: _Home, funcs: dict[int, bytes], body: bytes) -> _Job:
+def _load_job(home: _Home, funcs: dict[int, bytes], body: _Body) -> _Job:
     return _Job(home, _loads_calls(funcs, body))
 
 
-def _dumps_calls(calls: Sequence[_Call | _Poisoned]) -> tuple[dict[int, bytes], bytes]:
+# The call rows' pickle, with the segment holding their large buffers if any.
+_Body = bytes | tuple[bytes, Any]
+
+
+def _dumps_calls(
+    calls: Sequence[_Call | _Poisoned], settings: shared.SharedMemory | None = None
+) -> tuple[dict[int, bytes], _Body]:
     """Serialise calls: the functions (each once) and the call rows.
 
     A call that cannot be pickled becomes ``_Poisoned``. The two parts are
     handed to the executor's pickler as they are, not pickled once more, so a
-    large argument is copied as few times as possible.
+    large argument is copied as few times as possible: with ``settings``,
+    large buffers go into a shared-memory segment the worker maps.
     """
     import cloudpickle
 
@@ -183,12 +241,12 @@ def _dumps_calls(calls: Sequence[_Call | _Poisoned]) -> tuple[dict[int, bytes], 
                 rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
                 continue
         row = (call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style)
-        rows.append((*row, call.elems, call.follows))
+        rows.append((*row, call.elems, call.follows, call.owns_input))
     try:
-        body = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+        body = shared.dumps(rows, settings)
     except Exception:
         rows = [_poison_if_unpicklable(row) for row in rows]
-        body = cloudpickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+        body = shared.dumps(rows, settings, cloudpickle.CloudPickler)
     return funcs, body
 
 
@@ -197,7 +255,7 @@ def _poison_if_unpicklable(row: Any) -> Any:
 
     if isinstance(row, _Poisoned):
         return row
-    token, name, _key, _fid, kwargs, _timeout, _style, elems, _follows = row
+    token, name, _key, _fid, kwargs, _timeout, _style, elems, _follows, _owns = row
     if elems is not None:
         try:
             cloudpickle.dumps(elems, protocol=_PICKLE_PROTOCOL)
@@ -235,7 +293,7 @@ def _cached_function_pickle(func: Callable[..., Any]) -> bytes:
 _loaded_functions: dict[bytes, Callable[..., Any]] = {}
 
 
-def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
+def _loads_calls(funcs_bytes: dict[int, bytes], body: _Body) -> list[_Call]:
     funcs: dict[int, Callable[..., Any]] = {}
     for fid, data in funcs_bytes.items():
         func = _loaded_functions.get(data)
@@ -246,13 +304,17 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
             _loaded_functions[data] = func
         funcs[fid] = func
     calls: list[Any] = []
-    for row in pickle.loads(body):
+    # A segment is read once, by this worker: it is unlinked once mapped.
+    rows = (
+        shared.load_segment(*body, unlink=True) if isinstance(body, tuple) else pickle.loads(body)
+    )
+    for row in rows:
         if isinstance(row, _Poisoned):
             calls.append(row)
         else:
-            token, name, key, fid, kwargs, timeout, style, elems, follows = row
+            token, name, key, fid, kwargs, timeout, style, elems, follows, owns = row
             func = funcs[fid]
             calls.append(
-                _new_call((token, name, key, func, kwargs, timeout, style, elems, follows))
+                _new_call((token, name, key, func, kwargs, timeout, style, elems, follows, owns))
             )
     return calls

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, NamedTuple, final
 
+from daglite._job import shared
 from daglite._job.messages import picklable_events
 from daglite.exceptions import ResultNotPicklableError
 
@@ -42,10 +43,13 @@ class _Call(NamedTuple):
     # Parameters that take the result of the call before it in the job (a fused
     # chain); None for an independent call.
     follows: tuple[str, ...] | None = None
+    # A fused call that is the only use of the result it is fed: the caller
+    # does not need that result, so the worker need not send it (``KEPT``).
+    owns_input: bool = False
 
 
 # ``_Call(...)`` runs a Python-level ``__new__``; the engine builds the tuple
-# directly (all nine fields: defaults do not apply).
+# directly (all ten fields: defaults do not apply).
 _new_call: Final = partial(tuple.__new__, _Call)
 
 
@@ -67,6 +71,22 @@ class Elements(NamedTuple):
     stop_on_error: bool
     positional: bool
     timed: bool = False
+
+
+@final
+class _Kept:
+    """Stands for a result the worker did not send: only the next call of its job used it."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "KEPT"
+
+    def __repr__(self) -> str:
+        return "<kept on the worker>"
+
+
+KEPT: Final = _Kept()
 
 
 @final
@@ -112,10 +132,10 @@ class Outcome(NamedTuple):
 
     def __reduce__(self) -> tuple[Any, ...]:
         value, ok, tb = self.value, self.ok, ""
-        payload = b""
+        payload: bytes | tuple[bytes, Any] = b""
         if ok:
             try:
-                payload = _dumps(value)
+                payload = _dumps_result(value)
             except Exception as exc:
                 ok = False
                 value = ResultNotPicklableError(
@@ -141,7 +161,7 @@ _new_outcome: Final = partial(tuple.__new__, Outcome)
 def _load_outcome(  # noqa: PLR0913, PLR0917 - one argument per field of a record
     token: int,
     ok: bool,
-    payload: bytes,
+    payload: bytes | tuple[bytes, Any],
     tb: str,
     duration: float,
     events: Any,
@@ -150,13 +170,41 @@ def _load_outcome(  # noqa: PLR0913, PLR0917 - one argument per field of a recor
     where: tuple[float, str] = (0.0, ""),
 ) -> Outcome:
     try:
-        value = pickle.loads(payload)
+        if isinstance(payload, tuple):
+            value: Any = shared.SharedValue(*payload)
+        else:
+            value = pickle.loads(payload)
     except Exception as exc:  # pickled in the worker, but does not unpickle here
         error = ResultNotPicklableError(f"the result could not be unpickled in the caller: {exc}")
         return Outcome(token, False, error, duration, events, sent, timed_out, *where)
     if not ok and tb:
         value.__cause__ = RemoteTraceback(tb)
     return Outcome(token, ok, value, duration, events, sent, timed_out, *where)
+
+
+def _dumps_result(value: Any) -> bytes | tuple[bytes, Any]:
+    """A result's pickle; its large buffers in shared memory if this job's run says so."""
+    if shared.active is None:
+        return _dumps(value)
+    try:
+        return shared.dumps(value, shared.active)
+    except Exception:
+        import cloudpickle
+
+        return shared.dumps(value, shared.active, cloudpickle.CloudPickler)
+
+
+class _Shipped:
+    """A result in shared memory, in a job's outcomes: a ``SharedValue`` in the caller."""
+
+    __slots__ = ("data", "segment")
+
+    def __init__(self, data: bytes, segment: Any) -> None:
+        self.data = data
+        self.segment = segment
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (shared.SharedValue, (self.data, self.segment))
 
 
 def _dumps(value: Any) -> bytes:
@@ -238,10 +286,37 @@ class Outcomes(list[Outcome]):
         tokens = [o.token for o in self]
         try:
             rows = [_fast_row(o) for o in self]
-            payload = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+            payload = _dumps_rows(rows)
         except Exception:
             return (_load_outcomes, (tokens, None, list(self), self.sent_early))
         return (_load_outcomes, (tokens, payload, None, self.sent_early))
+
+
+def _dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
+    """The outcome rows in one pickle; large results into shared memory when active.
+
+    One C-level pickle finds out whether any result is large: only then is
+    each result pickled on its own, into a segment it owns in the caller.
+    """
+    settings = shared.active
+    if settings is None:
+        return pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+    threshold, large = settings.threshold, False
+
+    def spot(buf: pickle.PickleBuffer) -> bool:
+        nonlocal large
+        large = large or buf.raw().nbytes >= threshold
+        return True
+
+    payload = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL, buffer_callback=spot)
+    if not large and len(payload) < threshold:
+        return payload
+    for i, row in enumerate(rows):
+        if row[1]:
+            found = shared.dumps(row[2], settings)
+            if type(found) is tuple:
+                rows[i] = (row[0], True, _Shipped(*found), *row[3:])
+    return pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
 
 
 def _fast_row(o: Outcome) -> tuple[Any, ...]:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, final
 
+from daglite._job import shared
 from daglite._job.channel import _Home
 from daglite._job.messages import EarlyOutcome, Events
 from daglite._run.complete import _Completing
@@ -115,6 +116,11 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
         self.remote_producers: dict[int, Backend] = {}
         self._remote_kind: dict[int, bool] = {}
         self._any_remote = False  # whether a backend of this run keeps results remote
+        # Whether results may come home as ``SharedValue`` handles (gh-14), and
+        # whether any hook looks at the values (they are resolved for it then).
+        self._any_shared = False
+        self._sees_inputs = any(hooks.takes(h, "inputs") for h in _NODE_HOOKS)
+        self._sees_result = hooks.takes("after_node_execute", "result")
         # Per task: its backend, and whether its plain calls take the inline lane.
         self._routes: dict[int, tuple[Backend, bool]] = {}
         self._keep_all = on_error == "continue"
@@ -143,6 +149,10 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
             transport = backend.event_transport(self._sink)
             home = _Home(str(self.run_id), self._sink, transport)
             home.wants_start = self._has_before
+            threshold = backend.shared_memory_threshold
+            if threshold:
+                home.shared = shared.for_run(str(self.run_id), threshold)
+                self._any_shared = True
             self.homes[id(backend)] = home
         return home
 
@@ -208,6 +218,8 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
         )
         try:
             self._loop()
+            if self._any_shared:
+                self._resolve_shared()
         except BaseException as exc:
             self._interrupted(exc)
             hooks.call(
@@ -221,6 +233,8 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
         finally:
             for home in self.homes.values():
                 home.close()
+                if home.shared is not None:
+                    shared.end_run(home.shared)
             hooks.report_failures()
         duration = time.perf_counter() - started
         error = self._final_error()
@@ -245,6 +259,14 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
             is_async=self.is_async,
         )
         return result
+
+    def _resolve_shared(self) -> None:
+        """Results the run returns, as values: their segments go when the run ends."""
+        results = self.state.results
+        for r in self.graph.roots:
+            results[r] = shared.resolve(results[r])
+        for key, value in self.kept.items():
+            self.kept[key] = shared.resolve(value)
 
     def _loop(self) -> None:
         self.ready_nodes.extend(self.state.initial())
@@ -305,6 +327,15 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
             results=self.kept,
             skipped=self.state.skipped,
         )
+
+
+_NODE_HOOKS = (
+    "before_node_execute",
+    "after_node_execute",
+    "on_node_error",
+    "before_node_retry",
+    "lookup_node_result",
+)
 
 
 def _description(graph: Graph) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from daglite._job import shared
 from daglite._run.unit import _Unit
 from daglite.graph.base import Graph
 from daglite.plugins import log_bridge
@@ -29,7 +30,10 @@ class _Notifying:
     """The hooks-and-events part of ``_Run``."""
 
     # What this part uses of the run (set up by ``_Run.__init__``).
+    _any_shared: bool
     _has_before: bool
+    _sees_inputs: bool
+    _sees_result: bool
     graph: Graph
     hooks: HookDispatcher
     registry: EventRegistry
@@ -78,6 +82,8 @@ class _Notifying:
 
     def _node_hook(self, name: str, i: int, e: int, inputs: dict[str, Any], **extra: Any) -> None:
         """Call hook ``name`` for element ``e`` of node ``i`` (-1: the node itself)."""
+        if self._any_shared:
+            inputs = self._values_for_hooks(inputs, extra)
         self.hooks.call(
             name,
             key=self.key_of(i, e),
@@ -89,14 +95,23 @@ class _Notifying:
 
     def _unit_hook(self, name: str, unit: _Unit, **extra: Any) -> None:
         """Call hook ``name`` for the call ``unit``."""
+        inputs = unit.kwargs
+        if self._any_shared:
+            inputs = self._values_for_hooks(inputs, extra)
         self.hooks.call(
             name,
             key=unit.key,
             metadata=unit.meta,
-            inputs=unit.kwargs,
+            inputs=inputs,
             reporter=self.reporter,
             **extra,
         )
+
+    def _values_for_hooks(self, inputs: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """Hooks see values, not shared-memory handles: resolve what they look at."""
+        if self._sees_result and "result" in extra:
+            extra["result"] = shared.resolve(extra["result"])
+        return shared.resolve_all(inputs) if self._sees_inputs else inputs
 
     def key_of(self, node: int, elem: int) -> str:
         """Key of node ``node``, or of its element ``elem`` (``name[elem]``) if >= 0."""

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from daglite._job import shared
 from daglite._run.state import RunState
 from daglite._run.unit import (
     _element_kwargs,
@@ -37,11 +38,14 @@ class _Planning:
 
     # What this part uses of the run (set up by ``_Run.__init__``).
     _any_remote: bool
+    _any_shared: bool
     _bulk: bool
     _fuse_ok: bool
     _has_after: bool
     _keep_all: bool
     _lane_ok: bool
+    _sees_inputs: bool
+    _sees_result: bool
     _links: dict[int, Link] | None
     _remote_kind: dict[int, bool]
     _routes: dict[int, tuple[Backend, bool]]
@@ -108,9 +112,14 @@ class _Planning:
             if self.remote_producers:
                 self._fetch_remote_inputs(i, backend)
             kwargs = self._resolve(future.kwargs) if self.graph.deps[i] else future.kwargs
+            if self._any_shared and not backend.shared_memory_threshold:
+                kwargs = shared.resolve_all(kwargs)  # handles only other processes can read
             if future.iterated is None:
                 return kwargs, (), []
-            return (kwargs, *self._expand(i, future, kwargs))
+            names, rows = self._expand(i, future, kwargs)
+            if self._any_shared and not backend.shared_memory_threshold:
+                rows = [shared.resolve_all({"": row})[""] for row in rows]
+            return kwargs, names, rows
         except Exception as exc:
             self._node_failed_before_running(i, exc)
             return None
@@ -170,10 +179,21 @@ class _Planning:
                 d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
             )
             follower.follows, follower.upstream = names, unit
+            follower.owns_input = self._owns(unit.node)
             self.state.claim(d)
             unit.follower = follower
             unit = follower
             length += 1
+
+    def _owns(self, node: int) -> bool:
+        """Whether node's sole consumer may keep its result on the worker (gh-14).
+
+        Nobody in the caller needs that result then: it is not returned, no
+        hook looks at values, and ``on_error="continue"`` keeps no partials.
+        """
+        return not (
+            self._keep_all or self._sees_inputs or self._sees_result or node in self.state.roots
+        )
 
     def _fusing_backend(self, task: Task[Any, Any]) -> Backend | None:
         """The backend ``task`` runs on if it fuses chains (not in-caller, not remote)."""
@@ -255,7 +275,7 @@ class _Planning:
             value = future.iterated[name]
             if isinstance(value, TaskFuture):
                 dynamic = True
-                value = self._substitute(value)
+                value = shared.resolve(self._substitute(value))
                 if not isinstance(value, Iterable) or isinstance(value, (str, bytes, dict)):
                     raise TypeError(
                         f"task {future.task.name!r}: parameter {name!r} must receive a list "

@@ -40,6 +40,7 @@ class _Unit:
         "kwargs",
         "meta",
         "node",
+        "owns_input",
         "parked",
         "resubmits",
         "started",
@@ -84,6 +85,9 @@ class _Unit:
         self.follows: tuple[str, ...] | None = None
         self.upstream: _Unit | None = None
         self.stash: list[Any] | None = None
+        # A follower that is the only use of its input: the worker need not send
+        # that result home (``_Call.owns_input``).
+        self.owns_input = False
         self.done = False
 
 
@@ -101,6 +105,7 @@ def call_of(unit: _Unit) -> _Call:
             task._sig.call_style,
             unit.elems,
             unit.follows,
+            unit.owns_input,
         )
     )
 

@@ -56,12 +56,18 @@ class Backend(ABC):
         runs_in_caller: True only for a backend whose ``submit`` would run the
             call right away on the calling thread (inline); the engine then runs
             the call itself and skips the executor round trip.
+        shared_memory_threshold: For a backend whose jobs are pickled to other
+            processes of this machine: buffers of this many bytes or more in
+            arguments and results travel through shared memory instead of the
+            pipe, and results stay there until needed (see ``docs/data.md``).
+            None (the default): off.
     """
 
     name: ClassVar[str] = "custom"
     max_batch: ClassVar[int] = 64
     runs_in_caller: ClassVar[bool] = False
     max_workers: int | None = None
+    shared_memory_threshold: int | None = None
 
     _started: bool = False
     _start_lock: ClassVar[threading.Lock] = threading.Lock()

@@ -45,6 +45,7 @@ from functools import partial
 from multiprocessing import popen_forkserver, popen_spawn_posix
 from typing import Any, ClassVar, Final, Literal
 
+from daglite._job.shared import DEFAULT_THRESHOLD
 from daglite.backends._native import NativeThreads, check_native_threads, worker_limits
 from daglite.backends._process_worker import TIMEOUT_EXIT_CODE, init_pool_worker
 from daglite.backends.base import Backend, WorkersLost
@@ -141,9 +142,14 @@ class ProcessBackend(Backend):
             through ``OMP_NUM_THREADS`` and friends unless the caller's environment
             has them; an int: that count, whatever the environment says; None:
             leave the pools and the variables alone.
+        shared_memory_threshold: Buffers (numpy arrays, pandas blocks, pyarrow
+            buffers, bytes) of this many bytes or more travel through shared
+            memory, both ways, and results stay there until needed. Default:
+            ``DAGLITE_SHM_THRESHOLD`` if set, else 1 MiB; 0 or None turns it off.
 
     Raises:
-        ValueError: If ``max_workers`` or ``native_threads`` is out of range.
+        ValueError: If ``max_workers``, ``native_threads`` or
+            ``shared_memory_threshold`` is out of range.
     """
 
     name: ClassVar[str] = "processes"
@@ -155,9 +161,11 @@ class ProcessBackend(Backend):
         *,
         start_method: str | None = None,
         native_threads: int | Literal["auto"] | None = "auto",
+        shared_memory_threshold: int | Literal["default"] | None = "default",
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
+        self.shared_memory_threshold = _threshold(shared_memory_threshold)
         self.native_threads: NativeThreads = check_native_threads(native_threads)
         self._workers = max_workers or usable_cpu_count()
         self.max_workers = self._workers
@@ -313,6 +321,29 @@ class ProcessBackend(Backend):
             reaper.start()
             self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
         self._new_pool()
+
+
+def _threshold(value: int | Literal["default"] | None) -> int | None:
+    """The shared-memory threshold asked for (None: off)."""
+    if value == "default":
+        found = os.environ.get("DAGLITE_SHM_THRESHOLD", "").strip().lower()
+        if not found:
+            return DEFAULT_THRESHOLD
+        if found in ("off", "none", "no", "false"):
+            return None
+        try:
+            value = int(found)
+        except ValueError:
+            raise ValueError(
+                f"DAGLITE_SHM_THRESHOLD must be a number of bytes or 'off', got {found!r}"
+            ) from None
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"shared_memory_threshold must be a number of bytes >= 0 or None, got {value!r}"
+        )
+    return value
 
 
 def _inspect_broken_pool(pool: Any, slots: Any) -> WorkersLost:

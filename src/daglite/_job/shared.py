@@ -1,0 +1,492 @@
+"""Large buffers between processes through shared memory (gh-14).
+
+What a job pickles to cross a process boundary (its calls' arguments on the
+way out, each call's result on the way back) is pickled with protocol 5: a
+buffer of ``threshold`` bytes or more (a numpy array's data, a pandas block,
+a pyarrow buffer, a large ``bytes``/``bytearray``/``memoryview``) goes
+out-of-band into a file in shared memory (``/dev/shm``), the rest in-band as
+usual. The receiver maps that file privately (``MAP_PRIVATE``: copy on write)
+and unpickles over the mapping, so the data is never copied on the way in,
+and a task that writes to an array it received changes its own pages only.
+
+Lifetimes: a job's argument segment is read once, by the worker that runs the
+job, which unlinks it as soon as it has mapped it. A result segment comes home
+as a ``SharedValue``, a handle the caller passes on to other workers as it is
+(they map the same file: the data travels once) and turns into the value only
+when something in the caller needs it (``resolve``); the file is unlinked when
+the last handle is dropped. Every segment of a run lives in the run's
+directory, removed when the run ends; a janitor process removes the caller's
+whole directory if the caller dies without doing so (even by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import mmap
+import os
+import pickle
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any, Final, final
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "SharedMemory",
+    "SharedValue",
+    "dumps",
+    "loads",
+    "resolve",
+]
+
+logger = logging.getLogger("daglite.shared")
+
+_PROTOCOL: Final = 5
+# Buffers of at least this many bytes go through shared memory by default.
+DEFAULT_THRESHOLD: Final = 1 << 20
+# Out-of-band buffers start at this alignment in a segment (SIMD-friendly).
+_ALIGN: Final = 64
+# A segment is not written when the filesystem would be left with less than this.
+_SPARE_BYTES: Final = 16 << 20
+_PREFIX: Final = "daglite-"
+
+
+@final
+class SharedMemory:
+    """Where and from what size a run's large buffers go through shared memory.
+
+    Travels with the job's ``_Home`` so that workers write results there too.
+
+    Args:
+        directory: The run's segment directory (inside the caller's directory).
+        threshold: Buffers of this many bytes or more travel out-of-band.
+    """
+
+    __slots__ = ("directory", "threshold")
+
+    def __init__(self, directory: str, threshold: int) -> None:
+        self.directory = directory
+        self.threshold = threshold
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedMemory, (self.directory, self.threshold))
+
+
+# -- the caller's directory, its janitor, and each run's directory ----------------------
+
+
+def _base_directory() -> str:
+    """``/dev/shm`` where it exists (memory-backed), else the temporary directory."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return tempfile.gettempdir()
+
+
+@final
+class _CallerDirectory:
+    """This process's segment directory, and the janitor that outlives it.
+
+    The janitor is a shell that waits for end-of-file on a pipe only this
+    process holds (pipes are not inherited across ``exec``): when this process
+    ends, however it ends, the pipe closes and the janitor removes the
+    directory. It is started on first use, once per process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._path: str | None = None
+        self._janitor: subprocess.Popen[bytes] | None = None
+        self._pid = 0
+
+    def path(self) -> str:
+        """The directory, created (mode 0700) with its janitor on first use."""
+        with self._lock:
+            if self._path is None or self._pid != os.getpid():
+                self._path = self._create()
+            return self._path
+
+    def _create(self) -> str:
+        base = _base_directory()
+        _sweep_dead(base)
+        pid = os.getpid()
+        path = os.path.join(base, f"{_PREFIX}{pid}")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        self._pid = pid
+        self._janitor = _start_janitor(path)
+        return path
+
+
+def _start_janitor(path: str) -> subprocess.Popen[bytes] | None:
+    """A process that removes ``path`` once this process is gone."""
+    script = 'read -r _; rm -rf -- "$1"'  # ``read`` is built in: one process, no child
+    try:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", script, "daglite-shm-janitor", path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal must not end it first
+            close_fds=True,
+        )
+    except OSError as exc:  # no shell: dead callers' directories are swept on next use
+        logger.debug("no shared-memory janitor: %s", exc)
+        return None
+
+
+def _sweep_dead(base: str) -> None:
+    """Remove directories left by daglite processes that no longer exist."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            if not name.startswith(_PREFIX):
+                continue
+            pid = name[len(_PREFIX) :]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_caller_directory: Final = _CallerDirectory()
+
+
+def for_run(run_id: str, threshold: int) -> SharedMemory:
+    """The shared-memory settings of run ``run_id`` (its directory made now)."""
+    directory = os.path.join(_caller_directory.path(), run_id)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return SharedMemory(directory, threshold)
+
+
+def end_run(shared: SharedMemory) -> None:
+    """Remove the run's directory and every segment still in it."""
+    shutil.rmtree(shared.directory, ignore_errors=True)
+
+
+def segments(shared: SharedMemory) -> list[str]:
+    """The segment files in the run's directory (for tests and diagnostics)."""
+    try:
+        return sorted(os.listdir(shared.directory))
+    except OSError:
+        return []
+
+
+# -- writing and mapping segments -------------------------------------------------------
+
+_counter = itertools.count()
+_warned_full: set[str] = set()
+
+
+def _write_segment(shared: SharedMemory, buffers: list[memoryview]) -> tuple[str, list[int]]:
+    """Write ``buffers`` into a new segment; return its path and each buffer's offset.
+
+    Raises:
+        OSError: If the segment cannot be written (the caller falls back to
+            sending the buffers in-band).
+    """
+    offsets, end = [], 0
+    for buf in buffers:
+        offsets.append(end)
+        end += -(-buf.nbytes // _ALIGN) * _ALIGN
+    _check_space(shared.directory, end)
+    path = os.path.join(shared.directory, f"{os.getpid()}-{next(_counter)}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, end)
+        for buf, offset in zip(buffers, offsets):
+            _pwrite_all(fd, buf, offset)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+    return path, offsets
+
+
+def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
+    # pwrite, not a mapping: the kernel fills fresh pages without a fault per page.
+    view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+    done, size = 0, view.nbytes
+    while done < size:
+        done += os.pwrite(fd, view[done : done + (256 << 20)], offset + done)
+
+
+def _check_space(directory: str, size: int) -> None:
+    stat = os.statvfs(directory)
+    free = stat.f_bavail * stat.f_frsize
+    if free - size < _SPARE_BYTES:
+        raise OSError(28, f"{free} bytes free in {directory}, {size} needed")
+
+
+def _map(path: str, size: int) -> mmap.mmap:
+    """Map the segment privately: reads share its pages, writes copy them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+
+
+def _views(mapping: mmap.mmap, offsets: list[int], sizes: list[int]) -> list[memoryview]:
+    whole = memoryview(mapping)
+    return [whole[o : o + n] for o, n in zip(offsets, sizes)]
+
+
+# -- pickling with out-of-band buffers --------------------------------------------------
+
+
+@final
+class _Segment:
+    """Out-of-band buffers of one pickle: where they are and how big."""
+
+    __slots__ = ("offsets", "path", "size", "sizes")
+
+    def __init__(self, path: str, offsets: list[int], sizes: list[int]) -> None:
+        self.path = path
+        self.offsets = offsets
+        self.sizes = sizes
+        self.size = (offsets[-1] + sizes[-1]) if sizes else 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Segment, (self.path, self.offsets, self.sizes))
+
+
+def dumps(
+    value: Any, shared: SharedMemory | None, pickler: Callable[..., Any] | None = None
+) -> bytes | tuple[bytes, _Segment]:
+    """Pickle ``value``; its large buffers into a segment when ``shared`` is set.
+
+    Args:
+        value: What to pickle.
+        shared: The run's settings, or None (everything in-band).
+        pickler: A ``Pickler`` class to use (cloudpickle's, for functions);
+            the standard one by default.
+
+    Returns:
+        The pickle, or the pickle and the segment holding its large buffers.
+    """
+    if shared is None:
+        return _plain_dumps(value, pickler)
+    threshold = shared.threshold
+    found: list[pickle.PickleBuffer] = []
+
+    def take(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes >= threshold:
+            found.append(buf)
+            return False
+        return True
+
+    try:
+        data = _dumps_with(value, pickler, take, None)
+    except TypeError:
+        data = b""  # a memoryview, say: the persistent pickler below takes it
+    if not data or len(data) >= threshold:
+        found.clear()  # large in-band parts (bytes, strided arrays): move them out too
+        data = _dumps_with(value, pickler, take, _OutOfBand(threshold))
+    if not found:
+        return data
+    views = [b.raw() for b in found]
+    try:
+        path, offsets = _write_segment(shared, views)
+    except OSError as exc:
+        _warn_full(shared, sum(v.nbytes for v in views), exc)
+        return _plain_dumps(value, pickler)
+    return data, _Segment(path, offsets, [v.nbytes for v in views])
+
+
+def _plain_dumps(value: Any, pickler: Callable[..., Any] | None) -> bytes:
+    if pickler is None:
+        return pickle.dumps(value, protocol=_PROTOCOL)
+    return _dumps_with(value, pickler, None, None)
+
+
+def _dumps_with(
+    value: Any,
+    pickler: Callable[..., Any] | None,
+    take: Callable[[pickle.PickleBuffer], bool] | None,
+    persistent: _OutOfBand | None,
+) -> bytes:
+    if pickler is None and persistent is None:
+        return pickle.dumps(value, protocol=_PROTOCOL, buffer_callback=take)
+    out = io.BytesIO()
+    p = (pickler or pickle.Pickler)(out, protocol=_PROTOCOL, buffer_callback=take)
+    if persistent is not None:
+        p.persistent_id = persistent  # type: ignore[method-assign]
+    p.dump(value)
+    return out.getvalue()
+
+
+@final
+class _OutOfBand:
+    """``persistent_id`` that moves large buffers pickle keeps in-band out of it.
+
+    ``bytes`` and ``str`` are written in-band by pickle whatever the
+    protocol, a ``memoryview`` cannot be pickled at all, and numpy pickles a
+    strided array in-band: each large one is replaced by a reference whose
+    buffer goes out-of-band (``_load_persistent`` turns it back).
+    """
+
+    __slots__ = ("threshold",)
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+
+    def __call__(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is bytes or kind is bytearray:
+            if len(obj) >= self.threshold:
+                return ("b" if kind is bytes else "a", pickle.PickleBuffer(obj))
+        elif kind is memoryview:
+            view = obj if obj.contiguous else memoryview(obj.tobytes())
+            return ("m", pickle.PickleBuffer(view), obj.format, obj.shape, obj.readonly)
+        elif kind.__name__ == "ndarray" and kind.__module__ == "numpy" and self._strided(obj):
+            import numpy as np
+
+            return ("n", np.ascontiguousarray(obj), obj.flags.f_contiguous)
+        return None
+
+    def _strided(self, array: Any) -> bool:
+        """A large array numpy would pickle in-band (not C-contiguous, not objects)."""
+        flags = array.flags
+        return bool(
+            array.nbytes >= self.threshold and not flags.c_contiguous and array.dtype != object
+        )
+
+
+def _load_persistent(pid: Any) -> Any:
+    tag = pid[0]
+    if tag == "b":
+        return bytes(pid[1])
+    if tag == "a":
+        return bytearray(pid[1])
+    if tag == "m":
+        _, buf, fmt, shape, readonly = pid
+        view = memoryview(buf).cast("B").cast(fmt, shape) if shape else memoryview(buf)
+        return view.toreadonly() if readonly else view
+    if tag == "n":
+        _, array, fortran = pid
+        return array.copy(order="F") if fortran else array
+    raise pickle.UnpicklingError(f"unknown out-of-band reference {tag!r}")
+
+
+def loads(data: bytes, buffers: list[memoryview] | None = None) -> Any:
+    """Unpickle what ``dumps`` made, over ``buffers`` if it has a segment."""
+    if buffers is None:
+        return pickle.loads(data)
+    unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
+    unpickler.persistent_load = _load_persistent  # type: ignore[method-assign]
+    return unpickler.load()
+
+
+def load_segment(data: bytes, segment: _Segment, *, unlink: bool) -> Any:
+    """Map ``segment`` and unpickle ``data`` over it; unlink the file first if asked."""
+    mapping = _map(segment.path, segment.size)
+    if unlink:
+        with contextlib.suppress(OSError):
+            os.unlink(segment.path)
+    return loads(data, _views(mapping, segment.offsets, segment.sizes))
+
+
+def _warn_full(shared: SharedMemory, size: int, exc: OSError) -> None:
+    """Warn once per run that a value goes through the pipe instead."""
+    if shared.directory in _warned_full:
+        return
+    _warned_full.add(shared.directory)
+    import warnings
+
+    warnings.warn(
+        f"daglite: {size:,} bytes could not go through shared memory ({exc}); "
+        f"sending them through the pipe instead (make /dev/shm larger, e.g. "
+        f"docker run --shm-size, or lower the data per task)",
+        ResourceWarning,
+        stacklevel=2,
+    )
+
+
+# -- results that stay in shared memory until needed ------------------------------------
+
+
+@final
+class SharedValue:
+    """A task's result whose large buffers are in a shared-memory segment.
+
+    The caller holds this handle instead of the value. Pickled into a job for
+    another worker process it travels as a reference to the segment (the
+    worker maps the same pages); ``resolve`` turns it into the value where
+    the caller needs one. The segment is unlinked when the handle is dropped.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "data", "segment")
+
+    def __init__(self, data: bytes, segment: _Segment) -> None:
+        import weakref
+
+        self.data = data
+        self.segment = segment
+        self._finalizer = weakref.finalize(self, _unlink_quietly, segment.path)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the out-of-band buffers."""
+        return sum(self.segment.sizes)
+
+    def value(self) -> Any:
+        """The value itself: a private (copy-on-write) mapping of the segment."""
+        return load_segment(self.data, self.segment, unlink=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_value_in_worker, (self.data, self.segment))
+
+    def __repr__(self) -> str:
+        return f"<SharedValue {self.nbytes:,} bytes at {self.segment.path}>"
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _value_in_worker(data: bytes, segment: _Segment) -> Any:
+    # The caller's handle owns the file: a worker only maps it.
+    return load_segment(data, segment, unlink=False)
+
+
+def resolve(value: Any) -> Any:
+    """``value``, or the value a ``SharedValue`` stands for."""
+    if type(value) is SharedValue:
+        return value.value()
+    return value
+
+
+def resolve_all(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every ``SharedValue`` in them (containers walked) resolved."""
+    from daglite.graph.walk import find, replace
+
+    if all(next(find(v, SharedValue), None) is None for v in values.values()):
+        return values
+    return {k: replace(v, SharedValue, SharedValue.value) for k, v in values.items()}
+
+
+# A worker process writes the results of the job it runs with the settings
+# the job brought (one job at a time per process; the flusher thread pickles
+# that job's early outcomes).
+active: SharedMemory | None = None
+
+
+def set_active(shared: SharedMemory | None) -> None:
+    """Use ``shared`` for the results pickled in this process from now on."""
+    global active
+    active = shared
