@@ -29,7 +29,6 @@ import mmap
 import os
 import pickle
 import shutil
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -101,7 +100,7 @@ class _CallerDirectory:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._path: str | None = None
-        self._janitor: subprocess.Popen[bytes] | None = None
+        self._janitor: int | None = None
         self._pid = 0
 
     def path(self) -> str:
@@ -122,21 +121,38 @@ class _CallerDirectory:
         return path
 
 
-def _start_janitor(path: str) -> subprocess.Popen[bytes] | None:
-    """A process that removes ``path`` once this process is gone."""
+def _start_janitor(path: str) -> int | None:
+    """A process that removes ``path`` once this process is gone; its pid.
+
+    No ``Popen`` object is kept: nothing to warn about at interpreter exit,
+    and the janitor is reaped by init once it outlives this process.
+    """
     script = 'read -r _; rm -rf -- "$1"'  # ``read`` is built in: one process, no child
+    argv = ["/bin/sh", "-c", script, "daglite-shm-janitor", path]
+    read_end, write_end = os.pipe()  # both close-on-exec: the janitor gets a copy as stdin
     try:
-        return subprocess.Popen(
-            ["/bin/sh", "-c", script, "daglite-shm-janitor", path],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C in a terminal must not end it first
-            close_fds=True,
-        )
-    except OSError as exc:  # no shell: dead callers' directories are swept on next use
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            actions = [
+                (os.POSIX_SPAWN_DUP2, read_end, 0),
+                (os.POSIX_SPAWN_DUP2, devnull, 1),
+                (os.POSIX_SPAWN_DUP2, devnull, 2),
+            ]
+            # Its own session: Ctrl-C in a terminal must not end it before the caller.
+            pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions, setsid=True)
+        finally:
+            os.close(devnull)
+    except (OSError, AttributeError) as exc:  # dead callers' directories are swept on next use
+        os.close(write_end)
         logger.debug("no shared-memory janitor: %s", exc)
         return None
+    finally:
+        os.close(read_end)
+    _janitor_pipes.append(write_end)  # held open until this process ends
+    return pid
+
+
+_janitor_pipes: list[int] = []
 
 
 def _sweep_dead(base: str) -> None:
@@ -231,11 +247,16 @@ def _check_space(directory: str, size: int) -> None:
         raise OSError(28, f"{free} bytes free in {directory}, {size} needed")
 
 
-def _map(path: str, size: int) -> mmap.mmap:
-    """Map the segment privately: reads share its pages, writes copy them."""
-    fd = os.open(path, os.O_RDONLY)
+def _map(path: str, size: int, own: bool) -> mmap.mmap:
+    """Map a segment: shared if this reader ``own``s it, else privately.
+
+    A job's argument segment has one reader, which may write to its pages
+    in place. A result segment may have several (the caller's handle passes
+    it on): each maps it copy-on-write, so its writes stay its own.
+    """
+    fd = os.open(path, os.O_RDWR if own else os.O_RDONLY)
     try:
-        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+        return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if own else mmap.ACCESS_COPY)
     finally:
         os.close(fd)
 
@@ -393,7 +414,7 @@ def loads(data: bytes, buffers: list[memoryview] | None = None) -> Any:
 
 def load_segment(data: bytes, segment: _Segment, *, unlink: bool) -> Any:
     """Map ``segment`` and unpickle ``data`` over it; unlink the file first if asked."""
-    mapping = _map(segment.path, segment.size)
+    mapping = _map(segment.path, segment.size, own=unlink)
     if unlink:
         with contextlib.suppress(OSError):
             os.unlink(segment.path)
@@ -405,14 +426,14 @@ def _warn_full(shared: SharedMemory, size: int, exc: OSError) -> None:
     if shared.directory in _warned_full:
         return
     _warned_full.add(shared.directory)
-    import warnings
-
-    warnings.warn(
-        f"daglite: {size:,} bytes could not go through shared memory ({exc}); "
-        f"sending them through the pipe instead (make /dev/shm larger, e.g. "
-        f"docker run --shm-size, or lower the data per task)",
-        ResourceWarning,
-        stacklevel=2,
+    # A log record, not ``warnings``: this runs in the pool's feeder thread or a
+    # worker, where a warning turned into an error would fail the whole job.
+    logger.warning(
+        "%s bytes could not go through shared memory (%s); sending them through the "
+        "pipe instead (make /dev/shm larger, e.g. docker run --shm-size, or send less "
+        "data per task)",
+        f"{size:,}",
+        exc,
     )
 
 

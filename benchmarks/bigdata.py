@@ -1,0 +1,254 @@
+"""Big data between processes (gh-14): daglite beside a memory copy and its peers.
+
+Each case runs in a fresh interpreter (so one case's memory cannot hide in
+another's) and prints its wall time and its peak memory increase: of the
+caller, and of the whole process tree (private memory of every process plus
+daglite's shared-memory segments, mapped or not). Run::
+
+    python benchmarks/bigdata.py            # every case, median of 3
+    python benchmarks/bigdata.py --rounds 1 --only chain
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+
+MB = 2**20
+
+CASE = textwrap.dedent(
+    """
+    import glob, json, os, sys, threading, time
+    import numpy as np, psutil
+
+    me = psutil.Process()
+
+    def _shm_bytes():
+        seen, total = set(), 0
+        for path in glob.glob(f"/dev/shm/daglite-{os.getpid()}/*/*"):
+            try:
+                total += os.stat(path).st_size; seen.add(path)
+            except OSError:
+                pass
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                for m in proc.memory_maps(grouped=False):
+                    if "/dev/shm/daglite-" in m.path:
+                        key = m.path.split(" ")[0] + m.addr
+                        if m.path not in seen and "(deleted)" in m.path:
+                            seen.add(m.path); total += m.rss
+            except (psutil.Error, OSError):
+                pass
+        return total
+
+    def _private(proc):
+        info = proc.memory_info()
+        return info.rss - info.shared
+
+    def tree_memory():
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += _private(proc)
+            except psutil.Error:
+                pass
+        return total + _shm_bytes()
+
+    class Peak:
+        def __enter__(self):
+            self.caller0, self.tree0 = me.memory_info().rss, tree_memory()
+            self.caller, self.tree = self.caller0, self.tree0
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._watch, daemon=True)
+            self.thread.start()
+            return self
+        def _watch(self):
+            while not self.stop.wait(0.01):
+                self.caller = max(self.caller, me.memory_info().rss)
+                self.tree = max(self.tree, tree_memory())
+        def __exit__(self, *exc):
+            self.stop.set(); self.thread.join()
+
+    def run(fn, warm):
+        warm()
+        with Peak() as peak:
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+        print(json.dumps({"s": elapsed, "caller": peak.caller - peak.caller0,
+                          "tree": peak.tree - peak.tree0}))
+    """
+)
+
+WORKLOADS = {
+    # -- 200 MB made by a task, summed by the next ------------------------------------
+    "pair:memcpy": """
+        src = np.ones(200 * 2**20 // 8); dst = np.empty_like(src); dst[:] = 1
+        run(lambda: np.copyto(dst, src), lambda: None)
+    """,
+    "pair:daglite": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        @task
+        def make(n: int): return np.ones(n)
+        @task
+        def total(a) -> float: return float(a.sum())
+        pool = ProcessBackend(max_workers=2)
+        run(lambda: evaluate(total(a=make(n=200 * 2**20 // 8)), backend=pool),
+            lambda: evaluate(total(a=make(n=10)), backend=pool))
+    """,
+    "pair:futures": """
+        from concurrent.futures import ProcessPoolExecutor
+        def both(n): return float(np.ones(n).sum())
+        pool = ProcessPoolExecutor(2)
+        run(lambda: pool.submit(both, 200 * 2**20 // 8).result(),
+            lambda: pool.submit(both, 10).result())
+    """,
+    # -- a 400 MB array in the caller, mapped as 8 chunks, joined ---------------------
+    "chunks:memcpy": """
+        src = np.random.rand(400 * 2**20 // 8); dst = np.empty_like(src); dst[:] = 1
+        run(lambda: np.copyto(dst, src), lambda: None)
+    """,
+    "chunks:daglite": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        data = np.random.rand(400 * 2**20 // 8)
+        @task
+        def part(chunk) -> float: return float(chunk.sum())
+        @task
+        def join(parts: list) -> float: return sum(parts)
+        pool = ProcessBackend(max_workers=2)
+        run(lambda: evaluate(join(parts=part.product(chunk=np.split(data, 8))), backend=pool),
+            lambda: evaluate(join(parts=part.product(chunk=np.split(data[:80], 8))), backend=pool))
+    """,
+    "chunks:joblib": """
+        from joblib import Parallel, delayed
+        data = np.random.rand(400 * 2**20 // 8)
+        def part(chunk): return float(chunk.sum())
+        par = Parallel(n_jobs=2, max_nbytes="1M")
+        run(lambda: sum(par(delayed(part)(c) for c in np.split(data, 8))),
+            lambda: sum(par(delayed(part)(c) for c in np.split(data[:80], 8))))
+    """,
+    "chunks:futures": """
+        from concurrent.futures import ProcessPoolExecutor
+        data = np.random.rand(400 * 2**20 // 8)
+        def part(chunk): return float(chunk.sum())
+        pool = ProcessPoolExecutor(2)
+        run(lambda: sum(pool.map(part, np.split(data, 8))),
+            lambda: sum(pool.map(part, np.split(data[:80], 8))))
+    """,
+    # -- the same 400 MB made by a task, then mapped ----------------------------------
+    "made:daglite": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        @task
+        def make(n: int) -> list: return np.split(np.random.rand(n), 8)
+        @task
+        def part(chunk) -> float: return float(chunk.sum())
+        @task
+        def join(parts: list) -> float: return sum(parts)
+        pool = ProcessBackend(max_workers=2)
+        run(lambda: evaluate(join(parts=part.product(chunk=make(n=400 * 2**20 // 8))), backend=pool),
+            lambda: evaluate(join(parts=part.product(chunk=make(n=80))), backend=pool))
+    """,
+    # -- a chain of 10 x 100 MB, only the last result kept ----------------------------
+    "chain:threads": """
+        from daglite import task, evaluate
+        @task
+        def start(n: int): return np.ones(n)
+        @task
+        def step(a): return a + 1
+        def dag(n):
+            x = start(n=n)
+            for _ in range(9): x = step(a=x)
+            return x
+        run(lambda: evaluate(dag(100 * 2**20 // 8), backend="threads"),
+            lambda: evaluate(dag(10), backend="threads"))
+    """,
+    "chain:dask-threads": """
+        import dask
+        def start(n): return np.ones(n)
+        def step(a): return a + 1
+        def dag(n):
+            x = dask.delayed(start)(n)
+            for _ in range(9): x = dask.delayed(step)(x)
+            return x
+        run(lambda: dag(100 * 2**20 // 8).compute(scheduler="threads"),
+            lambda: dag(10).compute(scheduler="threads"))
+    """,
+    "chain:processes": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        @task
+        def start(n: int): return np.ones(n)
+        @task
+        def step(a): return a + 1
+        def dag(n):
+            x = start(n=n)
+            for _ in range(9): x = step(a=x)
+            return x
+        pool = ProcessBackend(max_workers=2)
+        run(lambda: evaluate(dag(100 * 2**20 // 8), backend=pool).sum(),
+            lambda: evaluate(dag(10), backend=pool))
+    """,
+    # -- 1 GB in and out of one task --------------------------------------------------
+    "gig:daglite": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        data = np.ones(2**30 // 8)
+        @task
+        def double(a): a *= 2; return a
+        pool = ProcessBackend(max_workers=2)
+        run(lambda: evaluate(double(a=data), backend=pool).sum(),
+            lambda: evaluate(double(a=data[:10]), backend=pool))
+    """,
+}
+
+
+def _run_case(name: str) -> dict[str, float]:
+    code = CASE + textwrap.dedent(WORKLOADS[name])
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    """Run the cases, print medians and ratios to the memory copy."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="cases whose name starts with this")
+    args = parser.parse_args()
+    names = [n for n in WORKLOADS if n.startswith(args.only)]
+    results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for _ in range(args.rounds):  # interleaved: noise hits every case alike
+        for name in names:
+            try:
+                results[name].append(_run_case(name))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"{name}: skipped ({str(exc).splitlines()[-1]})", file=sys.stderr)
+    floors = {"pair": "pair:memcpy", "chunks": "chunks:memcpy", "made": "chunks:memcpy"}
+    print(f"{'case':22} {'seconds':>8} {'x memcpy':>9} {'caller MB':>10} {'tree MB':>8}")
+    for name in names:
+        runs = results[name]
+        if not runs:
+            continue
+        s = statistics.median(r["s"] for r in runs)
+        caller = statistics.median(r["caller"] for r in runs) / MB
+        tree = statistics.median(r["tree"] for r in runs) / MB
+        floor = results.get(floors.get(name.split(":")[0], ""), [])
+        ratio = f"{s / statistics.median(r['s'] for r in floor):9.1f}" if floor else " " * 9
+        print(f"{name:22} {s:8.3f} {ratio} {caller:10.0f} {tree:8.0f}")
+
+
+if __name__ == "__main__":
+    main()

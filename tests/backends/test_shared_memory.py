@@ -1,0 +1,378 @@
+"""Large buffers through shared memory on the processes backend (gh-14)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import mmap
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import weakref
+
+import numpy as np
+import pytest
+
+from daglite import WorkerLostError, evaluate, task
+from daglite._job import shared
+from daglite.backends import ProcessBackend
+from daglite.plugins.hooks import hook_impl
+
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "src")
+KIB = 1024
+
+
+def _in_shared_memory(value: object) -> bool:
+    """Whether ``value``'s buffer is a mapping (it came through shared memory)."""
+    base = value
+    while getattr(base, "base", None) is not None:
+        base = base.base  # type: ignore[attr-defined]
+    if isinstance(base, memoryview):
+        return isinstance(base.obj, mmap.mmap)
+    return isinstance(base, mmap.mmap)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """Two workers; buffers of 1 KiB or more go through shared memory."""
+    with ProcessBackend(max_workers=2, shared_memory_threshold=KIB) as backend:
+        yield backend
+
+
+def _caller_directory() -> str:
+    return f"/dev/shm/daglite-{os.getpid()}"
+
+
+def _assert_no_run_segments() -> None:
+    assert not os.path.isdir(_caller_directory()) or os.listdir(_caller_directory()) == []
+
+
+@task
+def echo(value: object) -> object:
+    return value
+
+
+@task
+def arrived_mapped(value: object) -> bool:
+    return _in_shared_memory(value)
+
+
+VALUES = {
+    "float64": lambda: np.arange(1000, dtype=np.float64),
+    "int8-2d": lambda: np.arange(4000, dtype=np.int8).reshape(40, 100),
+    "strided": lambda: np.arange(4000, dtype=np.int32)[::2],
+    "fortran": lambda: np.asfortranarray(np.arange(2000.0).reshape(40, 50)),
+    "structured": lambda: np.zeros(500, dtype=[("a", "f8"), ("b", "i4")]),
+    "bytes": lambda: bytes(range(256)) * 8,
+    "bytearray": lambda: bytearray(b"x" * 4096),
+}
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())  # type: ignore[union-attr]
+    return a == b
+
+
+@pytest.mark.parametrize("kind", sorted(VALUES))
+def test_values_round_trip_through_shared_memory(pool, kind):
+    value = VALUES[kind]()
+    back = evaluate(echo(value=value), backend=pool)
+    assert type(back) is type(value)
+    assert _same(back, value)
+    if isinstance(value, np.ndarray):
+        assert _in_shared_memory(back), "the result came home through the pipe"
+        assert back.flags.writeable
+        assert evaluate(arrived_mapped(value=value), backend=pool)
+    _assert_no_run_segments()
+
+
+def test_memoryview_travels_and_keeps_its_shape(pool):
+    view = memoryview(np.arange(600, dtype=np.int32).reshape(20, 30))
+    back = evaluate(echo(value=view), backend=pool)
+    assert isinstance(back, memoryview)
+    assert back.shape == (20, 30) and back.format == view.format
+    assert back.tolist() == view.tolist()
+
+
+def test_pandas_and_pyarrow_travel_through_their_buffers(pool):
+    frame = pd.DataFrame({"a": np.arange(5000.0), "b": np.arange(5000)})
+    table = pa.table({"x": np.arange(5000)})
+    back_frame, back_series, back_table = evaluate(
+        [echo(value=frame), echo(value=frame["a"]), echo(value=table)], backend=pool
+    )
+    pd.testing.assert_frame_equal(back_frame, frame)
+    pd.testing.assert_series_equal(back_series, frame["a"])
+    assert back_table.equals(table)
+
+
+def test_below_the_threshold_or_off_nothing_changes():
+    small = np.arange(10.0)
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB) as backend:
+        assert not evaluate(arrived_mapped(value=small), backend=backend)
+    with ProcessBackend(max_workers=1, shared_memory_threshold=None) as backend:
+        assert not evaluate(arrived_mapped(value=np.arange(10_000.0)), backend=backend)
+
+
+def test_bad_threshold_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match="shared_memory_threshold"):
+        ProcessBackend(shared_memory_threshold=-1)
+    monkeypatch.setenv("DAGLITE_SHM_THRESHOLD", "lots")
+    with pytest.raises(ValueError, match="DAGLITE_SHM_THRESHOLD"):
+        ProcessBackend()
+    monkeypatch.setenv("DAGLITE_SHM_THRESHOLD", "off")
+    assert ProcessBackend().shared_memory_threshold is None
+
+
+# -- mutation -------------------------------------------------------------------------
+
+
+@task
+def make(n: int) -> np.ndarray:
+    return np.ones(n)
+
+
+@task
+def scribble(a: np.ndarray) -> float:
+    a[:] = 7.0  # its own copy: nobody else sees this
+    return float(a.sum())
+
+
+@task
+def total(a: np.ndarray) -> float:
+    return float(a.sum())
+
+
+def test_writes_to_an_input_stay_in_that_task(pool):
+    data = np.ones(4000)
+    produced = make(n=4000)
+    out = evaluate(
+        [scribble(a=produced), total(a=produced), scribble(a=data), total(a=data)], backend=pool
+    )
+    assert out == [28000.0, 4000.0, 28000.0, 4000.0]
+    assert (data == 1.0).all(), "a task's write reached the caller's array"
+
+
+def test_results_are_ordinary_values(pool):
+    result = evaluate(make(n=5000), backend=pool)
+    assert _in_shared_memory(result)
+    result[:] = 3.0  # writable, and private to the caller
+    clone = copy.deepcopy(result)
+    assert (clone == 3.0).all()
+    assert (pickle.loads(pickle.dumps(result)) == result).all()
+
+
+# -- what goes home, and when -----------------------------------------------------------
+
+
+def _refuse_in_the_caller(data: np.ndarray) -> np.ndarray:
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:  # not a pool worker: the caller
+        raise RuntimeError("this value was unpickled in the caller")
+    return data
+
+
+class WorkersOnly:
+    """A large value that must never be unpickled in the caller."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return (_rebuild_workers_only, (self.data,))
+
+
+def _rebuild_workers_only(data: np.ndarray) -> WorkersOnly:
+    return WorkersOnly(_refuse_in_the_caller(data))
+
+
+@task
+def produce_private(n: int) -> WorkersOnly:
+    return WorkersOnly(np.ones(n))
+
+
+@task
+def use_private(value: WorkersOnly) -> float:
+    return float(value.data.sum())
+
+
+def test_intermediates_never_enter_the_caller(pool):
+    produced = produce_private(n=5000)
+    # Two consumers: the result comes home as a handle both workers map.
+    assert evaluate([use_private(value=produced), use_private(value=produced)], backend=pool) == [
+        5000.0,
+        5000.0,
+    ]
+    # One consumer (a fused chain): it never leaves its worker.
+    assert evaluate(use_private(value=produce_private(n=5000)), backend=pool) == 5000.0
+
+
+class SeesValues:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, type, type]] = []
+
+    @hook_impl
+    def after_node_execute(self, key, inputs, result):
+        first = next(iter(inputs.values()), None)
+        self.seen.append((key, type(first), type(result)))
+
+
+def test_hooks_see_ordinary_values(pool):
+    plugin = SeesValues()
+    assert evaluate(total(a=make(n=5000)), backend=pool, plugins=[plugin]) == 5000.0
+    assert ("make", int, np.ndarray) in plugin.seen
+    assert ("total", np.ndarray, float) in plugin.seen
+
+
+@task(retries=1)
+def flaky_total(a: np.ndarray, mark: str) -> float:
+    if not os.path.exists(mark):
+        with open(mark, "w"):
+            pass
+        raise RuntimeError("first attempt fails")
+    return float(a.sum())
+
+
+def test_a_fused_follower_that_fails_is_retried_with_its_input(pool, tmp_path):
+    mark = str(tmp_path / "first")
+    assert evaluate(flaky_total(a=make(n=5000), mark=mark), backend=pool) == 5000.0
+
+
+# -- intermediates released ---------------------------------------------------------------
+
+_alive: list[weakref.ref] = []
+
+
+@task
+def start(n: int) -> np.ndarray:
+    out = np.ones(n)
+    _alive.append(weakref.ref(out))
+    return out
+
+
+@task
+def step(a: np.ndarray) -> tuple[np.ndarray, int]:
+    live = sum(r() is not None for r in _alive)
+    out = a + 1
+    _alive.append(weakref.ref(out))
+    return out, live
+
+
+@task
+def step_on(pair: tuple[np.ndarray, int]) -> tuple[np.ndarray, int]:
+    a, most = pair
+    live = sum(r() is not None for r in _alive)
+    out = a + 1
+    _alive.append(weakref.ref(out))
+    return out, max(most, live)
+
+
+def test_a_chain_on_threads_keeps_one_intermediate_at_a_time():
+    _alive.clear()
+    x = step(a=start(n=1000))
+    for _ in range(8):
+        x = step_on(pair=x)
+    out, most_alive = evaluate(x, backend="threads")
+    assert out[0] == 10.0
+    # While a step runs: its input (and the tuple's array before it, at most).
+    assert most_alive <= 2, f"{most_alive} intermediates alive at once"
+
+
+# -- no leaks ---------------------------------------------------------------------------
+
+
+def test_segments_are_gone_when_evaluate_returns_or_raises(pool):
+    @task
+    def boom(a: np.ndarray) -> None:
+        raise ValueError("no")
+
+    evaluate(total(a=np.ones(5000)), backend=pool)
+    _assert_no_run_segments()
+    with pytest.raises(Exception, match="no"):
+        evaluate(boom(a=np.ones(5000)), backend=pool)
+    _assert_no_run_segments()
+
+
+def test_a_worker_that_segfaults_leaves_no_segment():
+    @task
+    def crash(a: np.ndarray) -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB) as backend:
+        with pytest.raises(WorkerLostError):
+            evaluate(crash(a=np.ones(5000)), backend=backend)
+    _assert_no_run_segments()
+
+
+def test_too_little_shared_memory_falls_back_to_the_pipe(monkeypatch, caplog):
+    monkeypatch.setattr(shared, "_SPARE_BYTES", 1 << 62)  # as if /dev/shm were full
+    caplog.set_level(logging.WARNING, logger="daglite.shared")
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB) as backend:
+        assert evaluate(total(a=np.ones(5000)), backend=backend) == 5000.0
+        assert not evaluate(arrived_mapped(value=np.ones(5000)), backend=backend)
+    warnings = [r for r in caplog.records if "could not go through shared memory" in r.message]
+    assert len(warnings) >= 1
+    assert "40,000 bytes" in warnings[0].message
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    from daglite import task, evaluate
+    from daglite.backends import ProcessBackend
+
+    @task
+    def hold(a, mark: str) -> float:
+        open(mark, "w").close()
+        time.sleep(60)  # killed long before this ends
+        return float(a.sum())
+
+    @task
+    def make(n: int):
+        return np.ones(n)
+
+    pool = ProcessBackend(max_workers=2, shared_memory_threshold=1024)
+    evaluate([hold(a=make(n=5000), mark=sys.argv[1]), hold(a=np.ones(5000), mark=sys.argv[1])],
+             backend=pool)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_killed_caller_leaves_nothing_in_shared_memory(tmp_path, how):
+    mark = tmp_path / "running"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(mark)],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    directory = f"/dev/shm/daglite-{proc.pid}"
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.exists():  # bounded poll for the task to start
+            assert time.monotonic() < deadline, "the task never started"
+            assert proc.poll() is None, "the script ended early"
+            time.sleep(0.05)
+        assert os.path.isdir(directory)
+        proc.send_signal(getattr(signal, how))
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while os.path.exists(directory):  # the janitor (or the caller itself) removes it
+            assert time.monotonic() < deadline, os.listdir(directory)
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
