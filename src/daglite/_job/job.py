@@ -30,6 +30,7 @@ from daglite._job.records import (
     Outcomes,
     _Call,
     _new_call,
+    _new_outcome,
     _Poisoned,
 )
 from daglite.exceptions import ArgumentsNotPicklableError
@@ -163,18 +164,19 @@ class _HeldOutcomes:
         """
         if self._kept is not None:
             self._settle_kept(outcome.ok)
+        # Appends are atomic under the GIL; ``flush`` drains under the lock.
+        # ``_kept`` is set first: a flush that sees the ``KEPT`` outcome waits.
         if keep and outcome.ok:
-            with self._lock:
-                self._kept = outcome
-                self._held.append(outcome._replace(value=KEPT))
+            self._kept = outcome
+            self._held.append(_new_outcome((outcome[0], True, KEPT, *outcome[3:])))
         else:
-            self._held.append(outcome)  # atomic under the GIL; drained under the lock
+            self._held.append(outcome)
 
     def _settle_kept(self, fed_call_ok: bool) -> None:
+        kept, self._kept = self._kept, None
+        if fed_call_ok or kept is None:
+            return
         with self._lock:
-            kept, self._kept = self._kept, None
-            if fed_call_ok or kept is None:
-                return
             for i, outcome in enumerate(self._held):
                 if outcome.token == kept.token:
                     self._held[i] = kept

@@ -119,8 +119,10 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
         # Whether results may come home as ``SharedValue`` handles (gh-14), and
         # whether any hook looks at the values (they are resolved for it then).
         self._any_shared = False
-        self._sees_inputs = any(hooks.takes(h, "inputs") for h in _NODE_HOOKS)
-        self._sees_result = hooks.takes("after_node_execute", "result")
+        self._sees_inputs = any(hooks.has(h) and hooks.takes(h, "inputs") for h in _NODE_HOOKS)
+        self._sees_result = hooks.has("after_node_execute") and hooks.takes(
+            "after_node_execute", "result"
+        )
         # Per task: its backend, and whether its plain calls take the inline lane.
         self._routes: dict[int, tuple[Backend, bool]] = {}
         self._keep_all = on_error == "continue"
