@@ -147,14 +147,15 @@ WORKLOADS = {
         from daglite import task, evaluate
         from daglite.backends import ProcessBackend
         @task
-        def make(n: int) -> list: return np.split(np.random.rand(n), 8)
+        def make(n: int) -> list: return np.split(np.full(n, 1.5), 8)
         @task
         def part(chunk) -> float: return float(chunk.sum())
         @task
         def join(parts: list) -> float: return sum(parts)
         pool = ProcessBackend(max_workers=2)
-        run(lambda: evaluate(join(parts=part.product(chunk=make(n=400 * 2**20 // 8))), backend=pool),
-            lambda: evaluate(join(parts=part.product(chunk=make(n=80))), backend=pool))
+        dag = lambda n: join(parts=part.product(chunk=make(n=n)))
+        run(lambda: evaluate(dag(400 * 2**20 // 8), backend=pool),
+            lambda: evaluate(dag(80), backend=pool))
     """,
     # -- a chain of 10 x 100 MB, only the last result kept ----------------------------
     "chain:threads": """

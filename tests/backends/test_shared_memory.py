@@ -376,3 +376,33 @@ def test_a_killed_caller_leaves_nothing_in_shared_memory(tmp_path, how):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@task
+def make_chunks(n: int) -> list:
+    return [WorkersOnly(c) for c in np.split(np.arange(n, dtype=np.float64), 4)]
+
+
+@task
+def chunk_report(chunk: WorkersOnly) -> tuple[float, bool]:
+    return float(chunk.data.sum()), _in_shared_memory(chunk.data)
+
+
+def test_a_fan_out_over_a_result_in_shared_memory_maps_each_element(pool):
+    # Each element is mapped from the producer's segment by its worker: the
+    # list is never unpickled in the caller (WorkersOnly would refuse).
+    out = evaluate(chunk_report.product(chunk=make_chunks(n=4000)), backend=pool)
+    sums = [sum(range(i * 1000, (i + 1) * 1000)) for i in range(4)]
+    assert out == [(float(s), True) for s in sums]
+
+
+def test_fan_out_elements_return_through_shared_memory(pool):
+    arrays = [np.full(1000, float(i)) for i in range(6)]
+    back = evaluate(echo.product(value=arrays), backend=pool)
+    assert all((b == a).all() for a, b in zip(arrays, back))
+    assert all(_in_shared_memory(b) for b in back)
+    # Consumed in the caller by a task on another backend: resolved to values there.
+    assert (
+        evaluate(total.with_options(backend="threads")(a=echo(value=arrays[3])), backend=pool)
+        == 3000.0
+    )

@@ -197,14 +197,15 @@ def _dumps_result(value: Any) -> bytes | tuple[bytes, Any]:
 class _Shipped:
     """A result in shared memory, in a job's outcomes: a ``SharedValue`` in the caller."""
 
-    __slots__ = ("data", "segment")
+    __slots__ = ("data", "length", "segment")
 
-    def __init__(self, data: bytes, segment: Any) -> None:
+    def __init__(self, value: Any, data: bytes, segment: Any) -> None:
         self.data = data
         self.segment = segment
+        self.length = len(value) if type(value) in (list, tuple) else None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (shared.SharedValue, (self.data, self.segment))
+        return (shared.SharedValue, (self.data, self.segment, self.length))
 
 
 def _dumps(value: Any) -> bytes:
@@ -242,7 +243,7 @@ class SliceValues:
     def __reduce__(self) -> tuple[Any, ...]:
         values, errors = self.values, dict(self.errors)
         try:
-            payload = pickle.dumps(values, protocol=_PICKLE_PROTOCOL)
+            payload = _dumps_values(values)
         except Exception:
             values = list(values)
             for i, value in enumerate(values):
@@ -298,9 +299,35 @@ def _dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
     One C-level pickle finds out whether any result is large: only then is
     each result pickled on its own, into a segment it owns in the caller.
     """
+    payload = _pickle_spotting_large(rows)
+    if payload is not None:
+        return payload
+    settings = shared.active
+    for i, row in enumerate(rows):
+        if row[1]:
+            found = shared.dumps(row[2], settings)
+            if type(found) is tuple:
+                rows[i] = (row[0], True, _Shipped(row[2], *found), *row[3:])
+    return pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+
+
+def _dumps_values(values: list[Any]) -> bytes:
+    """A slice's element results in one pickle; large ones into shared memory when active."""
+    payload = _pickle_spotting_large(values)
+    if payload is not None:
+        return payload
+    shipped = []
+    for value in values:
+        found = shared.dumps(value, shared.active)
+        shipped.append(_Shipped(value, *found) if type(found) is tuple else value)
+    return pickle.dumps(shipped, protocol=_PICKLE_PROTOCOL)
+
+
+def _pickle_spotting_large(obj: Any) -> bytes | None:
+    """``obj``'s pickle, or None if shared memory is active and it holds large buffers."""
     settings = shared.active
     if settings is None:
-        return pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+        return pickle.dumps(obj, protocol=_PICKLE_PROTOCOL)
     threshold, large = settings.threshold, False
 
     def spot(buf: pickle.PickleBuffer) -> bool:
@@ -308,15 +335,8 @@ def _dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
         large = large or buf.raw().nbytes >= threshold
         return True
 
-    payload = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL, buffer_callback=spot)
-    if not large and len(payload) < threshold:
-        return payload
-    for i, row in enumerate(rows):
-        if row[1]:
-            found = shared.dumps(row[2], settings)
-            if type(found) is tuple:
-                rows[i] = (row[0], True, _Shipped(*found), *row[3:])
-    return pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
+    payload = pickle.dumps(obj, protocol=_PICKLE_PROTOCOL, buffer_callback=spot)
+    return None if large or len(payload) >= threshold else payload
 
 
 def _fast_row(o: Outcome) -> tuple[Any, ...]:

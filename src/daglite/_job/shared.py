@@ -440,23 +440,36 @@ def _warn_full(shared: SharedMemory, size: int, exc: OSError) -> None:
 # -- results that stay in shared memory until needed ------------------------------------
 
 
+class _Handle:
+    """Something the caller holds in place of a value kept in shared memory."""
+
+    __slots__ = ()
+
+    def value(self) -> Any:  # pragma: no cover - overridden
+        """The value itself."""
+        raise NotImplementedError
+
+
 @final
-class SharedValue:
+class SharedValue(_Handle):
     """A task's result whose large buffers are in a shared-memory segment.
 
     The caller holds this handle instead of the value. Pickled into a job for
     another worker process it travels as a reference to the segment (the
     worker maps the same pages); ``resolve`` turns it into the value where
     the caller needs one. The segment is unlinked when the handle is dropped.
+    ``length`` is the length of a list or tuple result (None for others): a
+    fan-out over it needs no more than that in the caller (``items``).
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "data", "segment")
+    __slots__ = ("__weakref__", "_finalizer", "data", "length", "segment")
 
-    def __init__(self, data: bytes, segment: _Segment) -> None:
+    def __init__(self, data: bytes, segment: _Segment, length: int | None = None) -> None:
         import weakref
 
         self.data = data
         self.segment = segment
+        self.length = length
         self._finalizer = weakref.finalize(self, _unlink_quietly, segment.path)
 
     @property
@@ -468,11 +481,42 @@ class SharedValue:
         """The value itself: a private (copy-on-write) mapping of the segment."""
         return load_segment(self.data, self.segment, unlink=False)
 
+    def items(self) -> list[SharedItem]:
+        """A handle per element of a list or tuple result."""
+        assert self.length is not None
+        return [SharedItem(self, i) for i in range(self.length)]
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_value_in_worker, (self.data, self.segment))
 
     def __repr__(self) -> str:
         return f"<SharedValue {self.nbytes:,} bytes at {self.segment.path}>"
+
+
+@final
+class SharedItem(_Handle):
+    """Element ``index`` of a list result kept in shared memory: one row of a fan-out.
+
+    The worker that runs the element maps the whole segment but touches the
+    pages of its own element only; the caller never reads any.
+    """
+
+    __slots__ = ("handle", "index")
+
+    def __init__(self, handle: SharedValue, index: int) -> None:
+        self.handle = handle
+        self.index = index
+
+    def value(self) -> Any:
+        """The element itself."""
+        return self.handle.value()[self.index]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_item_in_worker, (self.handle.data, self.handle.segment, self.index))
+
+
+def _item_in_worker(data: bytes, segment: _Segment, index: int) -> Any:
+    return load_segment(data, segment, unlink=False)[index]
 
 
 def _unlink_quietly(path: str) -> None:
@@ -486,19 +530,23 @@ def _value_in_worker(data: bytes, segment: _Segment) -> Any:
 
 
 def resolve(value: Any) -> Any:
-    """``value``, or the value a ``SharedValue`` stands for."""
-    if type(value) is SharedValue:
+    """``value``, with the values handles in it stand for (containers walked)."""
+    from daglite.graph.walk import find, replace
+
+    if isinstance(value, _Handle):
         return value.value()
-    return value
+    if next(find(value, _Handle), None) is None:
+        return value
+    return replace(value, _Handle, _value_of)
 
 
 def resolve_all(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with every ``SharedValue`` in them (containers walked) resolved."""
+    """``values`` (arguments by name) with every handle in them resolved."""
     from daglite.graph.walk import find, replace
 
-    if all(next(find(v, SharedValue), None) is None for v in values.values()):
+    if all(next(find(v, _Handle), None) is None for v in values.values()):
         return values
-    return {k: replace(v, SharedValue, SharedValue.value) for k, v in values.items()}
+    return {k: replace(v, _Handle, _value_of) for k, v in values.items()}
 
 
 # A worker process writes the results of the job it runs with the settings
@@ -511,3 +559,7 @@ def set_active(shared: SharedMemory | None) -> None:
     """Use ``shared`` for the results pickled in this process from now on."""
     global active
     active = shared
+
+
+def _value_of(handle: _Handle) -> Any:
+    return handle.value()

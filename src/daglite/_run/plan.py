@@ -116,7 +116,7 @@ class _Planning:
                 kwargs = shared.resolve_all(kwargs)  # handles only other processes can read
             if future.iterated is None:
                 return kwargs, (), []
-            names, rows = self._expand(i, future, kwargs)
+            names, rows = self._expand(i, future, kwargs, backend)
             if self._any_shared and not backend.shared_memory_threshold:
                 rows = [shared.resolve_all({"": row})[""] for row in rows]
             return kwargs, names, rows
@@ -261,7 +261,7 @@ class _Planning:
         return replace(value, TaskFuture, lambda f: results[index[f]])
 
     def _expand(
-        self, i: int, future: TaskFuture[Any], base: dict[str, Any]
+        self, i: int, future: TaskFuture[Any], base: dict[str, Any], backend: Backend
     ) -> tuple[tuple[str, ...], list[Any]]:
         """The fan-out's parameter names and its rows.
 
@@ -275,7 +275,7 @@ class _Planning:
             value = future.iterated[name]
             if isinstance(value, TaskFuture):
                 dynamic = True
-                value = shared.resolve(self._substitute(value))
+                value = _rows_of(self._substitute(value), backend)
                 if not isinstance(value, Iterable) or isinstance(value, (str, bytes, dict)):
                     raise TypeError(
                         f"task {future.task.name!r}: parameter {name!r} must receive a list "
@@ -303,3 +303,16 @@ class _Planning:
                 node_count=self.node_count,
             )
         return tuple(names), rows
+
+
+def _rows_of(value: Any, consumer: Backend) -> Any:
+    """What a fan-out iterates over: a result kept in shared memory becomes handles.
+
+    A worker process that runs an element maps that element from the
+    producer's segment; nothing of it passes through the caller (gh-14).
+    """
+    if type(value) is not shared.SharedValue:
+        return value
+    if value.length is not None and consumer.shared_memory_threshold:
+        return value.items()
+    return value.value()
