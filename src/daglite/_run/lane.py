@@ -181,7 +181,11 @@ class _Lane:
 
     def _served_from_cache(self, unit: _Unit) -> bool:
         found = self.hooks.first_result(
-            "lookup_node_result", key=unit.key, metadata=unit.meta, inputs=unit.kwargs
+            "lookup_node_result",
+            key=unit.key,
+            metadata=unit.meta,
+            inputs=unit.kwargs,
+            task=unit.task,
         )
         if not isinstance(found, CachedResult):
             return False
