@@ -94,7 +94,7 @@ class _CodeHasher(_ValueHasher):
             return found[1]
         if ident in memo.active:  # recursion: name it, do not walk it again
             memo.back.add(ident)
-            return b"cycle:" + _qualname(obj).encode()
+            return b"cycle:" + getattr(obj, "__qualname__", "?").encode()
         library = _library_of(obj)
         if library is not None:
             return f"{library}:{_qualname(obj)}".encode()

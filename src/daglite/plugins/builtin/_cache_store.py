@@ -175,12 +175,14 @@ class _LocalStore:
 
     __slots__ = ("_made", "location", "root")
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, create: bool = True) -> None:
         self.root = root
         self.location = str(root)
         self._made: set[str] = set()
         if root.exists():
             _check_private(root)
+        elif not create:
+            raise FileNotFoundError(f"there is no cache at {str(root)!r}")
         else:
             root.mkdir(parents=True, mode=0o700)
             os.chmod(root, 0o700)  # whatever the umask
@@ -258,12 +260,15 @@ class _FsspecStore:
 
     __slots__ = ("_made", "fs", "location", "root")
 
-    def __init__(self, fs: Any, root: str, location: str) -> None:
+    def __init__(self, fs: Any, root: str, location: str, create: bool = True) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.location = location
         self._made: set[str] = set()
-        fs.makedirs(self.root, exist_ok=True)
+        if create:
+            fs.makedirs(self.root, exist_ok=True)
+        elif not fs.exists(self.root):
+            raise FileNotFoundError(f"there is no cache at {location!r}")
 
     def read(self, rel: str) -> bytes | None:
         """The entry's bytes; None when there is none."""
@@ -297,19 +302,20 @@ class _FsspecStore:
             pass
 
 
-def open_store(location: str | os.PathLike[str]) -> _Store:
-    """The store at a local path or an fsspec URL.
+def open_store(location: str | os.PathLike[str], create: bool = True) -> _Store:
+    """The store at a local path or an fsspec URL (made if missing, with ``create``).
 
     Raises:
         PermissionError: For a local directory other users can write to.
         ImportError: For a URL when ``fsspec`` is not installed.
-        OSError: When the location cannot be created.
+        OSError: When the location cannot be created (``FileNotFoundError``: it
+            does not exist and ``create`` is false).
     """
     text = os.fspath(location)
     if "://" not in text:
-        return _LocalStore(Path(text).expanduser())
+        return _LocalStore(Path(text).expanduser(), create)
     if text.startswith("file://"):
-        return _LocalStore(Path(text[len("file://") :]))
+        return _LocalStore(Path(text[len("file://") :]), create)
     try:
         from fsspec.core import url_to_fs
     except ImportError:
@@ -319,8 +325,8 @@ def open_store(location: str | os.PathLike[str]) -> _Store:
         ) from None
     fs, root = url_to_fs(text)
     if "file" in _protocols(fs):
-        return _LocalStore(Path(root))
-    return _FsspecStore(fs, root, text)
+        return _LocalStore(Path(root), create)
+    return _FsspecStore(fs, root, text, create)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ from daglite.plugins.builtin._cache_values import _Unhashable
 from daglite.plugins.hooks import CachedResult, hook_impl
 from daglite.tasks import Task
 
-__all__ = ["CachePlugin", "CachePolicy"]
+__all__ = ["CachePlugin", "CachePolicy", "cache_summary", "clear_cache"]
 
 logger = logging.getLogger("daglite.plugins.cache")
 
@@ -227,12 +227,7 @@ class CachePlugin:
 
     def clear(self) -> int:
         """Delete every entry; returns how many there were."""
-        if self._store is None:
-            return 0
-        entries = [rel for rel, _ in self._store.entries()]
-        for rel in entries:
-            self._store.remove(rel)
-        return len(entries)
+        return 0 if self._store is None else clear_cache(self.location)
 
 
 def _entry(
@@ -280,8 +275,45 @@ def _task_name(item: Any) -> str:
     raise TypeError(f"tasks must hold Task objects or task names, got {item!r}")
 
 
+def _task_of(rel: str) -> str:
+    """The (file-safe) task name of an entry path ``name-codedigest/keydigest.entry``."""
+    return rel.partition("/")[0].rpartition("-")[0]
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "task"
+
+
+def cache_summary(location: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:
+    """Entries and bytes per task folder (``name-codedigest``) of the cache at ``location``.
+
+    Raises:
+        FileNotFoundError: When there is no cache there.
+        PermissionError: For a local directory other users can write to.
+    """
+    summary: dict[str, tuple[int, int]] = {}
+    for rel, size in open_store(location, create=False).entries():
+        folder = rel.partition("/")[0]
+        count, total = summary.get(folder, (0, 0))
+        summary[folder] = (count + 1, total + size)
+    return summary
+
+
+def clear_cache(location: str | os.PathLike[str], task: str | None = None) -> int:
+    """Delete the entries of the cache at ``location`` (only ``task``'s, if given).
+
+    Returns:
+        How many entries were deleted.
+
+    Raises:
+        FileNotFoundError: When there is no cache there.
+        PermissionError: For a local directory other users can write to.
+    """
+    store = open_store(location, create=False)
+    doomed = [r for r, _ in store.entries() if task is None or _task_of(r) == _safe(task)]
+    for rel in doomed:
+        store.remove(rel)
+    return len(doomed)
 
 
 def run_cache_plugin(
