@@ -102,8 +102,11 @@ class CachePlugin:
         self._only = None if tasks is None else frozenset(_task_name(t) for t in tasks)
         self._default = CachePolicy(ttl=ttl)
         self._marked_only = False  # only tasks with cache=True or a policy (run default)
-        self._sealer = _Sealer(_secret_key())
-        self._store: _Store | None = _open_or_warn(location)
+        self._sealer = _Sealer(b"")
+        self._store: _Store | None = None
+        opened = _open_or_warn(location)
+        if opened is not None:
+            self._sealer, self._store = opened
         self.location = os.fspath(location)
         self._memo = _CodeMemo()
         self._keys: dict[int, _TaskKey | None] = {}
@@ -255,9 +258,10 @@ def _entry(
     return f"{task_key.folder}/{digest.hex()}{ENTRY_SUFFIX}", digest
 
 
-def _open_or_warn(location: str | os.PathLike[str]) -> _Store | None:
+def _open_or_warn(location: str | os.PathLike[str]) -> tuple[_Sealer, _Store] | None:
+    """The secret key's sealer and the store; None (after a warning) when unusable."""
     try:
-        return open_store(location)
+        return _Sealer(_secret_key()), open_store(location)
     except (_UnsafeLocation, ImportError, NotADirectoryError):
         raise
     except OSError as exc:
