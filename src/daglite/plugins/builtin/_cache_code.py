@@ -69,8 +69,10 @@ class _CodeHasher(_ValueHasher):
 
     __slots__ = ("memo", "names")
 
-    def __init__(self, memo: _CodeMemo | None = None, prefix: bytes = b"") -> None:
-        super().__init__(prefix)
+    def __init__(
+        self, memo: _CodeMemo | None = None, prefix: bytes = b"", base: Any = None
+    ) -> None:
+        super().__init__(prefix, base)
         self.memo = memo if memo is not None else _CodeMemo()
         self.names: frozenset[str] = frozenset()  # what the code being hashed mentions
 

@@ -43,6 +43,9 @@ ENTRY_SUFFIX: Final = ".entry"
 _MAGIC: Final = b"DGLC1"
 _HEADER: Final = struct.Struct("<5s32sd")  # magic, HMAC, creation time (time.time())
 _KEY_BYTES: Final = 32
+# Payloads up to this size are MACed in one call on a joined copy; larger ones
+# are streamed (no copy of a large result).
+_ONE_SHOT: Final = 1 << 16
 _TAG: Final = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by daglite.\n"
@@ -62,14 +65,18 @@ class _UnsafeLocation(PermissionError):
 class _Sealer:
     """Seals entries with, and checks them against, one secret key."""
 
-    __slots__ = ("_base",)
+    __slots__ = ("_base", "_secret")
 
     def __init__(self, secret: bytes) -> None:
+        self._secret = secret
         self._base = hmac.new(secret, _MAGIC, hashlib.sha256)
 
     def _mac(self, key: bytes, created: float, payload: bytes | memoryview) -> bytes:
+        head = key + struct.pack("<d", created)
+        if len(payload) <= _ONE_SHOT:  # one C call, no HMAC object
+            return hmac.digest(self._secret, _MAGIC + head + payload, "sha256")
         mac = self._base.copy()
-        mac.update(key + struct.pack("<d", created))
+        mac.update(head)
         mac.update(payload)
         return mac.digest()
 
@@ -173,11 +180,12 @@ class _Store(Protocol):
 class _LocalStore:
     """A directory on this machine, private to the user."""
 
-    __slots__ = ("_made", "location", "root")
+    __slots__ = ("_made", "_prefix", "location", "root")
 
     def __init__(self, root: Path, create: bool = True) -> None:
         self.root = root
         self.location = str(root)
+        self._prefix = os.path.join(self.location, "")  # root and separator
         self._made: set[str] = set()
         if root.exists():
             _check_private(root)
@@ -196,7 +204,7 @@ class _LocalStore:
     def read(self, rel: str) -> bytes | None:
         """The entry's bytes; None when there is none."""
         try:
-            with open(os.path.join(self.location, rel), "rb") as f:
+            with open(self._prefix + rel, "rb") as f:
                 return f.read()
         except FileNotFoundError:
             return None

@@ -60,8 +60,9 @@ class _ValueHasher:
 
     __slots__ = ("_active", "_depth", "h")
 
-    def __init__(self, prefix: bytes = b"") -> None:
-        self.h = hashlib.sha256(prefix)
+    def __init__(self, prefix: bytes = b"", base: Any = None) -> None:
+        # ``base``: a hasher fed already, copied (cheaper than feeding ``prefix`` again).
+        self.h = base.copy() if base is not None else hashlib.sha256(prefix)
         self._active: set[int] = set()  # ids of objects being walked (cycles)
         self._depth = 0
 

@@ -20,6 +20,7 @@ Entries are sealed with an HMAC and written whole (``_cache_store``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -56,14 +57,15 @@ _NOT_CACHED: Final = None
 class _TaskKey:
     """What every key of one task starts with, computed once per task."""
 
-    __slots__ = ("folder", "ignore", "prefix", "task", "ttl")
+    __slots__ = ("base", "folder", "ignore", "task", "ttl")
 
     def __init__(self, task: Task[Any, Any], code: bytes, policy: CachePolicy) -> None:
         self.task = task  # keeps ``id(task)`` from being reused while cached
         self.folder = f"{_safe(task.name)}-{code.hex()[:16]}"
         self.ignore = frozenset(policy.ignore)
         self.ttl = policy.ttl
-        self.prefix = _KEY_VERSION + code + repr(sorted(self.ignore)).encode() + b"\0"
+        prefix = _KEY_VERSION + code + repr(sorted(self.ignore)).encode() + b"\0"
+        self.base = hashlib.sha256(prefix)  # every key of the task starts from a copy
 
 
 @final
@@ -237,7 +239,7 @@ def _entry(
     task_key: _TaskKey, key: str, inputs: dict[str, Any], memo: _CodeMemo
 ) -> tuple[str, bytes] | None:
     """(path, key digest) of a call's entry; None when an input has no stable digest."""
-    hasher = _CodeHasher(memo, task_key.prefix)
+    hasher = _CodeHasher(memo, base=task_key.base)
     ignore = task_key.ignore
     for name in sorted(inputs):
         if name in ignore:
