@@ -325,7 +325,7 @@ def test_numpy_arrays_hash_their_contents_whatever_the_memory(tmp_path):
     assert value(data) != value(data.astype(np.float32))  # dtype
     assert value(data) != value(data.reshape(6, 4))  # shape
     dates = np.array(["2020-01-01", "2021-01-01"], dtype="M8[D]")
-    assert value(dates) != value(dates + 1)
+    assert value(dates) != value(dates + np.timedelta64(1, "D"))
     objects = np.array([1, "x", None], dtype=object)
     assert value(objects) == value(objects.copy())
     assert value(objects) != value(np.array([1, "y", None], dtype=object))
@@ -410,3 +410,19 @@ def test_function_inputs_follow_their_code():
     assert value({"f": one}) == value({"f": one})
     assert json.dumps  # library callables hash by name and Python version
     assert value(json.dumps) == value(json.dumps)
+
+
+def test_shared_memory_arrays_hash_like_ordinary_ones():
+    from multiprocessing import shared_memory
+
+    data = np.arange(1000, dtype=np.int64)
+    shm = shared_memory.SharedMemory(create=True, size=data.nbytes)
+    try:
+        shared = np.ndarray(data.shape, dtype=data.dtype, buffer=shm.buf)
+        shared[:] = data
+        assert value(shared) == value(data)
+        assert value(shm.buf) == value(memoryview(data.tobytes()))  # the raw buffer too
+        del shared
+    finally:
+        shm.close()
+        shm.unlink()
