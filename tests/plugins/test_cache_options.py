@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -220,3 +221,34 @@ def test_cli_run_with_cache(tmp_path, monkeypatch, capsys):
         assert main(["run", "cli_cache_dag:double", "-p", "x=4", "--cache", "c"]) == 0
         assert capsys.readouterr().out.strip() == "8"
     assert (tmp_path / "runs.txt").read_text() == "."
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="needs distributed")
+def test_results_kept_on_a_dask_cluster_are_not_stored(tmp_path):
+    from daglite.backends.dask import DaskBackend
+
+    @task
+    def big(n: int) -> bytes:
+        return b"x" * n
+
+    @task
+    def size(data: bytes) -> int:
+        return len(data)
+
+    with DaskBackend(max_workers=1, remote_threshold=1000) as backend:
+        for _ in range(2):
+            ran = Recorder()
+            dag = [size(big(5000)), size(big(10))]
+            assert evaluate(dag, backend=backend, cache=tmp_path, plugins=[ran]) == [5000, 10]
+    # big(5000) stays on the cluster: neither it nor its consumer is ever served
+    assert sorted(ran.ran) == ["big", "size"]
+    assert sorted(ran.cached) == ["big-2", "size-2"]
+
+
+class Recorder:
+    def __init__(self):
+        self.ran, self.cached = [], []
+
+    @hook_impl
+    def after_node_execute(self, key, worker):
+        (self.cached if worker == "cache" else self.ran).append(key)

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final, final
 
-__all__ = ["_Unhashable", "_ValueHasher"]
+__all__ = ["STAND_INS", "_Unhashable", "_ValueHasher"]
 
 _PROTOCOL: Final = 4  # what __reduce_ex__ is asked for; fixed so digests do not drift
 # Lists and tuples longer than this made of plain scalars only are hashed in one
@@ -41,6 +41,10 @@ _MARSHAL_VERSION: Final = 0
 _SCALARS: Final = frozenset({int, float, str, bytes, bool, type(None)})
 # Nesting deeper than this is taken for a runaway reduction, not a value.
 _MAX_DEPTH: Final = 400
+# Stand-ins for values that live elsewhere (a result kept on a Dask cluster):
+# what they point to is not known here, so they have no digest. By name, so the
+# cache never imports a backend.
+STAND_INS: Final = frozenset({"daglite.backends.dask.RemoteResult"})
 
 
 class _Unhashable(Exception):
@@ -134,6 +138,8 @@ class _ValueHasher:
         if _is_plain_array(kind):
             _array(self, value)
             return
+        if f"{kind.__module__}.{kind.__qualname__}" in STAND_INS:
+            raise _Unhashable(f"{kind.__qualname__} stands for a value kept elsewhere")
         ref = self._reference(value)
         if ref is not None:
             self.h.update(b"r" + ref)

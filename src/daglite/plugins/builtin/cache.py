@@ -40,7 +40,7 @@ from daglite.plugins.builtin._cache_store import (
     default_location,
     open_store,
 )
-from daglite.plugins.builtin._cache_values import _Unhashable
+from daglite.plugins.builtin._cache_values import STAND_INS, _Unhashable
 from daglite.plugins.hooks import CachedResult, hook_impl
 from daglite.tasks import Task
 
@@ -152,6 +152,10 @@ class CachePlugin:
         if pending is None or pending[2] is not inputs or not self._writable:
             return  # served from the cache, or not cacheable
         rel, digest, _ = pending
+        kind = type(result)
+        if f"{kind.__module__}.{kind.__qualname__}" in STAND_INS:
+            logger.debug("node %r: result kept on the cluster, not cached", key)
+            return
         try:
             payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
@@ -185,7 +189,8 @@ class CachePlugin:
         found = self._keys.get(id(task), self)
         if found is self:
             policy = self._policy(task)
-            found = None if policy is None else _TaskKey(task, self._code(task), policy)
+            code = None if policy is None else self._code(task)
+            found = None if code is None or policy is None else _TaskKey(task, code, policy)
             self._keys[id(task)] = found
         return found  # type: ignore[return-value]
 
@@ -199,8 +204,12 @@ class CachePlugin:
             return None
         return setting if isinstance(setting, CachePolicy) else self._default
 
-    def _code(self, task: Task[Any, Any]) -> bytes:
-        return _code_digest(task.func, self._memo)
+    def _code(self, task: Task[Any, Any]) -> bytes | None:
+        try:
+            return _code_digest(task.func, self._memo)
+        except Exception as exc:  # a bug, or code no digest can follow: never a wrong hit
+            logger.warning("task %r: its code has no digest (%r); not cached", task.name, exc)
+            return None
 
     def _load(self, task_key: _TaskKey, rel: str, digest: bytes) -> Any:
         """The stored ``CachedResult``, or None (missing, stale, unsound)."""
