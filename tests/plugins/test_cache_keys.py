@@ -426,3 +426,19 @@ def test_shared_memory_arrays_hash_like_ordinary_ones():
     finally:
         shm.close()
         shm.unlink()
+
+
+def test_bound_method_tasks_follow_the_object_they_are_bound_to(tmp_path):
+    source = """
+        class Model:
+            def __init__(self, weight):
+                self.weight = weight
+
+            def predict(self, x):
+                return x * self.weight
+    """
+    module = load(tmp_path, source)
+    assert code(module.Model(2).predict) == code(module.Model(2).predict)
+    assert code(module.Model(2).predict) != code(module.Model(3).predict)
+    edited = load(tmp_path, source.replace("x * self.weight", "x + self.weight"))
+    assert code(module.Model(2).predict) != code(edited.Model(2).predict)

@@ -225,22 +225,41 @@ def _class(hasher: _CodeHasher, cls: type) -> None:
 
 def _reference_other(hasher: _CodeHasher, value: Any) -> bytes | None:
     """Functions in disguise: methods, wrappers, tasks, builtins; None for plain values."""
-    if isinstance(value, (types.MethodType, staticmethod, classmethod)):
+    if isinstance(value, types.MethodType):
+        return _bound_method(hasher, value)
+    if isinstance(value, (staticmethod, classmethod)):
         return _sub(hasher, "method", [value.__func__])
     if isinstance(value, property):
         return _sub(hasher, "property", [value.fget, value.fset, value.fdel])
     if isinstance(value, _BUILTIN_CALLABLES):
-        owner = getattr(value, "__objclass__", None) or getattr(value, "__self__", None)
-        module = getattr(value, "__module__", None) or getattr(owner, "__module__", None)
-        library = _library_of_module(module or "builtins") or _PYTHON
-        return f"{library}:{getattr(value, '__qualname__', repr(value))}".encode()
+        return _builtin(value)
+    return _wrapper(hasher, value)
+
+
+def _bound_method(hasher: _CodeHasher, method: types.MethodType) -> bytes:
+    """A bound method: its function's code and the object it is bound to."""
+    sub = _CodeHasher(hasher.memo)
+    _str_of(sub, "bound")
+    sub._feed_class(method.__func__)
+    sub._named("self", method.__self__)
+    return sub.digest()
+
+
+def _builtin(value: Any) -> bytes:
+    """A function or method written in C: by its library (or Python) version and name."""
+    owner = getattr(value, "__objclass__", None) or getattr(value, "__self__", None)
+    module = getattr(value, "__module__", None) or getattr(owner, "__module__", None)
+    library = _library_of_module(module or "builtins") or _PYTHON
+    return f"{library}:{getattr(value, '__qualname__', repr(value))}".encode()
+
+
+def _wrapper(hasher: _CodeHasher, value: Any) -> bytes | None:
+    """A ``Task`` or a wrapper (``functools.wraps``, ``lru_cache``) by what it wraps."""
     task_func = _task_function(value)
     if task_func is not None:
         return _sub(hasher, "task", [task_func])
     wrapped = getattr(value, "__dict__", {}).get("__wrapped__") if callable(value) else None
-    if wrapped is not None:  # functools.wraps, lru_cache and the like
-        return _sub(hasher, "wrapped", [type(value), wrapped])
-    return None
+    return None if wrapped is None else _sub(hasher, "wrapped", [type(value), wrapped])
 
 
 _BUILTIN_CALLABLES: Final = (
