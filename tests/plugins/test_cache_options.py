@@ -252,3 +252,13 @@ class Recorder:
     @hook_impl
     def after_node_execute(self, key, worker):
         (self.cached if worker == "cache" else self.ran).append(key)
+
+
+def test_evaluate_async_takes_the_cache_options(tmp_path):
+    import asyncio
+
+    from daglite import evaluate_async
+
+    for _ in range(2):
+        assert asyncio.run(evaluate_async(unmarked(11), cache=tmp_path, cache_ttl=60)) == 110
+    assert runs() == ["unmarked(11)"]
