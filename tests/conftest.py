@@ -41,3 +41,11 @@ def _clean_global_plugins():
     extra = [p for _, p in pm.list_name_plugin() if id(p) not in before]
     if extra:
         manager.unregister_plugins(*extra)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_key(tmp_path_factory, monkeypatch):
+    """The cache's secret key and default directory live in a temporary directory."""
+    home = tmp_path_factory.getbasetemp() / "daglite-cache-home"
+    monkeypatch.setenv("DAGLITE_CACHE_KEY_FILE", str(home / "config" / "cache-key"))
+    monkeypatch.setenv("DAGLITE_CACHE_DIR", str(home / "cache"))

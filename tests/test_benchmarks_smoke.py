@@ -93,3 +93,28 @@ def test_trace_cost_runs_every_variant():
     for variant in ("plain", "noop-hook", "trace", "trace-noevents"):
         assert any(line.startswith(f"{variant} ") for line in lines), proc.stdout
     assert "target <= 1.3x" in proc.stdout
+
+
+def test_cache_benchmark_runs_and_checks_its_results(tmp_path):
+    # benchmarks/cache_keys.py asserts every cached rerun's result; sizes tiny here.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "cache_keys.py"),
+            "--rounds",
+            "1",
+            "--mb",
+            "1",
+            "--size",
+            "50",
+            "--modes",
+            "inline,threads",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "daglite key" in proc.stdout
+    assert "| inline |" in proc.stdout and "| threads |" in proc.stdout

@@ -1,13 +1,14 @@
 """daglite: static DAGs of plain functions on interchangeable backends.
 
 Public surface: ``task``, ``evaluate``, ``evaluate_async``, ``Task``,
-``TaskFuture`` and the errors of ``daglite.exceptions``.
+``TaskFuture``, ``CachePolicy`` and the errors of ``daglite.exceptions``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from daglite._cache_policy import CachePolicy
 from daglite.engine import evaluate, evaluate_async
 from daglite.exceptions import (
     ArgumentsNotPicklableError,
@@ -26,6 +27,7 @@ from daglite.tasks import Task, TaskFuture, task
 __all__ = [
     "ArgumentsNotPicklableError",
     "BackendError",
+    "CachePolicy",
     "DagliteError",
     "DagliteWarning",
     "EvaluationError",

@@ -4,8 +4,10 @@
 
     daglite run package.module:function [--backend NAME] [--workers N] [--progress]
                 [--report FILE] [--trace FILE] [-p key=value ...]
-                [--plugin package.module:Class ...] [--traceback]
+                [--plugin package.module:Class ...] [--cache PATH] [--traceback]
     daglite describe package.module:function [-p key=value ...] [--dot FILE]
+    daglite cache info PATH
+    daglite cache clear PATH [--task NAME]
     daglite backends
     daglite --version
 
@@ -89,8 +91,24 @@ def _build_parser() -> argparse.ArgumentParser:
     describe.add_argument(
         "--dot", metavar="FILE", help="also write Graphviz DOT to FILE ('-': stdout)"
     )
+    run.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="cache results in PATH (a directory or fsspec URL); reruns skip finished tasks",
+    )
     commands.add_parser("backends", help="list the backend names and whether they can be used")
+    _add_cache_commands(commands)
     return parser
+
+
+def _add_cache_commands(commands: Any) -> None:
+    cache = commands.add_parser("cache", help="show or clear a result cache")
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="entries and size per task")
+    info.add_argument("path", help="the cache directory or fsspec URL")
+    clear = actions.add_parser("clear", help="delete the entries (of one task with --task)")
+    clear.add_argument("path", help="the cache directory or fsspec URL")
+    clear.add_argument("--task", metavar="NAME", help="only this task's entries")
 
 
 # -- importing ------------------------------------------------------------------------
@@ -249,7 +267,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     backend = _backend(args.backend, args.workers)
     dag = _build_dag(target, args.target, raw)
     try:
-        result = evaluate(dag, backend=backend, plugins=plugins, progress=args.progress)
+        result = evaluate(
+            dag, backend=backend, plugins=plugins, progress=args.progress, cache=args.cache
+        )
     except (TaskError, EvaluationError) as exc:
         raise _CliError(_one_line(exc), code=1) from exc
     except Exception as exc:
@@ -280,6 +300,41 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise _CliError(f"cannot write {args.dot!r}: {exc.strerror or exc}", code=1) from exc
     return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from daglite.plugins.builtin.cache import cache_summary, clear_cache
+
+    try:
+        if args.cache_command == "clear":
+            count = clear_cache(args.path, args.task)
+            print(f"deleted {count} entr{'y' if count == 1 else 'ies'} from {args.path}")
+            return 0
+        summary = cache_summary(args.path)
+    except (OSError, ImportError) as exc:
+        raise _CliError(_one_line(exc), code=1) from exc
+    print(_cache_table(args.path, summary))
+    return 0
+
+
+def _cache_table(path: str, summary: dict[str, tuple[int, int]]) -> str:
+    """``daglite cache info``'s output: one line per task version, then the total."""
+    entries = sum(n for n, _ in summary.values())
+    size = sum(b for _, b in summary.values())
+    lines = [f"{path}: {entries} entr{'y' if entries == 1 else 'ies'}, {_size(size)}"]
+    width = max((len(f) for f in summary), default=0)
+    for folder, (count, total) in sorted(summary.items()):
+        task, _, code = folder.rpartition("-")
+        lines.append(f"  {task:<{width - 17}}  code {code}  {count:>7}  {_size(total):>9}")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
 
 
 def _backend_problem(name: str) -> str | None:
@@ -315,6 +370,7 @@ _COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
     "run": _cmd_run,
     "describe": _cmd_describe,
     "backends": _cmd_backends,
+    "cache": _cmd_cache,
 }
 
 

@@ -102,6 +102,7 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
     on_error: str,
     options: dict[str, Any],
     is_async: bool,
+    caching: tuple[Any, float | None] = (None, None),
 ) -> tuple[_Run, Callable[[list[Any]], Any]]:
     if on_error not in ("raise", "continue"):
         raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
@@ -111,9 +112,12 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
 
     name_of = backend_namer(backend)
     graph = build_graph(roots, name_of)
-    for task in {f.task for f in graph.futures}:
+    tasks = {f.task for f in graph.futures}
+    for task in tasks:
         name_of(task)  # an unknown backend name fails here, before anything runs
     extra = list(plugins or ())
+    if caching[0] is not None or any(t.cache for t in tasks):
+        extra += _cache_plugin(caching, tasks, extra)
     if progress:
         from daglite.plugins.builtin.progress import progress_plugin_if_terminal
 
@@ -132,6 +136,18 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
     return _Run(graph, default, pick, hooks, on_error, is_async), rebuild  # type: ignore[arg-type]
 
 
+def _cache_plugin(
+    caching: tuple[Any, float | None], tasks: set[Task[Any, Any]], plugins: list[object]
+) -> list[object]:
+    """The cache plugin ``evaluate(cache=..., cache_ttl=...)`` adds, if any."""
+    from daglite.plugins.builtin.cache import run_cache_plugin
+    from daglite.plugins.manager import get_plugin_manager
+
+    registered = [p for _, p in get_plugin_manager().list_name_plugin()]
+    found = run_cache_plugin(caching[0], caching[1], tasks, plugins + registered)
+    return [] if found is None else [found]
+
+
 @overload
 def evaluate(
     future: TaskFuture[T],
@@ -142,6 +158,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -154,6 +172,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -166,6 +186,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -178,6 +200,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -190,9 +214,11 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
-def evaluate(
+def evaluate(  # noqa: PLR0913 (one keyword per option)
     future: Any,
     *,
     backend: str | Backend | None = None,
@@ -201,6 +227,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> Any:
     """Run the DAG behind ``future`` and return its result.
@@ -218,6 +246,12 @@ def evaluate(
             in Perfetto).
         on_error: ``"raise"`` fails fast; ``"continue"`` runs everything that does
             not depend on a failure, then raises ``EvaluationError`` with all of them.
+        cache: Where to keep results across runs: a directory or an fsspec URL
+            (every task is cached except those marked ``cache=False``), True for
+            the default directory (``$DAGLITE_CACHE_DIR`` or the user's cache
+            directory), None to cache only tasks marked ``cache=True`` (in the
+            default directory), False for no cache. See docs/caching.md.
+        cache_ttl: Seconds after which cached results are stale (None: never).
         **backend_options: Constructor arguments of the named backend (``max_workers=``).
 
     Raises:
@@ -226,10 +260,21 @@ def evaluate(
         BackendError: For an unknown or unavailable backend.
         GraphError: For a malformed graph.
         TypeError: If ``report`` or ``trace`` is not a ``str`` or ``os.PathLike``.
-        ValueError: If ``report`` or ``trace`` is a directory or its directory is missing.
+        ValueError: If ``report`` or ``trace`` is a directory or its directory is missing,
+            or ``cache_ttl`` is not a positive number.
+        PermissionError: If the cache directory can be written by other users.
     """
     run, rebuild = _prepare(
-        future, backend, plugins, progress, report, trace, on_error, backend_options, False
+        future,
+        backend,
+        plugins,
+        progress,
+        report,
+        trace,
+        on_error,
+        backend_options,
+        False,
+        (cache, cache_ttl),
     )
     return rebuild(run.execute())
 
@@ -244,6 +289,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -256,6 +303,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -268,6 +317,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -280,6 +331,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -292,9 +345,11 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
-async def evaluate_async(
+async def evaluate_async(  # noqa: PLR0913 (one keyword per option)
     future: Any,
     *,
     backend: str | Backend | None = None,
@@ -303,6 +358,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    cache: bool | str | os.PathLike[str] | None = None,
+    cache_ttl: float | None = None,
     **backend_options: Any,
 ) -> Any:
     """Like ``evaluate``, without blocking the running event loop.
@@ -313,7 +370,16 @@ async def evaluate_async(
     ``trace=`` writes a Chrome trace file, as for ``evaluate``.
     """
     run, rebuild = _prepare(
-        future, backend, plugins, progress, report, trace, on_error, backend_options, True
+        future,
+        backend,
+        plugins,
+        progress,
+        report,
+        trace,
+        on_error,
+        backend_options,
+        True,
+        (cache, cache_ttl),
     )
     # The loop runs in the caller's context (as asyncio.to_thread does), so
     # hooks see the caller's context variables: its current span, say.

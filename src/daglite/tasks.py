@@ -15,6 +15,8 @@ from typing import Any, Generic, Literal, TypeVar, final, overload
 
 from typing_extensions import ParamSpec
 
+from daglite._cache_policy import CacheSetting, check_cache_setting
+
 __all__ = ["Task", "TaskFuture", "task"]
 
 P = ParamSpec("P")
@@ -23,7 +25,7 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 _MapMode = Literal["product", "zip"]
-_OPTION_NAMES = frozenset({"name", "description", "backend", "retries", "timeout"})
+_OPTION_NAMES = frozenset({"name", "description", "backend", "retries", "timeout", "cache"})
 # Sequence types that product()/zip() fan out; anything else is a fixed value.
 _FANNED_TYPES = (list, tuple, range)
 
@@ -127,12 +129,15 @@ class Task(Generic[P, R]):
         retries: How many more times a failing call is re-run.
         timeout: Seconds after which a call fails with ``TaskTimeoutError``.
         fixed: Parameters fixed by ``partial()``.
+        cache: True or a ``CachePolicy`` to cache results, False never to,
+            None (default) to follow ``evaluate(cache=...)`` (see docs/caching.md).
     """
 
     __slots__ = (
         "_sig",
         "_unary",
         "backend",
+        "cache",
         "description",
         "fixed",
         "func",
@@ -142,7 +147,7 @@ class Task(Generic[P, R]):
         "timeout",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (one keyword per option)
         self,
         func: Callable[..., Any],
         *,
@@ -152,6 +157,7 @@ class Task(Generic[P, R]):
         retries: int = 0,
         timeout: float | None = None,
         fixed: Mapping[str, Any] | None = None,
+        cache: CacheSetting = None,
         _sig: _Signature | None = None,
     ) -> None:
         if not callable(func):
@@ -172,6 +178,8 @@ class Task(Generic[P, R]):
         self.fixed: dict[str, Any] = dict(fixed or {})
         self.is_async = inspect.iscoroutinefunction(func)
         self._sig = _sig or _Signature(func)
+        check_cache_setting(self.name, self._sig.params, cache)
+        self.cache = cache
         # The one parameter of ``f(x)`` when that call binds as ``{name: x}``.
         self._unary = self._sig.positional[0] if self._sig.unary and not self.fixed else None
 
@@ -188,6 +196,7 @@ class Task(Generic[P, R]):
             "retries": self.retries,
             "timeout": self.timeout,
             "fixed": self.fixed,
+            "cache": self.cache,
         }
         opts.update(changes)
         return Task(self.func, _sig=self._sig, **opts)
@@ -196,7 +205,8 @@ class Task(Generic[P, R]):
         """Return a copy with some options changed; this task is left as it is.
 
         Args:
-            **options: Any of ``name``, ``description``, ``backend``, ``retries``, ``timeout``.
+            **options: Any of ``name``, ``description``, ``backend``, ``retries``,
+                ``timeout``, ``cache``.
 
         Raises:
             TypeError: For an unknown option name.
@@ -419,15 +429,17 @@ def task(
     backend: Any = None,
     retries: int = 0,
     timeout: float | None = None,
+    cache: CacheSetting = None,
 ) -> _TaskDecorator: ...
 def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Turn a function (sync or ``async def``) into a ``Task``.
 
     Use bare (``@task``) or with options (``@task(name=..., backend="threads",
-    retries=2, timeout=10.0)``).
+    retries=2, timeout=10.0, cache=True)``).
 
     Raises:
-        TypeError: For an unknown option.
+        TypeError: For an unknown option, or a ``cache`` that is not a bool, None
+            or a ``CachePolicy``.
         ValueError: For a negative ``retries`` or a non-positive ``timeout``.
     """
     for opt in options:

@@ -406,3 +406,23 @@ def test_fan_out_elements_return_through_shared_memory(pool):
         evaluate(total.with_options(backend="threads")(a=echo(value=arrays[3])), backend=pool)
         == 3000.0
     )
+
+
+def test_the_cache_hashes_and_stores_values_from_shared_memory(pool, tmp_path):
+    from daglite.plugins.builtin import CachePlugin
+
+    ran: list[str] = []
+
+    class Ran:
+        @hook_impl
+        def after_node_execute(self, key, worker):
+            if worker != "cache":
+                ran.append(key)
+
+    def dag():
+        return total(a=make(n=5000))
+
+    for _ in range(2):
+        plugins = [CachePlugin(str(tmp_path / "cache")), Ran()]
+        assert evaluate(dag(), backend=pool, plugins=plugins) == 5000.0
+    assert ran == ["make", "total"], ran  # the second run was served from the cache

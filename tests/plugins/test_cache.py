@@ -157,7 +157,7 @@ def test_unhashable_input_is_not_cached(tmp_path, counter, caplog):
         assert evaluate(locked(counter, lock), backend="threads", plugins=[cache]) == 1
     assert calls(counter) == 2
     assert any("locked" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
-    assert not list((tmp_path / "cache").rglob("*.pickle"))
+    assert not list((tmp_path / "cache").rglob("*.entry"))
 
 
 def test_failed_task_is_not_cached(backend, tmp_path, counter):
@@ -166,7 +166,7 @@ def test_failed_task_is_not_cached(backend, tmp_path, counter):
         with pytest.raises(TaskError):
             evaluate(failing(counter), backend=backend, plugins=[cache])
     assert calls(counter) == 2
-    assert not list((tmp_path / "cache").rglob("*.pickle"))
+    assert not list((tmp_path / "cache").rglob("*.entry"))
 
 
 def test_writes_leave_no_temporary_files(backend, tmp_path, counter):
@@ -176,15 +176,15 @@ def test_writes_leave_no_temporary_files(backend, tmp_path, counter):
         backend=backend,
         plugins=[CachePlugin(cache_dir)],
     )
-    files = [p for p in cache_dir.rglob("*") if p.is_file()]
+    files = [p for p in cache_dir.rglob("*") if p.is_file() and p.name != "CACHEDIR.TAG"]
     assert len(files) == 20
-    assert all(p.suffix == ".pickle" and not p.name.startswith(".") for p in files)
+    assert all(p.suffix == ".entry" and not p.name.startswith(".") for p in files)
 
 
 def test_unreadable_entry_runs_the_task_and_is_rewritten(tmp_path, counter, caplog):
     cache_dir = tmp_path / "cache"
     evaluate(expensive(counter, 1), plugins=[CachePlugin(cache_dir)])
-    (entry,) = cache_dir.rglob("*.pickle")
+    (entry,) = cache_dir.rglob("*.entry")
     entry.write_bytes(b"not a pickle")
     assert evaluate(expensive(counter, 1), plugins=[CachePlugin(cache_dir)])["squared"] == 1
     assert calls(counter) == 2

@@ -100,7 +100,7 @@ class Passes:
 
 def test_first_result_with_wrapper_matches_plain_isolation(caplog):
     # Registered last, Raises is called first; Answers still answers, as without wrappers.
-    lookup = dict(key="k", metadata=None, inputs={})
+    lookup = dict(key="k", metadata=None, inputs={}, task=None)
     assert _dispatcher(Answers(), Raises()).first_result("lookup_node_result", **lookup) == "answer"
     wrapper = Passes()
     hooks = _dispatcher(Answers(), Raises(), wrapper)
@@ -118,7 +118,10 @@ def test_first_result_with_wrapper_stops_at_the_first_answer():
             calls.append("counts")
 
     hooks = _dispatcher(Counts(), Answers(), Passes())
-    assert hooks.first_result("lookup_node_result", key="k", metadata=None, inputs={}) == "answer"
+    assert (
+        hooks.first_result("lookup_node_result", key="k", metadata=None, inputs={}, task=None)
+        == "answer"
+    )
     assert calls == []
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from daglite._job import shared
 from daglite._job.call import CALLER_LABEL, _call_in, _run_call
 from daglite._job.channel import _Home
 from daglite._job.records import _new_outcome
@@ -41,6 +42,7 @@ class _Lane:
     """The inline-lane part of ``_Run``."""
 
     # What this part uses of the run (set up by ``_Run.__init__``).
+    _any_shared: bool
     _caller_lock: threading.Lock
     _has_after: bool
     _has_before: bool
@@ -180,8 +182,16 @@ class _Lane:
             self._handle_one(message)
 
     def _served_from_cache(self, unit: _Unit) -> bool:
+        if self._any_shared:
+            # The cache hashes values, and finds its lookup again by the very
+            # inputs dict the later hooks get: resolve the call's handles once.
+            unit.kwargs = shared.resolve_all(unit.kwargs)
         found = self.hooks.first_result(
-            "lookup_node_result", key=unit.key, metadata=unit.meta, inputs=unit.kwargs
+            "lookup_node_result",
+            key=unit.key,
+            metadata=unit.meta,
+            inputs=unit.kwargs,
+            task=unit.task,
         )
         if not isinstance(found, CachedResult):
             return False

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from daglite.describe import GraphDescription
     from daglite.graph.base import GraphMetadata
     from daglite.plugins.reporters import Reporter
+    from daglite.tasks import Task
 
 
 class NodeSpecs:
@@ -99,13 +100,17 @@ class NodeSpecs:
         """
 
     @hook_spec(firstresult=True)
-    def lookup_node_result(self, key: str, metadata: GraphMetadata, inputs: dict[str, Any]) -> Any:
+    def lookup_node_result(
+        self, key: str, metadata: GraphMetadata, inputs: dict[str, Any], task: Task[Any, Any]
+    ) -> Any:
         """Offer a result for a node before it is submitted, to skip running it.
 
         Return ``daglite.plugins.hooks.CachedResult(value)`` to supply the
         result, or None to let the task run. The first plugin that returns a
         result wins. A skipped node still gets ``before_node_execute`` and
         ``after_node_execute`` (with ``duration`` 0.0), so counts add up.
+        ``task`` is the node's ``Task`` (its function and options), for keys
+        that follow the code.
         """
 
 
