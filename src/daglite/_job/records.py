@@ -331,8 +331,12 @@ def _pickle_spotting_large(obj: Any) -> bytes | None:
     threshold, large = settings.threshold, False
 
     def spot(buf: pickle.PickleBuffer) -> bool:
+        # A large buffer is left out (False): this pickle is thrown away then,
+        # and copying the buffer into it would cost as much as sending it.
         nonlocal large
-        large = large or buf.raw().nbytes >= threshold
+        if buf.raw().nbytes >= threshold:
+            large = True
+            return False
         return True
 
     payload = pickle.dumps(obj, protocol=_PICKLE_PROTOCOL, buffer_callback=spot)
