@@ -426,3 +426,20 @@ def test_the_cache_hashes_and_stores_values_from_shared_memory(pool, tmp_path):
         plugins = [CachePlugin(str(tmp_path / "cache")), Ran()]
         assert evaluate(dag(), backend=pool, plugins=plugins) == 5000.0
     assert ran == ["make", "total"], ran  # the second run was served from the cache
+
+
+def test_a_job_whose_segment_is_gone_fails_as_a_job_not_the_worker(tmp_path):
+    from daglite._job.job import _dumps_calls, _load_job
+    from daglite._job.records import _new_call
+    from daglite.exceptions import BackendError
+
+    settings = shared.SharedMemory(str(tmp_path), KIB)
+    call = _new_call(
+        (1, "total", "total", total.func, {"a": np.ones(5000)}, None, None, None, None, False)
+    )
+    funcs, body = _dumps_calls([call], settings)
+    assert isinstance(body, tuple), "the argument should have gone into a segment"
+    os.unlink(body[1].path)  # the run ended, and took its segments with it
+    job = _load_job(None, funcs, body)  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match="gone from shared memory"):
+        job()

@@ -33,7 +33,7 @@ from daglite._job.records import (
     _new_outcome,
     _Poisoned,
 )
-from daglite.exceptions import ArgumentsNotPicklableError
+from daglite.exceptions import ArgumentsNotPicklableError, BackendError
 from daglite.plugins import log_bridge
 from daglite.plugins.reporters import FLUSH_INTERVAL
 
@@ -209,8 +209,27 @@ class _HeldOutcomes:
         return self.outcomes
 
 
-def _load_job(home: _Home, funcs: dict[int, bytes], body: _Body) -> _Job:
-    return _Job(home, _loads_calls(funcs, body))
+def _load_job(home: _Home, funcs: dict[int, bytes], body: _Body) -> _Job | _Unloadable:
+    try:
+        return _Job(home, _loads_calls(funcs, body))
+    except OSError as exc:  # a segment is gone: its run ended while this job was queued
+        return _Unloadable(f"the job's arguments are gone from shared memory ({exc})")
+
+
+@final
+class _Unloadable:
+    """A job whose arguments could not be read: running it fails the whole job.
+
+    Raised from the call, not from unpickling, where it would end the worker.
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __call__(self) -> Outcomes:
+        raise BackendError(self.message)
 
 
 # The call rows' pickle, with the segment holding their large buffers if any.
