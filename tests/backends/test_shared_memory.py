@@ -443,3 +443,17 @@ def test_a_job_whose_segment_is_gone_fails_as_a_job_not_the_worker(tmp_path):
     job = _load_job(None, funcs, body)  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="gone from shared memory"):
         job()
+
+
+def test_a_custom_process_backend_opts_in_through_the_same_job_path():
+    from tests.backends.test_custom_backends import LokyBackend
+
+    class SharedLoky(LokyBackend):
+        shared_memory_threshold = KIB
+
+    with SharedLoky(max_workers=1) as backend:
+        assert evaluate(arrived_mapped(value=np.ones(5000)), backend=backend)
+        result = evaluate(make(n=5000), backend=backend)
+    assert _in_shared_memory(result) and result.sum() == 5000.0
+    with LokyBackend(max_workers=1) as backend:  # not opted in: the pipe, as before
+        assert not evaluate(arrived_mapped(value=np.ones(5000)), backend=backend)
