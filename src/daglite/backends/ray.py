@@ -38,6 +38,7 @@ what it started, and leaves a connection the user made alone.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import sys
@@ -195,13 +196,22 @@ class _RayWorker:
 
 
 def _run_job(
-    job_key: str, payload: bytes, threshold: int, keys: tuple[str, ...], *kept: Any
+    job_key: str,
+    payload: bytes,
+    threshold: int,
+    authkey: bytes,
+    keys: tuple[str, ...],
+    *kept: Any,
 ) -> tuple[Outcomes, dict[int, Any]]:
     """Run a daglite job in a Ray worker: its outcomes, and its big values apart."""
     from daglite._job import call
 
     if not call.process_label:
-        call.process_label = f"ray pid {os.getpid()}"
+        ray = _import_ray()
+        call.process_label = f"ray {ray.util.get_node_ip_address()} pid {os.getpid()}"
+    if authkey:
+        # As in a process pool: the caller's multiprocessing.Manager proxies work here.
+        multiprocessing.current_process().authkey = authkey
     job = pickle.loads(payload)
     if keys:
         found = dict(zip(keys, kept))
@@ -492,6 +502,8 @@ class RayBackend(Backend):
         self.remote_threshold = remote_threshold
         self.init_options = init_options
         self._limit: int | None = None  # most tasks in flight (a cluster's max_workers)
+        # The caller's multiprocessing authkey, for workers on this machine only.
+        self._authkey = b""
         self._ours = False
         self._lock = threading.Lock()
         self._in_flight: dict[str, _Watched] = {}
@@ -516,7 +528,9 @@ class RayBackend(Backend):
         if self.max_workers is None:
             cpus = ray.cluster_resources().get("CPU")
             self.max_workers = max(1, int(cpus)) if cpus else None
-        if not _all_nodes_here(ray):
+        if _all_nodes_here(ray):
+            self._authkey = bytes(multiprocessing.current_process().authkey)
+        else:
             self._start_relay(ray)
 
     def _init_options(self) -> dict[str, Any]:
@@ -670,10 +684,12 @@ class RayBackend(Backend):
         options = self._task_options(job)
         if options:
             remote = remote.options(**options)
-        threshold = self.remote_threshold
+        threshold, authkey = self.remote_threshold, self._authkey
 
         def launch() -> list[Any]:
-            refs: list[Any] = remote.remote(key, payload, threshold, tuple(kept), *kept.values())
+            refs: list[Any] = remote.remote(
+                key, payload, threshold, authkey, tuple(kept), *kept.values()
+            )
             return refs
 
         return launch
@@ -732,6 +748,7 @@ class RayBackend(Backend):
         value = result.result()
         if len(outer.refs) > 1:
             _attach(value, outer.refs[1])
+        outer.refs = []  # from now on only the stand-ins keep kept values alive
         outer.settle(True, value)
 
     def _finished(self, outer: _Watched) -> None:
