@@ -30,7 +30,7 @@ pytest.importorskip("ray")
 import ray
 
 from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, evaluate_async, task
-from daglite.backends import get_backend
+from daglite.backends import _ray_worker, get_backend
 from daglite.backends import ray as ray_backend
 from daglite.backends.ray import RayBackend, RemoteResult
 from daglite.exceptions import (
@@ -618,7 +618,7 @@ def test_a_job_asks_for_the_most_any_of_its_calls_needs():
 
 
 def test_sizes_are_estimated_without_copying():
-    sizeof = ray_backend._sizeof
+    sizeof = _ray_worker._sizeof
     assert sizeof(b"x" * 1000) == 1000
     assert sizeof(bytearray(BIG)) == BIG
     assert sizeof([b"x" * 1000] * 1000) >= 1_000_000
