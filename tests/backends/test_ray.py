@@ -395,7 +395,7 @@ def test_events_travel_through_the_relay_actor_when_nodes_are_elsewhere(
     ray_address, manager, monkeypatch
 ):
     # As on a cluster whose nodes cannot reach the caller's socket.
-    monkeypatch.setattr(ray_backend, "_all_nodes_here", lambda ray: False)
+    monkeypatch.setattr(RayBackend, "_needs_relay", lambda self, here: True)
     backend = RayBackend(address=ray_address)
     gate = manager.Event()
     plugin = Sequence(gate, 5)

@@ -288,22 +288,20 @@ class _RayTransport(Transport):
 
 
 class _Relay:
-    """Ray actor that holds worker messages until the caller drains them (remote clusters)."""
+    """Ray actor that holds worker messages until the caller drains them (remote clusters).
+
+    Single-threaded on purpose: Ray runs a sync actor's calls from one sender in
+    the order they were sent, so the events of a task keep their order.
+    """
 
     def __init__(self) -> None:
         self._messages: list[bytes] = []
-        self._cond = threading.Condition()
 
     def put(self, data: bytes) -> None:
-        """Keep one message (called by workers, in their order per worker)."""
-        with self._cond:
-            self._messages.append(data)
-            self._cond.notify()
+        """Keep one message."""
+        self._messages.append(data)
 
-    def take(self, wait: float) -> list[bytes]:
-        """Every message held, waiting up to ``wait`` seconds for the first."""
-        with self._cond:
-            if not self._messages:
-                self._cond.wait(wait)
-            out, self._messages = self._messages, []
+    def take(self) -> list[bytes]:
+        """Every message held, oldest first (none: an empty list)."""
+        out, self._messages = self._messages, []
         return out

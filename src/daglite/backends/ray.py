@@ -77,6 +77,9 @@ ADDRESS_ENV: Final = "DAGLITE_RAY_ADDRESS"
 # object store. Lower: less data through the caller, more stand-ins; higher:
 # the reverse. 1 MiB keeps ordinary values (numbers, small frames) direct.
 DEFAULT_REMOTE_THRESHOLD: Final = 1 << 20
+# Seconds between polls of the relay actor when it held nothing (remote clusters
+# only): the most an event waits there. Lower: quicker events, more actor calls.
+_RELAY_POLL: Final = 0.02
 # Upper bound (seconds) on the wait for cancelled tasks to be stopped: past it
 # ``cancel_running`` logs a warning instead of keeping ``evaluate`` waiting.
 _STOP_TIMEOUT: Final = 30.0
@@ -248,6 +251,7 @@ class RayBackend(Backend):
         self._remote_plain: Any = None
         self._relay: Any = None
         self._relay_thread: threading.Thread | None = None
+        self._relay_stop = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -262,9 +266,10 @@ class RayBackend(Backend):
         if self.max_workers is None:
             cpus = ray.cluster_resources().get("CPU")
             self.max_workers = max(1, int(cpus)) if cpus else None
-        if _all_nodes_here(ray):
+        here = _all_nodes_here(ray)
+        if here:
             self._authkey = bytes(multiprocessing.current_process().authkey)
-        else:
+        if self._needs_relay(here):
             self._start_relay(ray)
 
     def _init_options(self) -> dict[str, Any]:
@@ -293,6 +298,7 @@ class RayBackend(Backend):
             self._queued.clear()
             self._launched = 0
             relay, self._relay = self._relay, None
+            self._relay_stop.set()
         for outer in outers:
             outer.settle(False, BackendError("the ray backend was stopped"))
         ray = _import_ray()
@@ -352,10 +358,14 @@ class RayBackend(Backend):
         else:
             sink(message)
 
+    def _needs_relay(self, all_nodes_here: bool) -> bool:
+        """Whether worker messages need the relay actor (some node cannot reach the hub)."""
+        return not all_nodes_here
+
     def _start_relay(self, ray: Any) -> None:
         """Start the relay actor and the thread that drains it (cluster nodes elsewhere)."""
-        actor = ray.remote(num_cpus=0, max_concurrency=4)(_Relay)
-        self._relay = actor.remote()
+        self._relay = ray.remote(num_cpus=0)(_Relay).remote()
+        self._relay_stop.clear()
         self._relay_thread = threading.Thread(
             target=self._drain_relay, args=(self._relay,), name="daglite-ray-relay", daemon=True
         )
@@ -366,10 +376,13 @@ class RayBackend(Backend):
         ray = _import_ray()
         while self._relay is relay:
             try:
-                batch = ray.get(relay.take.remote(0.5))
+                batch = ray.get(relay.take.remote())
             except Exception:  # stopped, or the cluster went away
                 logger.debug("the Ray relay stopped answering", exc_info=True)
                 return
+            if not batch:
+                self._relay_stop.wait(_RELAY_POLL)  # a poll interval; stop() cuts it short
+                continue
             for data in batch:
                 route, message = pickle.loads(data)
                 sink = self._routes.get(route)
