@@ -501,7 +501,8 @@ class RayBackend(Backend):
     def _finished(self, outer: _Watched) -> None:
         """``outer`` left Ray: launch the next queued task, if a limit held it back."""
         with self._lock:
-            self._in_flight.pop(outer.key, None)
+            if self._in_flight.pop(outer.key, None) is None:
+                return  # forgotten by stop(): the counts were reset there
             self._launched -= 1
             following = self._queued.popleft() if self._queued else None
             if following is not None:
