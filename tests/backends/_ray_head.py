@@ -77,7 +77,9 @@ class RayHead:
         host, port = self.address.split(":")
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited: {self._log_tail()}")
+                tail = self._log_tail()
+                self.stop()
+                raise RuntimeError(f"ray start exited: {tail}")
             raylet = any(
                 "raylet" in (p.name() or "")
                 for p in psutil.Process(self.process.pid).children(recursive=True)
@@ -85,8 +87,9 @@ class RayHead:
             if raylet and _answers(host, int(port)):
                 return
             time.sleep(0.2)  # a bounded readiness poll, not a synchronisation
+        tail = self._log_tail()
         self.stop()
-        raise RuntimeError(f"the Ray head did not start in {START_TIMEOUT}s: {self._log_tail()}")
+        raise RuntimeError(f"the Ray head did not start in {START_TIMEOUT}s: {tail}")
 
     def _log_tail(self) -> str:
         self.log.flush()
