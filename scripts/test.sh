@@ -81,7 +81,7 @@ for v in ${DAGLITE_PYTHONS:-$SUPPORTED}; do
     continue
   fi
   echo "== pytest on Python $v ($python)"
-  setup_venv ".venv-$v" "$python" "test,rich,dask"
+  setup_venv ".venv-$v" "$python" "test,rich,dask,ray"
   # CI installs every extra, so a backend that cannot be tested is a failure.
   if DAGLITE_REQUIRE_ALL_BACKENDS=1 ".venv-$v/bin/python" -m pytest -n auto "$@"; then
     tested+=("$v")

@@ -8,6 +8,7 @@ computed the right answer.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,23 @@ def test_cache_benchmark_runs_and_checks_its_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "daglite key" in proc.stdout
     assert "| inline |" in proc.stdout and "| threads |" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_vs_runs_every_system():
+    pytest.importorskip("ray")
+    pytest.importorskip("distributed")
+    env = {k: v for k, v in os.environ.items() if k != "DAGLITE_RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "ray_vs.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert set(report["runs"]) == {"daglite-ray", "ray", "daglite-dask", "dask"}
+    assert "| chain |" in proc.stdout and "| Dask |" in proc.stdout

@@ -47,6 +47,8 @@ def _expected_worker(backend: str, worker: str) -> bool:
         return worker.startswith("daglite-thread")
     if backend == "processes":
         return worker.startswith("pid ") and worker != f"pid {os.getpid()}"
+    if backend == "ray":  # the node's address and the worker process
+        return worker.startswith("ray ") and not worker.endswith(f" pid {os.getpid()}")
     return worker.startswith("tcp://")  # dask: the worker's address
 
 

@@ -1,6 +1,6 @@
 """Backend registry: maps names to backends, importing each module on first use.
 
-Built-in names: ``"inline"``, ``"threads"``, ``"processes"``, ``"dask"``, with
+Built-in names: ``"inline"``, ``"threads"``, ``"processes"``, ``"dask"``, ``"ray"``, with
 the aliases ``"sequential"``/``"synchronous"``, ``"threading"`` and
 ``"multiprocessing"``. Third-party backends register with ``register_backend``
 or through the ``daglite.backends`` entry-point group.
@@ -44,6 +44,7 @@ _BUILTIN: dict[str, str] = {
     "threads": "daglite.backends.threads:ThreadBackend",
     "processes": "daglite.backends.processes:ProcessBackend",
     "dask": "daglite.backends.dask:DaskBackend",
+    "ray": "daglite.backends.ray:RayBackend",
 }
 _ALIASES: dict[str, str] = {
     "sequential": "inline",
@@ -51,6 +52,8 @@ _ALIASES: dict[str, str] = {
     "threading": "threads",
     "multiprocessing": "processes",
 }
+# Built-ins with an optional dependency: imported only when named.
+_OPTIONAL: frozenset[str] = frozenset({"dask", "ray"})
 _registry: dict[str, type[Backend] | str] = dict(_BUILTIN)
 _instances: dict[tuple[str, tuple[tuple[str, Any], ...]], Backend] = {}
 _lock = threading.RLock()
@@ -61,7 +64,7 @@ def __getattr__(name: str) -> Any:
     """Import backend classes lazily, so ``import daglite`` stays light."""
     for key, target in _BUILTIN.items():
         module, cls = target.split(":")
-        if cls == name and key != "dask":
+        if cls == name and key not in _OPTIONAL:
             return getattr(importlib.import_module(module), cls)
     raise AttributeError(f"module 'daglite.backends' has no attribute {name!r}")
 

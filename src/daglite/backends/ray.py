@@ -1,0 +1,609 @@
+"""Runs tasks on a Ray cluster; with ``_ray_worker``, the only importer of ``ray``.
+
+Data flow::
+
+    engine ──submit(job)──> RayBackend ──_run_job.remote(key, payload, *kept refs)──> worker
+       ^                                                                              │
+       │<── outcomes (small results, buffered events) ──── first return (ref.future) ─┤
+       │    big results stay in the object store ───────── second return (kept ref) ──┤
+       │<── hub socket (or the relay actor) <── Events / EarlyOutcome / _Overdue ─────┘
+
+Each job is one Ray task with two returns. The first holds the outcomes the
+caller needs; in it, a result whose estimated size exceeds
+``remote_threshold`` is replaced by a ``RemoteResult`` stand-in, and the value
+itself goes in the second return, which the caller never fetches. A later job
+that takes a stand-in gets that second return's ``ObjectRef`` as a top-level
+argument, so Ray hands the worker the value from its object store (numpy
+arrays zero-copy, read-only) without the caller touching it. A stand-in holds
+its ``ObjectRef``: when the run drops the last stand-in, Ray frees the value.
+``materialize`` fetches what ``evaluate`` returns.
+
+Events, log records and long jobs' early outcomes travel on the caller's hub
+socket when every node of the cluster runs on this machine, else through a
+small relay actor the caller drains (``_relay``). The same channel carries
+``_Overdue``: a call that ran past its timeout asks the caller to cancel its
+Ray task with ``force=True``, which kills the worker process, so the runaway
+really stops; the job then fails with ``WorkersLost`` blaming that call.
+
+A worker that dies fails its job with ``WorkersLost`` naming no call (Ray does
+not say which call of the job was running): the engine reruns the job's calls
+alone (quarantine) and blames one that loses its worker there. Ray's own task
+retries are off (``max_retries=0``): retries are daglite's.
+
+One process talks to one Ray cluster (``ray.init`` is process-wide). daglite
+starts a local instance only if Ray is not initialised yet, shuts down only
+what it started, and leaves a connection the user made alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import wait as wait_for_futures
+from functools import partial
+from typing import Any, ClassVar, Final, final
+
+from daglite._job.transport import Transport
+from daglite.backends._ray_worker import (
+    _PICKLE_PROTOCOL,
+    RemoteResult,
+    _import_ray,
+    _Overdue,
+    _RayTransport,
+    _Relay,
+    _run_job,
+    _run_plain,
+    _swap_in,
+)
+from daglite.backends.base import Backend, WorkersLost
+from daglite.exceptions import BackendError
+from daglite.graph.walk import find
+from daglite.settings import usable_cpu_count
+
+__all__ = ["RayBackend", "RemoteResult"]
+
+logger = logging.getLogger("daglite.backends.ray")
+
+ADDRESS_ENV: Final = "DAGLITE_RAY_ADDRESS"
+# Results larger than this (bytes, estimated by ``_sizeof``) stay in Ray's
+# object store. Lower: less data through the caller, more stand-ins; higher:
+# the reverse. 1 MiB keeps ordinary values (numbers, small frames) direct.
+DEFAULT_REMOTE_THRESHOLD: Final = 1 << 20
+# Seconds between polls of the relay actor when it held nothing (remote clusters
+# only): the most an event waits there. Lower: quicker events, more actor calls.
+_RELAY_POLL: Final = 0.02
+# Upper bound (seconds) on the wait for cancelled tasks to be stopped: past it
+# ``cancel_running`` logs a warning instead of keeping ``evaluate`` waiting.
+_STOP_TIMEOUT: Final = 30.0
+
+
+# -- the futures the engine holds --------------------------------------------------------------
+
+
+@final
+class _Watched(Future[Any]):
+    """The future the engine holds for one Ray task.
+
+    ``cancel()`` of a task Ray already has force-cancels it and returns False,
+    like a running call of a process pool: the future reads as cancelled once
+    Ray reports the task over, so the engine waits until nothing runs.
+    """
+
+    def __init__(self, backend: RayBackend, key: str, launch: Callable[[], list[Any]]) -> None:
+        super().__init__()
+        self.backend = backend
+        self.key = key
+        self.launch: Callable[[], list[Any]] | None = launch  # None once launched
+        self.refs: list[Any] = []
+        self.abandoned = False
+        self.overdue: int | None = None  # token of a call that timed out
+
+    def cancel(self) -> bool:
+        """Cancel a queued task; force-cancel a launched one and return False."""
+        if self.done():
+            return self.cancelled()
+        return self.backend._cancel(self)
+
+    def settle(self, ok: bool, value: Any) -> None:
+        """Set the result (``ok``) or the exception, unless abandoned or done."""
+        if self.abandoned:
+            self.stopped()
+            return
+        try:
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
+        except InvalidStateError:  # done meanwhile
+            pass
+
+    def stopped(self) -> None:
+        """The task is over: read as cancelled (if not done meanwhile)."""
+        if not self.done() and super().cancel():
+            self.set_running_or_notify_cancel()
+
+
+# -- connecting: one Ray cluster per process ---------------------------------------------------
+
+
+@final
+class _Connection:
+    """Who made this process's Ray connection, and how many backends use it."""
+
+    lock: ClassVar[threading.Lock] = threading.Lock()
+    ours = False  # daglite called ray.init (and so calls ray.shutdown)
+    address: str | None = None  # what it was asked for (None: a local instance)
+    users = 0
+
+
+def _connect(ray: Any, address: str | None, options: dict[str, Any]) -> bool:
+    """Initialise Ray unless it is already; True if this backend uses daglite's connection.
+
+    Raises:
+        BackendError: If daglite already connected this process to another cluster.
+    """
+    with _Connection.lock:
+        if ray.is_initialized():
+            if not _Connection.ours:
+                return False  # the user's connection: use it, never shut it down
+            if address != _Connection.address:
+                raise BackendError(
+                    f"this process is already connected to the Ray cluster "
+                    f"{_Connection.address or 'started locally'!r}, and Ray connects a "
+                    f"process to one cluster; cannot connect to {address or 'a local one'!r}"
+                    " as well: shut the other RayBackend down first"
+                )
+        else:
+            ray.init(address=address, **options)
+            _Connection.ours, _Connection.address = True, address
+        _Connection.users += 1
+        return True
+
+
+def _disconnect(ray: Any) -> None:
+    """One backend is done with daglite's connection; the last one shuts it down."""
+    with _Connection.lock:
+        _Connection.users -= 1
+        if _Connection.users > 0 or not _Connection.ours:
+            return
+        _Connection.ours, _Connection.address = False, None
+        # A local instance stops with it; a cluster is only disconnected from.
+        ray.shutdown()
+
+
+def _all_nodes_here(ray: Any) -> bool:
+    """Whether every live node of the cluster runs on this machine (the hub is reachable)."""
+    import socket
+
+    here = {"127.0.0.1", "localhost", socket.gethostname()}
+    try:
+        here.update(str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None))
+    except OSError:
+        pass
+    here.add(ray.util.get_node_ip_address())
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return all(n.get("NodeManagerAddress") in here for n in nodes)
+
+
+# -- the backend -------------------------------------------------------------------------------
+
+
+class RayBackend(Backend):
+    """Runs tasks on Ray: a local instance daglite starts, or your cluster.
+
+    Args:
+        address: Cluster address (``"host:6379"``, ``"ray://host:10001"``,
+            ``"auto"``); default ``DAGLITE_RAY_ADDRESS``, else a local
+            instance started on first use and shut down at interpreter exit.
+            A connection you made with ``ray.init`` is used as it is.
+        max_workers: CPUs of the local instance (default: usable CPUs); on a
+            cluster, the most daglite tasks in flight at once (default: no
+            limit beyond the cluster's CPUs).
+        remote_threshold: Results larger than this many bytes stay in Ray's
+            object store and reach hooks as ``RemoteResult`` stand-ins.
+        **init_options: Passed to ``ray.init`` (``runtime_env``,
+            ``object_store_memory``, ``log_to_driver``, ...).
+
+    Raises:
+        BackendError: If ``ray`` is not installed.
+    """
+
+    name: ClassVar[str] = "ray"
+    # Ready calls are packed up to this many per Ray task: Ray's per-task cost
+    # (hundreds of microseconds) dwarfs a trivial call.
+    max_batch: ClassVar[int] = 32
+
+    def __init__(
+        self,
+        address: str | None = None,
+        max_workers: int | None = None,
+        *,
+        remote_threshold: int = DEFAULT_REMOTE_THRESHOLD,
+        **init_options: Any,
+    ) -> None:
+        _import_ray()
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
+        if remote_threshold < 0:
+            raise ValueError(f"remote_threshold must be 0 or more, got {remote_threshold!r}")
+        self.address = address or os.environ.get(ADDRESS_ENV) or None
+        self.max_workers = max_workers
+        self.remote_threshold = remote_threshold
+        self.init_options = init_options
+        self._limit: int | None = None  # most tasks in flight (a cluster's max_workers)
+        # The caller's multiprocessing authkey, for workers on this machine only.
+        self._authkey = b""
+        self._ours = False
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, _Watched] = {}
+        self._queued: deque[_Watched] = deque()
+        self._launched = 0
+        self._routes: dict[str, Callable[[Any], None]] = {}
+        self._remote_job: Any = None
+        self._remote_plain: Any = None
+        self._relay: Any = None
+        self._relay_thread: threading.Thread | None = None
+        self._relay_stop = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to Ray (starting a local instance if need be) and prepare the tasks."""
+        ray = _import_ray()
+        self._ours = _connect(ray, self.address, self._init_options())
+        self._remote_job = ray.remote(num_returns=2, max_retries=0)(_run_job)
+        self._remote_plain = ray.remote(max_retries=0)(_run_plain)
+        if self.address is not None and self.max_workers is not None:
+            self._limit = self.max_workers
+        if self.max_workers is None:
+            cpus = ray.cluster_resources().get("CPU")
+            self.max_workers = max(1, int(cpus)) if cpus else None
+        here = _all_nodes_here(ray)
+        if here:
+            self._authkey = bytes(multiprocessing.current_process().authkey)
+        if self._needs_relay(here):
+            self._start_relay(ray)
+
+    def _init_options(self) -> dict[str, Any]:
+        """``ray.init`` options: quiet by default; a local instance gets its CPUs."""
+        options: dict[str, Any] = {
+            "logging_level": logging.ERROR,  # Ray's own notices; errors still show
+            "log_to_driver": False,  # task logging comes home through daglite's bridge
+        }
+        if self.address is None:
+            n = self.max_workers or usable_cpu_count()
+            self.max_workers = n
+            options["num_cpus"] = n
+            options["include_dashboard"] = False
+            # Workers import what the caller can (like a spawned process pool):
+            # task functions are pickled by reference when their module is importable.
+            path = os.pathsep.join(p for p in sys.path if p)
+            options["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+        options.update(self.init_options)
+        return options
+
+    def stop(self) -> None:
+        """Fail what is in flight, and disconnect (a local instance daglite started stops)."""
+        with self._lock:
+            outers = list(self._in_flight.values())
+            self._in_flight.clear()
+            self._queued.clear()
+            self._launched = 0
+            relay, self._relay = self._relay, None
+            self._relay_stop.set()
+        for outer in outers:
+            outer.settle(False, BackendError("the ray backend was stopped"))
+        ray = _import_ray()
+        if relay is not None:
+            try:
+                ray.kill(relay)
+            except Exception:  # the cluster is gone already
+                logger.debug("could not stop the relay actor", exc_info=True)
+        if self._ours:
+            self._ours = False
+            _disconnect(ray)
+
+    def cancel_running(self) -> None:
+        """Stop every task this backend has in flight, and wait until Ray has stopped them.
+
+        A running task is cancelled with ``force=True``: its worker process is
+        killed, on a local instance or a cluster alike.
+        """
+        with self._lock:
+            outers = list(self._in_flight.values())
+        for outer in outers:
+            outer.cancel()
+        _, late = wait_for_futures(outers, timeout=_STOP_TIMEOUT)
+        if late:
+            logger.warning("%d Ray task(s) were not stopped in time", len(late))
+
+    # -- events ------------------------------------------------------------------
+
+    def event_transport(self, sink: Callable[[Any], None]) -> Transport:
+        """A transport for one evaluation's worker messages; ``_Overdue`` stays here."""
+        route = uuid.uuid4().hex
+        self.ensure_started()
+        with self._lock:
+            self._routes[route] = sink
+            relay = self._relay
+        if relay is not None:
+            return _RayTransport(relay, route, self)
+        from daglite._job import transport
+
+        hub = transport._hub()
+        hub.route(route, partial(self._on_message, sink))
+        return _RayTransport(hub.transport(), route, self)
+
+    def _unroute(self, route: str) -> None:
+        with self._lock:
+            self._routes.pop(route, None)
+        from daglite._job import transport
+
+        hub = transport._HUB
+        if hub is not None:
+            hub.unroute(route)
+
+    def _on_message(self, sink: Callable[[Any], None], message: Any) -> None:
+        """A worker message (hub reader or relay thread): ours, or the run's."""
+        if type(message) is _Overdue:
+            self._overdue(message)
+        else:
+            sink(message)
+
+    def _needs_relay(self, all_nodes_here: bool) -> bool:
+        """Whether worker messages need the relay actor (some node cannot reach the hub)."""
+        return not all_nodes_here
+
+    def _start_relay(self, ray: Any) -> None:
+        """Start the relay actor and the thread that drains it (cluster nodes elsewhere)."""
+        self._relay = ray.remote(num_cpus=0)(_Relay).remote()
+        self._relay_stop.clear()
+        self._relay_thread = threading.Thread(
+            target=self._drain_relay, args=(self._relay,), name="daglite-ray-relay", daemon=True
+        )
+        self._relay_thread.start()
+
+    def _drain_relay(self, relay: Any) -> None:
+        """Hand the relay's messages to their runs until the backend stops."""
+        ray = _import_ray()
+        while self._relay is relay:
+            try:
+                batch = ray.get(relay.take.remote())
+            except Exception:  # stopped, or the cluster went away
+                logger.debug("the Ray relay stopped answering", exc_info=True)
+                return
+            if not batch:
+                self._relay_stop.wait(_RELAY_POLL)  # a poll interval; stop() cuts it short
+                continue
+            for data in batch:
+                route, message = pickle.loads(data)
+                sink = self._routes.get(route)
+                if sink is not None:
+                    self._on_message(sink, message)
+
+    def _overdue(self, message: _Overdue) -> None:
+        """A call timed out: kill its worker, so the runaway really stops."""
+        with self._lock:
+            outer = self._in_flight.get(message.job_key)
+        if outer is None or not outer.refs:
+            return
+        outer.overdue = message.token
+        _import_ray().cancel(outer.refs[0], force=True)
+
+    # -- submit ------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Submit ``fn`` as one Ray task; remote results it takes go in as ``ObjectRef`` s.
+
+        Raises:
+            BackendError: If ``fn`` takes a remote result no longer attached to Ray.
+        """
+        self.ensure_started()
+        from daglite._job.job import _Job
+
+        key = uuid.uuid4().hex
+        if isinstance(fn, _Job):
+            launch = self._job_launcher(fn, key)
+        else:
+            launch = partial(lambda: [self._remote_plain.remote(fn, args, kwargs)])
+        outer = _Watched(self, key, launch)
+        with self._lock:
+            self._in_flight[key] = outer
+            if self._limit is not None and self._launched >= self._limit:
+                self._queued.append(outer)
+                return outer
+            self._launched += 1
+        self._launch(outer)
+        return outer
+
+    def _job_launcher(self, job: Any, key: str) -> Callable[[], list[Any]]:
+        kept = _kept_inputs(job)
+        payload = pickle.dumps(job, protocol=_PICKLE_PROTOCOL)
+        remote = self._remote_job
+        options = self._task_options(job)
+        if options:
+            remote = remote.options(**options)
+        threshold, authkey = self.remote_threshold, self._authkey
+
+        def launch() -> list[Any]:
+            refs: list[Any] = remote.remote(
+                key, payload, threshold, authkey, tuple(kept), *kept.values()
+            )
+            return refs
+
+        return launch
+
+    def _task_options(self, job: Any) -> dict[str, Any]:
+        """Ray options (``num_cpus``, ``num_gpus``, ``resources``) for a job's calls.
+
+        gh-15: this is where a task's ``resources=`` meet Ray. A job needs the
+        most of each resource any of its calls needs.
+        """
+        needs: dict[str, float] = {}
+        for call in job.calls:
+            for name, amount in (getattr(call, "resources", None) or {}).items():
+                needs[name] = max(needs.get(name, 0.0), float(amount))
+        return _ray_resources(needs)
+
+    def _launch(self, outer: _Watched) -> None:
+        """Hand ``outer``'s task to Ray and relay its end to ``outer``."""
+        launch, outer.launch = outer.launch, None
+        try:
+            assert launch is not None
+            outer.refs = launch()
+        except BaseException as exc:  # never leave the engine waiting
+            self._finished(outer)
+            outer.settle(False, exc)
+            return
+        outer.refs[0].future().add_done_callback(partial(self._relay_result, outer))
+
+    def _cancel(self, outer: _Watched) -> bool:
+        """The engine gave up on ``outer``: forget it if queued, else force-cancel it."""
+        with self._lock:
+            queued = outer.launch is not None
+            if queued:
+                self._queued.remove(outer)
+                self._in_flight.pop(outer.key, None)
+            outer.abandoned = True
+        if queued:
+            outer.stopped()
+            return True
+        try:
+            _import_ray().cancel(outer.refs[0], force=True)
+        except Exception:  # over already, or Ray is gone: its result will tell
+            logger.debug("could not cancel a Ray task", exc_info=True)
+        return False
+
+    def _relay_result(self, outer: _Watched, result: Future[Any]) -> None:
+        """The Ray task is over (Ray's callback thread): settle ``outer`` from it."""
+        self._finished(outer)
+        if outer.abandoned:
+            outer.stopped()
+            return
+        exc = result.exception()
+        if exc is not None:
+            outer.settle(False, _map_error(exc, outer.overdue))
+            return
+        value = result.result()
+        if len(outer.refs) > 1:
+            _attach(value, outer.refs[1])
+        outer.refs = []  # from now on only the stand-ins keep kept values alive
+        outer.settle(True, value)
+
+    def _finished(self, outer: _Watched) -> None:
+        """``outer`` left Ray: launch the next queued task, if a limit held it back."""
+        with self._lock:
+            if self._in_flight.pop(outer.key, None) is None:
+                return  # forgotten by stop(): the counts were reset there
+            self._launched -= 1
+            following = self._queued.popleft() if self._queued else None
+            if following is not None:
+                self._launched += 1
+        if following is not None:
+            self._launch(following)
+
+    # -- results -----------------------------------------------------------------
+
+    def materialize(self, value: Any) -> Any:
+        """``value`` with every ``RemoteResult`` in it fetched from the object store."""
+        found: dict[str, RemoteResult] = {}
+        for stand_in in find(value, RemoteResult):
+            found.setdefault(stand_in.key, stand_in)
+        if not found:
+            return value
+        ray = _import_ray()
+        refs = [_ref_of(s) for s in found.values()]
+        kept = dict(zip(found, ray.get(refs)))
+        return _swap_in(value, kept)
+
+    def __repr__(self) -> str:
+        where = self.address or "local instance"
+        return f"<RayBackend {where} max_workers={self.max_workers}>"
+
+
+def _ray_resources(needs: Mapping[str, float]) -> dict[str, Any]:
+    """Ray task options for named resource amounts (``cpu``, ``gpu``, anything else custom)."""
+    options: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for name, amount in needs.items():
+        low = name.lower()
+        if low in {"cpu", "cpus", "num_cpus"}:
+            options["num_cpus"] = amount
+        elif low in {"gpu", "gpus", "num_gpus"}:
+            options["num_gpus"] = amount
+        else:
+            custom[name] = amount
+    if custom:
+        options["resources"] = custom
+    return options
+
+
+def _ref_of(stand_in: RemoteResult) -> Any:
+    if stand_in._ref is None:
+        raise BackendError(
+            f"the remote result {stand_in.key!r} is not attached to a Ray object; "
+            "fetch it with .result() in the process that ran evaluate before passing it on"
+        )
+    return stand_in._ref
+
+
+def _kept_inputs(job: Any) -> dict[str, Any]:
+    """``ObjectRef`` of the kept values among the job's arguments, by job key."""
+    found: dict[str, Any] = {}
+    for call in job.calls:
+        kwargs = getattr(call, "kwargs", None)
+        if kwargs:
+            for stand_in in find(kwargs, RemoteResult):
+                if stand_in.key not in found:
+                    found[stand_in.key] = _ref_of(stand_in)
+    return found
+
+
+def _attach(outcomes: list[Any], ref: Any) -> None:
+    for outcome in outcomes:
+        if isinstance(outcome.value, RemoteResult):
+            outcome.value._ref = ref
+
+
+def _worker_death_errors(rex: Any) -> tuple[type[BaseException], ...]:
+    """Ray's errors that mean the worker (or its node) running a task died."""
+    return (
+        rex.WorkerCrashedError,
+        rex.NodeDiedError,
+        rex.LocalRayletDiedError,
+        rex.OutOfMemoryError,
+        rex.ObjectLostError,
+        rex.RaySystemError,
+    )
+
+
+def _map_error(exc: BaseException, overdue: int | None) -> BaseException:
+    """Map Ray's errors at the boundary: a dead or killed worker becomes ``WorkersLost``."""
+    from ray import exceptions as rex
+
+    if overdue is not None:
+        lost = WorkersLost(
+            {overdue: (True, "timed out; its Ray task was cancelled with force=True")},
+            "a Ray worker was killed to stop a call that timed out",
+        )
+    elif isinstance(exc, rex.TaskCancelledError):
+        return BackendError(f"the Ray task was cancelled outside daglite ({exc})")
+    elif isinstance(exc, rex.RayTaskError) and not isinstance(exc, rex.RaySystemError):
+        cause = getattr(exc, "cause", None)
+        return cause if isinstance(cause, BaseException) else exc
+    elif isinstance(exc, _worker_death_errors(rex)):
+        # Blame nobody: Ray does not say which call of the job ran when the
+        # worker died. The engine reruns the job's calls alone and blames a repeat.
+        lost = WorkersLost({}, f"the Ray worker running it died ({type(exc).__name__}: {exc})")
+    else:
+        return exc
+    lost.__cause__ = exc
+    return lost

@@ -1,0 +1,626 @@
+"""The ray backend: connection, data locality, failures, timeouts, cancellation (gh-18).
+
+Most tests run against the session's head node (``ray start --head``, see
+``conftest.ray_address``); the local instance daglite starts itself is tested
+in fresh interpreters, since Ray connects a process to one cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+pytest.importorskip("ray")
+
+import ray
+
+from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, evaluate_async, task
+from daglite.backends import _ray_worker, get_backend
+from daglite.backends import ray as ray_backend
+from daglite.backends.ray import RayBackend, RemoteResult
+from daglite.exceptions import (
+    ArgumentsNotPicklableError,
+    BackendError,
+    EvaluationError,
+    ResultNotPicklableError,
+)
+from daglite.plugins.hooks import hook_impl
+from daglite.plugins.reporters import get_reporter
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+BIG = 4 * 1024 * 1024  # bytes: over the default remote threshold (1 MiB)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_address: str):
+    """A RayBackend connected to the session's head node."""
+    backend = RayBackend(address=ray_address)
+    backend.ensure_started()
+    yield backend
+    backend.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manager():
+    """Events and queues shared with the Ray worker processes."""
+    with multiprocessing.get_context("spawn").Manager() as m:
+        yield m
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _assert_exited(pids: list[int], deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    alive = pids
+    while time.monotonic() < end:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return
+        time.sleep(0.1)  # bounded poll for process exit, not synchronisation
+    raise AssertionError(f"processes left running: {alive}")
+
+
+# -- tasks (module level: the workers import this module) --------------------------------
+
+
+@task
+def where(x: int) -> int:
+    return os.getpid()
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@task
+def explode(x: int) -> int:
+    raise ValueError(f"boom {x}")
+
+
+@task
+def die() -> int:
+    os._exit(1)
+
+
+@task
+def die_at(i: int, fatal: int) -> int:
+    if i == fatal:
+        os._exit(1)
+    return i
+
+
+@task
+def make_big(n: int) -> Any:
+    import numpy as np
+
+    return np.ones(n // 8)
+
+
+@task
+def read_big(array: Any) -> tuple[float, bool, int]:
+    # Read-only: Ray handed the array out of its object store, not a copy.
+    return float(array.sum()), bool(array.flags.writeable), os.getpid()
+
+
+@task
+def pid_of(read: tuple[float, bool, int]) -> int:
+    return read[2]
+
+
+@task
+def first_of(arrays: list[Any]) -> float:
+    return float(arrays[0][0])
+
+
+@task
+def spin(running, pids, stop) -> int:
+    """A long loop: runs until the test sets ``stop``, whatever daglite does."""
+    pids.put(os.getpid())
+    running.set()
+    give_up = time.monotonic() + 120  # a deadlock detector, never reached when all is well
+    while not stop.wait(0.005) and time.monotonic() < give_up:
+        pass
+    return 0
+
+
+@task
+def explode_while_running(running) -> int:
+    if not running.wait(60):
+        raise TimeoutError("spin never started")
+    raise ValueError("boom while spin runs")
+
+
+@task(timeout=1.0)
+def stuck(pids, stop) -> int:
+    pids.put(os.getpid())
+    stop.wait(120)  # blocks: only killing its worker stops it
+    return 0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.results: dict[str, Any] = {}
+        self.errors: list[BaseException] = []
+
+    @hook_impl
+    def after_node_execute(self, key, result):
+        self.results[key] = result
+
+    @hook_impl
+    def on_node_error(self, key, error):
+        self.errors.append(error)
+
+
+# -- connecting ----------------------------------------------------------------------------
+
+
+def test_tasks_run_in_ray_worker_processes(cluster):
+    pids = evaluate(where.product(x=[1, 2, 3]), backend=cluster)
+    assert os.getpid() not in pids
+    assert all(_alive(p) for p in pids)
+
+
+def test_registry_name_connects_to_the_address_in_the_environment(ray_address):
+    # conftest set DAGLITE_RAY_ADDRESS to the head node: backend="ray" goes there.
+    backend = get_backend("ray")
+    assert evaluate(double(4), backend="ray") == 8
+    assert backend.address == ray_address
+    port = ray_address.rsplit(":", 1)[1]
+    assert ray.get_runtime_context().gcs_address.endswith(f":{port}")
+
+
+def test_stopping_a_backend_on_a_cluster_leaves_the_cluster_up(ray_address):
+    backend = RayBackend(address=ray_address)
+    with backend:
+        assert evaluate(double(2), backend=backend) == 4
+    assert evaluate(double(3), backend=RayBackend(address=ray_address)) == 6
+
+
+def test_a_second_cluster_in_one_process_is_refused(cluster):
+    other = RayBackend(address="127.0.0.1:1")
+    with pytest.raises(BackendError, match="one cluster"):
+        other.ensure_started()
+
+
+def test_backend_options_are_checked():
+    with pytest.raises(ValueError, match="max_workers must be greater than 0, got 0"):
+        RayBackend(max_workers=0)
+    with pytest.raises(ValueError, match="remote_threshold must be 0 or more"):
+        RayBackend(remote_threshold=-1)
+
+
+def test_max_workers_on_a_cluster_bounds_tasks_in_flight(ray_address, manager):
+    # The first task waits (bounded) for the second to start. With one task in
+    # flight at most, the second starts only after the first returned.
+    started = manager.Event()
+    backend = RayBackend(address=ray_address, max_workers=1)
+
+    @task
+    def first(started) -> bool:
+        return started.wait(3)
+
+    @task
+    def unrelated(started) -> bool:
+        started.set()
+        return True
+
+    with backend:
+        alone = evaluate([first(started), unrelated(started)], backend=backend)
+    assert alone == [False, True]
+
+
+def _run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": SRC, **(env or {})}
+    # The local instance is the script's own, not the session's head node.
+    for name in ("DAGLITE_RAY_ADDRESS", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        full_env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=full_env,
+    )
+
+
+def test_local_instance_is_started_quietly_and_stopped_at_exit():
+    # daglite starts a local instance (its CPUs from max_workers), prints
+    # nothing, and the instance's processes end with the interpreter.
+    proc = _run_python(
+        """
+        import os, psutil, ray
+        from daglite import evaluate, task
+        from daglite.backends.ray import RayBackend
+
+        @task
+        def pid(x: int) -> int:
+            return os.getpid()
+
+        backend = RayBackend(max_workers=3)
+        worker = evaluate(pid(1), backend=backend)
+        mine = psutil.Process().children(recursive=True)
+        names = " ".join(p.name() for p in mine)
+        print("CPUS", int(ray.cluster_resources()["CPU"]), file=os.sys.stderr)
+        print("PIDS", *[p.pid for p in mine], file=os.sys.stderr)
+        print("WORKER", worker in [p.pid for p in mine], file=os.sys.stderr)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # nothing printed by default
+    lines = {line.split()[0]: line.split()[1:] for line in proc.stderr.splitlines() if line}
+    assert lines["CPUS"] == ["3"]
+    assert lines["WORKER"] == ["True"]
+    _assert_exited([int(p) for p in lines["PIDS"]])
+
+
+def test_local_instance_options_are_quiet_and_without_dashboard(monkeypatch):
+    monkeypatch.delenv("DAGLITE_RAY_ADDRESS", raising=False)
+    options = RayBackend(max_workers=3, object_store_memory=10**8)._init_options()
+    assert options["num_cpus"] == 3
+    assert options["include_dashboard"] is False
+    assert options["log_to_driver"] is False
+    assert options["logging_level"] >= logging.ERROR
+    assert options["object_store_memory"] == 10**8  # **init_options go to ray.init
+    # A cluster's size is its own: only the quiet options are given.
+    on_cluster = RayBackend(address="10.0.0.1:6379", max_workers=3)._init_options()
+    assert "num_cpus" not in on_cluster and "include_dashboard" not in on_cluster
+
+
+def test_a_connection_the_user_made_is_used_and_left_open():
+    proc = _run_python(
+        """
+        import ray
+        from daglite import evaluate, task
+        from daglite.backends.ray import RayBackend
+
+        @task
+        def one() -> int:
+            return 1
+
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+        with RayBackend() as backend:
+            assert evaluate(one(), backend=backend) == 1
+        print(ray.is_initialized())
+        ray.shutdown()
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+
+
+def test_missing_ray_raises_backend_error_with_install_hint():
+    proc = _run_python(
+        """
+        import sys
+        sys.modules["ray"] = None
+        from daglite import evaluate, task
+        from daglite.exceptions import BackendError
+
+        @task
+        def one() -> int:
+            return 1
+
+        try:
+            evaluate(one(), backend="ray")
+        except BackendError as exc:
+            print(str(exc))
+            print(exc.__cause__ is None, exc.__suppress_context__)
+        print(evaluate(one(), backend="processes"))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "the 'ray' backend needs the 'ray' package; install it with `pip install daglite[ray]`",
+        "True True",
+        "1",
+    ]
+
+
+def test_importing_daglite_does_not_import_ray():
+    proc = _run_python(
+        """
+        import sys
+        import daglite, daglite.backends, daglite.engine
+        from daglite.backends import available_backends
+        print("ray" in sys.modules, "ray" in available_backends())
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False True"
+
+
+# -- events and hooks ----------------------------------------------------------------------
+
+
+@task
+def chatty(n: int, gate) -> bool:
+    reporter = get_reporter()
+    for j in range(n):
+        reporter.report("seq", {"j": j})
+    # Blocks until the caller's handler has seen the first half: those events
+    # travelled home while this task still runs.
+    seen = gate.wait(60)
+    for j in range(n, 2 * n):
+        reporter.report("seq", {"j": j})
+    return seen
+
+
+class Sequence:
+    def __init__(self, gate, n: int) -> None:
+        self.gate, self.n, self.seen = gate, n, []
+
+    def register_event_handlers(self, registry):
+        registry.on("seq", self.on_seq)
+
+    def on_seq(self, event):
+        self.seen.append(event["j"])
+        if len(self.seen) == self.n:
+            self.gate.set()
+
+
+def test_events_arrive_while_the_task_runs_and_in_order(cluster, manager):
+    gate = manager.Event()
+    plugin = Sequence(gate, 5)
+    assert evaluate(chatty(5, gate), backend=cluster, plugins=[plugin]) is True
+    assert plugin.seen == list(range(10))
+
+
+def test_events_travel_through_the_relay_actor_when_nodes_are_elsewhere(
+    ray_address, manager, monkeypatch
+):
+    # As on a cluster whose nodes cannot reach the caller's socket.
+    monkeypatch.setattr(RayBackend, "_needs_relay", lambda self, here: True)
+    backend = RayBackend(address=ray_address)
+    gate = manager.Event()
+    plugin = Sequence(gate, 5)
+    with backend:
+        assert backend._relay is not None
+        assert evaluate(chatty(5, gate), backend=backend, plugins=[plugin]) is True
+    assert plugin.seen == list(range(10))
+
+
+# -- data locality -------------------------------------------------------------------------
+
+
+def test_big_intermediate_results_stay_in_the_object_store(cluster):
+    plugin = Recorder()
+    summed, writeable, _ = evaluate(read_big(make_big(BIG)), backend=cluster, plugins=[plugin])
+    assert summed == BIG // 8
+    assert writeable is False  # zero-copy out of the object store
+    stand_in = plugin.results["make_big"]
+    assert isinstance(stand_in, RemoteResult)
+    assert stand_in.nbytes == BIG
+    assert stand_in.type_name == "numpy.ndarray"
+
+
+def test_final_big_results_are_materialized(cluster):
+    result = evaluate(make_big(BIG), backend=cluster)
+    assert type(result).__name__ == "ndarray" and result.nbytes == BIG
+
+
+def test_stand_ins_in_lists_reach_downstream_tasks(cluster):
+    assert evaluate(first_of([make_big(BIG), make_big(BIG)]), backend=cluster) == 1.0
+
+
+def test_stand_ins_are_released_when_no_consumer_needs_them(cluster):
+    # The stand-in holds the only ObjectRef in the caller: once gone, Ray frees
+    # the value. By the time `after` starts, `read_big` (the only consumer) is done.
+    refs: list[weakref.ref[Any]] = []
+    alive_then: list[bool] = []
+
+    class Watch:
+        @hook_impl
+        def after_node_execute(self, key, result):
+            if isinstance(result, RemoteResult):
+                refs.append(weakref.ref(result))
+
+        @hook_impl
+        def before_node_execute(self, key):
+            if key == "double":
+                gc.collect()
+                alive_then.append(refs[0]() is not None)
+
+    evaluate(double(pid_of(read_big(make_big(BIG)))), backend=cluster, plugins=[Watch()])
+    assert alive_then == [False]
+
+
+def test_mixed_dag_processes_and_ray(cluster):
+    on_processes = make_big.with_options(backend="processes")
+    on_ray_reader = read_big
+    on_processes_reader = read_big.with_options(backend="processes")
+    a = on_ray_reader(on_processes(BIG))  # processes -> ray
+    b = on_processes_reader(make_big(BIG))  # ray stand-in -> processes (fetched)
+    (sum_a, _, pid_a), (sum_b, _, pid_b) = evaluate([a, b], backend=cluster)
+    assert sum_a == sum_b == BIG // 8
+    assert pid_a != pid_b
+
+
+def test_remote_result_copy_is_detached():
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(RemoteResult("k", 1, 10, "x.y")))
+    with pytest.raises(BackendError, match="not attached"):
+        copy.result()
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+def test_task_error_names_the_task_and_keeps_the_cause(cluster):
+    with pytest.raises(TaskError, match=r"task 'explode' \(key 'explode'\)") as info:
+        evaluate(explode(1), backend=cluster)
+    assert isinstance(info.value.error, ValueError)
+
+
+def test_unpicklable_input_names_the_task_and_the_parameter(cluster):
+    @task
+    def takes(lock: Any) -> int:
+        return 1
+
+    with pytest.raises(TaskError, match="'takes'") as info:
+        evaluate(takes(threading.Lock()), backend=cluster)
+    assert isinstance(info.value.error, ArgumentsNotPicklableError)
+    assert "parameter 'lock'" in str(info.value.error)
+
+
+class _BigAndLocked:
+    nbytes = 10 * 1024 * 1024  # says it is big: it would stay in the object store
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small", "big"])
+def test_unpicklable_result_names_the_task(cluster, big):
+    @task
+    def gives() -> Any:
+        return _BigAndLocked() if big else threading.Lock()
+
+    with pytest.raises(TaskError, match="'gives'") as info:
+        evaluate(gives(), backend=cluster)
+    assert isinstance(info.value.error, ResultNotPicklableError)
+    assert "result" in str(info.value.error)
+
+
+def test_worker_death_raises_worker_lost_error(cluster):
+    plugin = Recorder()
+    with pytest.raises(WorkerLostError, match=r"task 'die' \(key 'die'\) lost its worker") as info:
+        evaluate(die(), backend=cluster, plugins=[plugin])
+    assert info.value.task_name == "die"
+    assert [type(e) for e in plugin.errors] == [WorkerLostError]
+    assert evaluate(total(double.product(x=[1, 2])), backend=cluster) == 6
+
+
+def test_worker_death_in_a_batched_job_blames_only_the_dying_call(cluster):
+    dag = die_at.product(i=list(range(6)), fatal=[3])
+    with pytest.raises(EvaluationError) as info:
+        evaluate(dag, backend=cluster, on_error="continue")
+    assert list(info.value.errors) == ["die_at[3]"]
+    assert isinstance(info.value.errors["die_at[3]"], WorkerLostError)
+    assert sorted(info.value.results) == [f"die_at[{i}]" for i in (0, 1, 2, 4, 5)]
+
+
+def test_timeout_kills_the_worker_of_the_task(cluster, manager):
+    pids, stop = manager.Queue(), manager.Event()
+    try:
+        with pytest.raises(TaskTimeoutError, match="'stuck'") as info:
+            evaluate(stuck(pids, stop), backend=cluster)
+        assert isinstance(info.value.error, TimeoutError)
+        _assert_exited([pids.get(timeout=10)])  # ray.cancel(force=True) ended it
+    finally:
+        stop.set()
+    assert evaluate(double(4), backend=cluster) == 8
+
+
+def test_failure_stops_a_sibling_running_on_ray(cluster, manager):
+    running, stop, pids = manager.Event(), manager.Event(), manager.Queue()
+    dag = [spin(running, pids, stop), explode_while_running(running)]
+    try:
+        with pytest.raises(TaskError, match="boom while spin runs"):
+            evaluate(dag, backend=cluster)
+        # Cancelled with force=True before evaluate raised: its worker is gone.
+        assert not _alive(pids.get(timeout=10))
+    finally:
+        stop.set()
+    assert evaluate(total(double.product(x=[1, 2, 3])), backend=cluster) == 12
+
+
+def test_cancelled_evaluate_async_stops_its_task(cluster, manager):
+    running, stop, pids = manager.Event(), manager.Event(), manager.Queue()
+
+    async def cancel_once_running() -> int:
+        run = asyncio.ensure_future(evaluate_async(spin(running, pids, stop), backend=cluster))
+        pid = await asyncio.get_running_loop().run_in_executor(None, pids.get, True, 60)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        return pid
+
+    try:
+        assert not _alive(asyncio.run(cancel_once_running()))
+    finally:
+        stop.set()
+    assert evaluate(double(21), backend=cluster) == 42
+
+
+def test_ctrl_c_stops_the_running_task_before_evaluate_raises(cluster, manager):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.fail("this test sends SIGINT, which only the main thread receives")
+    running, stop, pids = manager.Event(), manager.Event(), manager.Queue()
+    spinning: list[int] = []
+
+    def press_ctrl_c_once_running() -> None:
+        spinning.append(pids.get(timeout=60))
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    presser = threading.Thread(target=press_ctrl_c_once_running)
+    try:
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(spin(running, pids, stop), backend=cluster)
+        presser.join(60)
+        assert not _alive(spinning[0])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stop.set()
+    assert evaluate(double(8), backend=cluster) == 16
+
+
+# -- resources (gh-15) ---------------------------------------------------------------------
+
+
+def test_resources_map_onto_ray_options():
+    assert ray_backend._ray_resources({}) == {}
+    assert ray_backend._ray_resources({"cpu": 2, "GPU": 0.5, "tpu": 1, "memory_gb": 4}) == {
+        "num_cpus": 2,
+        "num_gpus": 0.5,
+        "resources": {"tpu": 1, "memory_gb": 4},
+    }
+
+
+def test_a_job_asks_for_the_most_any_of_its_calls_needs():
+    class Call:
+        def __init__(self, resources: dict[str, float] | None) -> None:
+            self.resources = resources
+
+    class Job:
+        calls = [Call({"gpu": 1, "cpu": 1}), Call(None), Call({"cpu": 4, "disk": 2})]
+
+    options = RayBackend._task_options(object.__new__(RayBackend), Job())
+    assert options == {"num_cpus": 4.0, "num_gpus": 1.0, "resources": {"disk": 2.0}}
+
+
+def test_sizes_are_estimated_without_copying():
+    sizeof = _ray_worker._sizeof
+    assert sizeof(b"x" * 1000) == 1000
+    assert sizeof(bytearray(BIG)) == BIG
+    assert sizeof([b"x" * 1000] * 1000) >= 1_000_000
+    assert sizeof({"a": bytes(BIG)}) >= BIG
+    assert sizeof(3) < 100
