@@ -224,9 +224,16 @@ def test_tasks_run_in_dask_worker_processes(cluster):
 
 
 def test_embedded_cluster_listens_on_loopback_only(cluster):
-    procs = [psutil.Process(), *(psutil.Process(p) for p in cluster.worker_pids())]
+    workers = [psutil.Process(p) for p in cluster.worker_pids()]
     listening = [
-        c.laddr.ip for p in procs for c in p.net_connections("inet") if c.status == "LISTEN"
+        c.laddr.ip for p in workers for c in p.net_connections("inet") if c.status == "LISTEN"
+    ]
+    # In the caller, only the scheduler's port is Dask's (a Ray driver may share the process).
+    port = int(cluster.client.scheduler.address.rsplit(":", 1)[1])
+    listening += [
+        c.laddr.ip
+        for c in psutil.Process().net_connections("inet")
+        if c.status == "LISTEN" and c.laddr.port == port
     ]
     assert listening and set(listening) == {"127.0.0.1"}
 
