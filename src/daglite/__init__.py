@@ -18,6 +18,7 @@ from daglite.exceptions import (
     GraphError,
     ResultNotPicklableError,
     TaskError,
+    TaskMemoryError,
     TaskTimeoutError,
     WorkerLostError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFuture",
+    "TaskMemoryError",
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",

@@ -15,6 +15,8 @@ from typing import Any, Generic, Literal, TypeVar, final, overload
 
 from typing_extensions import ParamSpec
 
+from daglite._limits import check_resources, parse_memory
+
 __all__ = ["Task", "TaskFuture", "task"]
 
 P = ParamSpec("P")
@@ -23,7 +25,9 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 _MapMode = Literal["product", "zip"]
-_OPTION_NAMES = frozenset({"name", "description", "backend", "retries", "timeout"})
+_OPTION_NAMES = frozenset(
+    {"name", "description", "backend", "retries", "timeout", "memory", "resources"}
+)
 # Sequence types that product()/zip() fan out; anything else is a fixed value.
 _FANNED_TYPES = (list, tuple, range)
 
@@ -126,6 +130,10 @@ class Task(Generic[P, R]):
         backend: Backend name or instance this task always runs on, or None.
         retries: How many more times a failing call is re-run.
         timeout: Seconds after which a call fails with ``TaskTimeoutError``.
+        memory: Bytes a call may use (its worker's RSS) before it fails with
+            ``TaskMemoryError`` (processes backend), or None.
+        resources: Named resources each call holds while it runs
+            (``{"gpu": 1}``), or None; capacities are ``evaluate(resources=)``.
         fixed: Parameters fixed by ``partial()``.
     """
 
@@ -137,12 +145,14 @@ class Task(Generic[P, R]):
         "fixed",
         "func",
         "is_async",
+        "memory",
         "name",
+        "resources",
         "retries",
         "timeout",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one argument per option
         self,
         func: Callable[..., Any],
         *,
@@ -151,6 +161,8 @@ class Task(Generic[P, R]):
         backend: Any = None,
         retries: int = 0,
         timeout: float | None = None,
+        memory: int | str | None = None,
+        resources: Mapping[str, float] | None = None,
         fixed: Mapping[str, Any] | None = None,
         _sig: _Signature | None = None,
     ) -> None:
@@ -169,6 +181,9 @@ class Task(Generic[P, R]):
         self.backend = backend
         self.retries = retries
         self.timeout = None if timeout is None else float(timeout)
+        # gh-15: checked here, so a bad limit fails where the task is made.
+        self.memory = parse_memory(memory, f"task {self.name!r}: memory")
+        self.resources = check_resources(resources, self.name)
         self.fixed: dict[str, Any] = dict(fixed or {})
         self.is_async = inspect.iscoroutinefunction(func)
         self._sig = _sig or _Signature(func)
@@ -187,6 +202,8 @@ class Task(Generic[P, R]):
             "backend": self.backend,
             "retries": self.retries,
             "timeout": self.timeout,
+            "memory": self.memory,
+            "resources": self.resources,
             "fixed": self.fixed,
         }
         opts.update(changes)
@@ -419,16 +436,19 @@ def task(
     backend: Any = None,
     retries: int = 0,
     timeout: float | None = None,
+    memory: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> _TaskDecorator: ...
 def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Turn a function (sync or ``async def``) into a ``Task``.
 
     Use bare (``@task``) or with options (``@task(name=..., backend="threads",
-    retries=2, timeout=10.0)``).
+    retries=2, timeout=10.0, memory="2GB", resources={"gpu": 1})``).
 
     Raises:
         TypeError: For an unknown option.
-        ValueError: For a negative ``retries`` or a non-positive ``timeout``.
+        ValueError: For a negative ``retries``, a non-positive ``timeout``, a
+            malformed or non-positive ``memory``, or bad ``resources``.
     """
     for opt in options:
         if opt not in _OPTION_NAMES:
