@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
+from daglite._job.call import in_worker_process
+from daglite._limits import check_capacities, parse_memory
 from daglite._run import OnError, _Run
+from daglite._run.resources import ResourceGate, check_requests
 from daglite.backends import backend_namer, get_backend
 from daglite.backends.base import Backend
 from daglite.graph.builder import build_graph
@@ -67,12 +70,26 @@ def _resolve_backend(backend: str | Backend | None, options: dict[str, Any]) -> 
     if isinstance(backend, Backend):
         if options:
             raise TypeError("backend options can only be given with a backend name")
-        return backend
+        return _within_budget(backend)
     if backend is None:
         backend = default_backend_name()
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a name or a Backend instance, got {backend!r}")
-    return get_backend(backend, **options)
+    return _within_budget(get_backend(backend, **options))
+
+
+def _within_budget(backend: Backend) -> Backend:
+    """The backend a run uses for ``backend``: itself, unless the run is nested in a worker.
+
+    gh-15: a task running in a worker process (a pool's or Dask's) holds one
+    slot of its caller's budget. A run it starts on a backend that would
+    start worker processes of its own (a process pool, an embedded Dask
+    cluster) runs on that slot instead, in this process: no pool of pools,
+    and nothing left behind at exit.
+    """
+    if backend.starts_processes() and in_worker_process():
+        return get_backend("inline")
+    return backend
 
 
 def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
@@ -83,10 +100,10 @@ def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
         if chosen is None:
             return default
         if isinstance(chosen, Backend):
-            return chosen
+            return _within_budget(chosen)
         found = cache.get(chosen)
         if found is None:
-            found = cache[chosen] = get_backend(chosen)
+            found = cache[chosen] = _within_budget(get_backend(chosen))
         return found
 
     return backend_of
@@ -102,17 +119,22 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
     on_error: str,
     options: dict[str, Any],
     is_async: bool,
+    limits: tuple[object, object] = (None, None),
 ) -> tuple[_Run, Callable[[list[Any]], Any]]:
     if on_error not in ("raise", "continue"):
         raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
+    memory = parse_memory(limits[0], "evaluate(): memory_per_task")
+    capacities = check_capacities(limits[1])
     roots, rebuild = _roots_of(future)
     default = _resolve_backend(backend, options)
     pick = _backend_picker(default)
 
     name_of = backend_namer(backend)
     graph = build_graph(roots, name_of)
-    for task in {f.task for f in graph.futures}:
+    tasks = {f.task for f in graph.futures}
+    for task in tasks:
         name_of(task)  # an unknown backend name fails here, before anything runs
+    check_requests(tasks, capacities)  # and so does a resource the run cannot give
     extra = list(plugins or ())
     if progress:
         from daglite.plugins.builtin.progress import progress_plugin_if_terminal
@@ -129,7 +151,11 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
 
         extra.append(trace_plugin(trace))
     hooks = dispatcher_for(extra).for_run()
-    return _Run(graph, default, pick, hooks, on_error, is_async), rebuild  # type: ignore[arg-type]
+    run = _Run(graph, default, pick, hooks, on_error, is_async)  # type: ignore[arg-type]
+    run.memory_default = memory
+    if capacities:
+        run.gate = ResourceGate(capacities)
+    return run, rebuild
 
 
 @overload
@@ -142,6 +168,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -154,6 +182,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -166,6 +196,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -178,6 +210,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -190,9 +224,11 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
-def evaluate(
+def evaluate(  # noqa: PLR0913 - one argument per option
     future: Any,
     *,
     backend: str | Backend | None = None,
@@ -201,6 +237,8 @@ def evaluate(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> Any:
     """Run the DAG behind ``future`` and return its result.
@@ -218,18 +256,34 @@ def evaluate(
             in Perfetto).
         on_error: ``"raise"`` fails fast; ``"continue"`` runs everything that does
             not depend on a failure, then raises ``EvaluationError`` with all of them.
+        memory_per_task: Memory limit of every task that sets no ``memory=``
+            (``"2GB"``, or bytes); enforced on the processes backend.
+        resources: Capacities of named resources (``{"gpu": 2}``): calls of
+            tasks with ``resources=`` never hold more at once, on any backend.
         **backend_options: Constructor arguments of the named backend (``max_workers=``).
 
     Raises:
-        TaskError: A task failed (``TaskTimeoutError``, ``WorkerLostError`` are subclasses).
+        TaskError: A task failed (``TaskTimeoutError``, ``TaskMemoryError``,
+            ``WorkerLostError`` are subclasses).
         EvaluationError: With ``on_error="continue"``, when any task failed.
         BackendError: For an unknown or unavailable backend.
         GraphError: For a malformed graph.
         TypeError: If ``report`` or ``trace`` is not a ``str`` or ``os.PathLike``.
-        ValueError: If ``report`` or ``trace`` is a directory or its directory is missing.
+        ValueError: If ``report`` or ``trace`` is a directory or its directory is
+            missing; for a bad ``memory_per_task`` or ``resources``; or when a
+            task asks for a resource the run does not have, or more than its capacity.
     """
     run, rebuild = _prepare(
-        future, backend, plugins, progress, report, trace, on_error, backend_options, False
+        future,
+        backend,
+        plugins,
+        progress,
+        report,
+        trace,
+        on_error,
+        backend_options,
+        False,
+        (memory_per_task, resources),
     )
     return rebuild(run.execute())
 
@@ -244,6 +298,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -256,6 +312,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -268,6 +326,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -280,6 +340,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -292,9 +354,11 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
-async def evaluate_async(
+async def evaluate_async(  # noqa: PLR0913 - one argument per option
     future: Any,
     *,
     backend: str | Backend | None = None,
@@ -303,6 +367,8 @@ async def evaluate_async(
     report: str | os.PathLike[str] | None = None,
     trace: str | os.PathLike[str] | None = None,
     on_error: OnError = "raise",
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> Any:
     """Like ``evaluate``, without blocking the running event loop.
@@ -313,7 +379,16 @@ async def evaluate_async(
     ``trace=`` writes a Chrome trace file, as for ``evaluate``.
     """
     run, rebuild = _prepare(
-        future, backend, plugins, progress, report, trace, on_error, backend_options, True
+        future,
+        backend,
+        plugins,
+        progress,
+        report,
+        trace,
+        on_error,
+        backend_options,
+        True,
+        (memory_per_task, resources),
     )
     # The loop runs in the caller's context (as asyncio.to_thread does), so
     # hooks see the caller's context variables: its current span, say.

@@ -107,7 +107,7 @@ def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
     for name in follows:
         kwargs[name] = value
     fields = (call.token, call.name, call.key, call.func, kwargs, call.timeout, call.style)
-    return _new_call((*fields, None, None))  # a plain call now: no slice, fed already
+    return _new_call((*fields, None, None, call.memory))  # a plain call now: fed already
 
 
 @final
@@ -183,7 +183,7 @@ def _dumps_calls(calls: Sequence[_Call | _Poisoned]) -> tuple[dict[int, bytes], 
                 rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
                 continue
         row = (call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style)
-        rows.append((*row, call.elems, call.follows))
+        rows.append((*row, call.elems, call.follows, call.memory))
     try:
         body = pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
     except Exception:
@@ -197,7 +197,7 @@ def _poison_if_unpicklable(row: Any) -> Any:
 
     if isinstance(row, _Poisoned):
         return row
-    token, name, _key, _fid, kwargs, _timeout, _style, elems, _follows = row
+    token, name, _key, _fid, kwargs, _timeout, _style, elems, _follows, _memory = row
     if elems is not None:
         try:
             cloudpickle.dumps(elems, protocol=_PICKLE_PROTOCOL)
@@ -250,9 +250,9 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: bytes) -> list[_Call]:
         if isinstance(row, _Poisoned):
             calls.append(row)
         else:
-            token, name, key, fid, kwargs, timeout, style, elems, follows = row
+            token, name, key, fid, kwargs, timeout, style, elems, follows, memory = row
             func = funcs[fid]
             calls.append(
-                _new_call((token, name, key, func, kwargs, timeout, style, elems, follows))
+                _new_call((token, name, key, func, kwargs, timeout, style, elems, follows, memory))
             )
     return calls

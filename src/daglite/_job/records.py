@@ -42,10 +42,13 @@ class _Call(NamedTuple):
     # Parameters that take the result of the call before it in the job (a fused
     # chain); None for an independent call.
     follows: tuple[str, ...] | None = None
+    # Bytes the call's worker may hold (gh-15), or None: enforced where a pool
+    # watches its workers (the processes backend).
+    memory: int | None = None
 
 
 # ``_Call(...)`` runs a Python-level ``__new__``; the engine builds the tuple
-# directly (all nine fields: defaults do not apply).
+# directly (all ten fields: defaults do not apply).
 _new_call: Final = partial(tuple.__new__, _Call)
 
 

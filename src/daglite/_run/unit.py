@@ -87,8 +87,11 @@ class _Unit:
         self.done = False
 
 
-def call_of(unit: _Unit) -> _Call:
-    """The record a job runs for ``unit``'s current attempt."""
+def call_of(unit: _Unit, memory: int | None = None) -> _Call:
+    """The record a job runs for ``unit``'s current attempt.
+
+    ``memory`` is the run's limit for tasks that set none (``memory_per_task``).
+    """
     task = unit.task
     return _new_call(
         (
@@ -101,6 +104,7 @@ def call_of(unit: _Unit) -> _Call:
             task._sig.call_style,
             unit.elems,
             unit.follows,
+            task.memory or memory,
         )
     )
 
