@@ -597,6 +597,10 @@ class DaskBackend(Backend):
         if late:
             logger.warning("%d Dask task(s) were not stopped in time", len(late))
 
+    def starts_processes(self) -> bool:
+        """True when it would start an embedded cluster (gh-15: not inside a worker)."""
+        return self.address is None and self._user_client is None
+
     @property
     def client(self) -> Client:
         """The ``distributed.Client`` in use (starts the backend)."""
