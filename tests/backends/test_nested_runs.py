@@ -223,3 +223,14 @@ def test_nested_processes_script_exits_promptly_leaving_nothing(tmp_path: Any) -
         time.sleep(0.1)
         left = _marked(marker)
     assert left == []
+
+
+def test_a_dask_label_in_the_callers_own_process_is_no_worker(monkeypatch: Any) -> None:
+    # A Dask cluster with processes=False runs jobs in the caller's process,
+    # which names itself like a Dask worker: its runs must still use processes.
+    from daglite._job import call
+
+    monkeypatch.setattr(call, "process_label", "tcp://127.0.0.1:1")
+    assert not call.in_worker_process()
+    caller = os.getpid()
+    assert evaluate(task(os.getpid)(), backend="processes") != caller

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import multiprocessing
 import os
 import threading
 import time
@@ -52,8 +53,13 @@ def in_worker_process() -> bool:
     """True in a process that runs calls for a caller elsewhere (a pool or Dask worker).
 
     A run started by a task here is nested in that caller's budget (gh-15).
+    A Dask worker names itself (``process_label``); one in the caller's own
+    process (a cluster with ``processes=False``, a job run locally) is not a
+    worker process: those run in the process that started them.
     """
-    return worker is not None or bool(process_label)
+    if worker is not None:
+        return True
+    return bool(process_label) and multiprocessing.parent_process() is not None
 
 
 def _pool_worker(home: _Home) -> _PoolWorker | None:
