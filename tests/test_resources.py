@@ -136,3 +136,38 @@ def test_a_failed_task_gives_its_resources_back() -> None:
         )
     assert set(info.value.errors) == {"boom"}
     assert sorted(info.value.results.values()) == [2, 3]
+
+
+def test_resources_pass_through_to_a_dask_cluster_of_yours() -> None:
+    distributed = pytest.importorskip("distributed")
+    from daglite.backends.dask import DaskBackend
+
+    @task(resources={"gpu": 1})
+    def restrictions(x: int) -> dict[str, float]:
+        from distributed.worker import thread_state
+
+        worker = distributed.get_worker()
+        return dict(worker.state.tasks[thread_state.key].resource_restrictions or {})
+
+    @task
+    def plain(x: int) -> dict[str, float]:
+        from distributed.worker import thread_state
+
+        worker = distributed.get_worker()
+        return dict(worker.state.tasks[thread_state.key].resource_restrictions or {})
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            # A worker process: one in this process would leave the log bridge's
+            # worker-side handler installed here for the tests after this one.
+            processes=True,
+            resources={"gpu": 2},
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        DaskBackend(client=client) as backend,
+    ):
+        out = evaluate([restrictions(1), plain(2)], backend=backend, resources={"gpu": 2})
+    assert out == [{"gpu": 1}, {}]

@@ -40,11 +40,20 @@ from daglite.plugins.reporters import FLUSH_INTERVAL
 class _Job:
     """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
 
-    __slots__ = ("calls", "home")
+    __slots__ = ("calls", "home", "resources")
 
-    def __init__(self, home: _Home, calls: Sequence[_Call | _Poisoned]) -> None:
+    def __init__(
+        self,
+        home: _Home,
+        calls: Sequence[_Call | _Poisoned],
+        resources: dict[str, float] | None = None,
+    ) -> None:
         self.home = home
         self.calls = calls
+        # gh-15: the named resources the job's calls hold (the most any one of
+        # them asks for: they run one after another). Read in the caller by a
+        # backend that schedules resources itself (Dask); never pickled.
+        self.resources = resources
 
     def __call__(self) -> Outcomes:
         """Run the calls in order.

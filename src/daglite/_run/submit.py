@@ -130,6 +130,8 @@ class _Submitting:
             track(unit)
         memory = self.memory_default
         job = _Job(self._home_for(backend), [call_of(u, memory) for u in units])
+        if self.gate is not None:
+            job.resources = _resources_of(units)
         backend.ensure_started()
         future = backend.submit(job)
         self.in_flight[id(job)] = future
@@ -172,3 +174,15 @@ class _Submitting:
             self.gate.clear()
         for admitted in self.gate.release(unit):
             self._queue_units(admitted.backend, [admitted])
+
+
+def _resources_of(units: list[_Unit]) -> dict[str, float] | None:
+    """What a job's calls hold, for a backend that schedules resources too (gh-15).
+
+    The most any one call asks for, per resource: the calls run one after another.
+    """
+    need: dict[str, float] = {}
+    for unit in units:
+        for name, amount in (unit.task.resources or {}).items():
+            need[name] = max(amount, need.get(name, 0))
+    return need or None
