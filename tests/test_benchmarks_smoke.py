@@ -93,3 +93,16 @@ def test_trace_cost_runs_every_variant():
     for variant in ("plain", "noop-hook", "trace", "trace-noevents"):
         assert any(line.startswith(f"{variant} ") for line in lines), proc.stdout
     assert "target <= 1.3x" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_nested_benchmark_runs_and_verifies() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "nested.py"), "--rounds", "1", "--work", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "nested / flat = " in proc.stdout
