@@ -139,3 +139,16 @@ def test_ray_vs_runs_every_system():
     report = json.loads(proc.stdout.splitlines()[-1])
     assert set(report["runs"]) == {"daglite-ray", "ray", "daglite-dask", "dask"}
     assert "| chain |" in proc.stdout and "| Dask |" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_nested_benchmark_runs_and_verifies() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "nested.py"), "--rounds", "1", "--work", "1000"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "nested / flat = " in proc.stdout

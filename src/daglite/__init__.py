@@ -19,6 +19,7 @@ from daglite.exceptions import (
     GraphError,
     ResultNotPicklableError,
     TaskError,
+    TaskMemoryError,
     TaskTimeoutError,
     WorkerLostError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFuture",
+    "TaskMemoryError",
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",

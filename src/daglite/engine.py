@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
+from daglite._job.call import in_worker_process
+from daglite._limits import check_capacities, parse_memory
 from daglite._run import OnError, _Run
+from daglite._run.resources import ResourceGate, check_requests
 from daglite.backends import backend_namer, get_backend
 from daglite.backends.base import Backend
 from daglite.graph.builder import build_graph
@@ -67,12 +70,26 @@ def _resolve_backend(backend: str | Backend | None, options: dict[str, Any]) -> 
     if isinstance(backend, Backend):
         if options:
             raise TypeError("backend options can only be given with a backend name")
-        return backend
+        return _within_budget(backend)
     if backend is None:
         backend = default_backend_name()
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a name or a Backend instance, got {backend!r}")
-    return get_backend(backend, **options)
+    return _within_budget(get_backend(backend, **options))
+
+
+def _within_budget(backend: Backend) -> Backend:
+    """The backend a run uses for ``backend``: itself, unless the run is nested in a worker.
+
+    gh-15: a task running in a worker process (a pool's or Dask's) holds one
+    slot of its caller's budget. A run it starts on a backend that would
+    start worker processes of its own (a process pool, an embedded Dask
+    cluster) runs on that slot instead, in this process: no pool of pools,
+    and nothing left behind at exit.
+    """
+    if backend.starts_processes() and in_worker_process():
+        return get_backend("inline")
+    return backend
 
 
 def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
@@ -83,10 +100,10 @@ def _backend_picker(default: Backend) -> Callable[[Task[Any, Any]], Backend]:
         if chosen is None:
             return default
         if isinstance(chosen, Backend):
-            return chosen
+            return _within_budget(chosen)
         found = cache.get(chosen)
         if found is None:
-            found = cache[chosen] = get_backend(chosen)
+            found = cache[chosen] = _within_budget(get_backend(chosen))
         return found
 
     return backend_of
@@ -103,9 +120,12 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
     options: dict[str, Any],
     is_async: bool,
     caching: tuple[Any, float | None] = (None, None),
+    limits: tuple[object, object] = (None, None),
 ) -> tuple[_Run, Callable[[list[Any]], Any]]:
     if on_error not in ("raise", "continue"):
         raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
+    memory = parse_memory(limits[0], "evaluate(): memory_per_task")
+    capacities = check_capacities(limits[1])
     roots, rebuild = _roots_of(future)
     default = _resolve_backend(backend, options)
     pick = _backend_picker(default)
@@ -115,6 +135,7 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
     tasks = {f.task for f in graph.futures}
     for task in tasks:
         name_of(task)  # an unknown backend name fails here, before anything runs
+    check_requests(tasks, capacities)  # and so does a resource the run cannot give
     extra = list(plugins or ())
     if caching[0] is not None or any(t.cache for t in tasks):
         extra += _cache_plugin(caching, tasks, extra)
@@ -133,7 +154,11 @@ def _prepare(  # noqa: PLR0913, PLR0917 (one argument per option of evaluate)
 
         extra.append(trace_plugin(trace))
     hooks = dispatcher_for(extra).for_run()
-    return _Run(graph, default, pick, hooks, on_error, is_async), rebuild  # type: ignore[arg-type]
+    run = _Run(graph, default, pick, hooks, on_error, is_async)  # type: ignore[arg-type]
+    run.memory_default = memory
+    if capacities:
+        run.gate = ResourceGate(capacities)
+    return run, rebuild
 
 
 def _cache_plugin(
@@ -160,6 +185,8 @@ def evaluate(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -174,6 +201,8 @@ def evaluate(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -188,6 +217,8 @@ def evaluate(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -202,6 +233,8 @@ def evaluate(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -216,6 +249,8 @@ def evaluate(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
 def evaluate(  # noqa: PLR0913 (one keyword per option)
@@ -229,6 +264,8 @@ def evaluate(  # noqa: PLR0913 (one keyword per option)
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> Any:
     """Run the DAG behind ``future`` and return its result.
@@ -252,16 +289,23 @@ def evaluate(  # noqa: PLR0913 (one keyword per option)
             directory), None to cache only tasks marked ``cache=True`` (in the
             default directory), False for no cache. See docs/caching.md.
         cache_ttl: Seconds after which cached results are stale (None: never).
+        memory_per_task: Memory limit of every task that sets no ``memory=``
+            (``"2GB"``, or bytes); enforced on the processes backend.
+        resources: Capacities of named resources (``{"gpu": 2}``): calls of
+            tasks with ``resources=`` never hold more at once, on any backend.
         **backend_options: Constructor arguments of the named backend (``max_workers=``).
 
     Raises:
-        TaskError: A task failed (``TaskTimeoutError``, ``WorkerLostError`` are subclasses).
+        TaskError: A task failed (``TaskTimeoutError``, ``TaskMemoryError``,
+            ``WorkerLostError`` are subclasses).
         EvaluationError: With ``on_error="continue"``, when any task failed.
         BackendError: For an unknown or unavailable backend.
         GraphError: For a malformed graph.
         TypeError: If ``report`` or ``trace`` is not a ``str`` or ``os.PathLike``.
-        ValueError: If ``report`` or ``trace`` is a directory or its directory is missing,
-            or ``cache_ttl`` is not a positive number.
+        ValueError: If ``report`` or ``trace`` is a directory or its directory is
+            missing; ``cache_ttl`` is not a positive number; for a bad
+            ``memory_per_task`` or ``resources``; or when a task asks for a
+            resource the run does not have, or more than its capacity.
         PermissionError: If the cache directory can be written by other users.
     """
     run, rebuild = _prepare(
@@ -275,6 +319,7 @@ def evaluate(  # noqa: PLR0913 (one keyword per option)
         backend_options,
         False,
         (cache, cache_ttl),
+        (memory_per_task, resources),
     )
     return rebuild(run.execute())
 
@@ -291,6 +336,8 @@ async def evaluate_async(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> T: ...
 @overload
@@ -305,6 +352,8 @@ async def evaluate_async(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2]: ...
 @overload
@@ -319,6 +368,8 @@ async def evaluate_async(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> tuple[T1, T2, T3]: ...
 @overload
@@ -333,6 +384,8 @@ async def evaluate_async(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> list[T]: ...
 @overload
@@ -347,6 +400,8 @@ async def evaluate_async(
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> dict[K, T]: ...
 async def evaluate_async(  # noqa: PLR0913 (one keyword per option)
@@ -360,6 +415,8 @@ async def evaluate_async(  # noqa: PLR0913 (one keyword per option)
     on_error: OnError = "raise",
     cache: bool | str | os.PathLike[str] | None = None,
     cache_ttl: float | None = None,
+    memory_per_task: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
     **backend_options: Any,
 ) -> Any:
     """Like ``evaluate``, without blocking the running event loop.
@@ -380,6 +437,7 @@ async def evaluate_async(  # noqa: PLR0913 (one keyword per option)
         backend_options,
         True,
         (cache, cache_ttl),
+        (memory_per_task, resources),
     )
     # The loop runs in the caller's context (as asyncio.to_thread does), so
     # hooks see the caller's context variables: its current span, say.

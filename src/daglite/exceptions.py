@@ -5,6 +5,7 @@ Hierarchy::
     DagliteError (Exception)
     ├── TaskError                 a task failed; .task_name, .key, .error
     │   ├── TaskTimeoutError      the task ran longer than its ``timeout``
+    │   ├── TaskMemoryError       the task's worker went over its ``memory`` limit
     │   └── WorkerLostError       the worker process running the task died
     ├── EvaluationError           ``on_error="continue"``: every failure, plus the results kept
     ├── GraphError (ValueError)   the DAG itself is malformed (cycle, zip length mismatch)
@@ -28,6 +29,7 @@ __all__ = [
     "GraphError",
     "ResultNotPicklableError",
     "TaskError",
+    "TaskMemoryError",
     "TaskTimeoutError",
     "WorkerLostError",
 ]
@@ -76,9 +78,51 @@ class TaskTimeoutError(TaskError):
     """
 
 
+class TaskMemoryError(TaskError):
+    """A task's worker process used more memory than the task's ``memory=`` limit.
+
+    Raised on the processes backend, which watches each worker's resident
+    memory (RSS) while a call with a limit runs: past the limit the worker is
+    stopped and replaced, only this task fails, and ``retries=`` re-run it on
+    a fresh worker. Raise the limit, or make the task hold less at once.
+
+    Attributes:
+        limit: The limit, in bytes.
+        peak: The largest resident size seen, in bytes (at least ``limit``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_name: str,
+        key: str,
+        error: BaseException,
+        limit: int = 0,
+        peak: int = 0,
+    ) -> None:
+        super().__init__(message, task_name=task_name, key=key, error=error)
+        self.limit = limit
+        self.peak = peak
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = (str(self), self.task_name, self.key, self.error, self.limit, self.peak)
+        return (_rebuild_memory_error, fields)
+
+
+def _rebuild_memory_error(
+    message: str, task_name: str, key: str, error: BaseException, limit: int, peak: int
+) -> TaskMemoryError:
+    return TaskMemoryError(
+        message, task_name=task_name, key=key, error=error, limit=limit, peak=peak
+    )
+
+
 class WorkerLostError(TaskError):
     """The worker process running a task died (segfault, ``os._exit``, OOM kill).
 
+    A worker killed by a signal names it (``SIGKILL`` is what the kernel's OOM
+    killer sends: give the task a ``memory=`` limit to fail it cleanly first).
     Only the task that was running in that worker fails; the pool is rebuilt and
     later evaluations work. Use ``retries=`` to re-run such a task on a fresh worker.
     """
@@ -147,6 +191,7 @@ for _cls in (
     DagliteError,
     TaskError,
     TaskTimeoutError,
+    TaskMemoryError,
     WorkerLostError,
     EvaluationError,
     GraphError,

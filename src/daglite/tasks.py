@@ -16,6 +16,7 @@ from typing import Any, Generic, Literal, TypeVar, final, overload
 from typing_extensions import ParamSpec
 
 from daglite._cache_policy import CacheSetting, check_cache_setting
+from daglite._limits import check_resources, parse_memory
 
 __all__ = ["Task", "TaskFuture", "task"]
 
@@ -25,7 +26,9 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 _MapMode = Literal["product", "zip"]
-_OPTION_NAMES = frozenset({"name", "description", "backend", "retries", "timeout", "cache"})
+_OPTION_NAMES = frozenset(
+    {"name", "description", "backend", "retries", "timeout", "cache", "memory", "resources"}
+)
 # Sequence types that product()/zip() fan out; anything else is a fixed value.
 _FANNED_TYPES = (list, tuple, range)
 
@@ -128,6 +131,10 @@ class Task(Generic[P, R]):
         backend: Backend name or instance this task always runs on, or None.
         retries: How many more times a failing call is re-run.
         timeout: Seconds after which a call fails with ``TaskTimeoutError``.
+        memory: Bytes a call may use (its worker's RSS) before it fails with
+            ``TaskMemoryError`` (processes backend), or None.
+        resources: Named resources each call holds while it runs
+            (``{"gpu": 1}``), or None; capacities are ``evaluate(resources=)``.
         fixed: Parameters fixed by ``partial()``.
         cache: True or a ``CachePolicy`` to cache results, False never to,
             None (default) to follow ``evaluate(cache=...)`` (see docs/caching.md).
@@ -142,12 +149,14 @@ class Task(Generic[P, R]):
         "fixed",
         "func",
         "is_async",
+        "memory",
         "name",
+        "resources",
         "retries",
         "timeout",
     )
 
-    def __init__(  # noqa: PLR0913 (one keyword per option)
+    def __init__(  # noqa: PLR0913 - one argument per option
         self,
         func: Callable[..., Any],
         *,
@@ -156,6 +165,8 @@ class Task(Generic[P, R]):
         backend: Any = None,
         retries: int = 0,
         timeout: float | None = None,
+        memory: int | str | None = None,
+        resources: Mapping[str, float] | None = None,
         fixed: Mapping[str, Any] | None = None,
         cache: CacheSetting = None,
         _sig: _Signature | None = None,
@@ -175,6 +186,9 @@ class Task(Generic[P, R]):
         self.backend = backend
         self.retries = retries
         self.timeout = None if timeout is None else float(timeout)
+        # gh-15: checked here, so a bad limit fails where the task is made.
+        self.memory = parse_memory(memory, f"task {self.name!r}: memory")
+        self.resources = check_resources(resources, self.name)
         self.fixed: dict[str, Any] = dict(fixed or {})
         self.is_async = inspect.iscoroutinefunction(func)
         self._sig = _sig or _Signature(func)
@@ -195,6 +209,8 @@ class Task(Generic[P, R]):
             "backend": self.backend,
             "retries": self.retries,
             "timeout": self.timeout,
+            "memory": self.memory,
+            "resources": self.resources,
             "fixed": self.fixed,
             "cache": self.cache,
         }
@@ -206,7 +222,7 @@ class Task(Generic[P, R]):
 
         Args:
             **options: Any of ``name``, ``description``, ``backend``, ``retries``,
-                ``timeout``, ``cache``.
+                ``timeout``, ``cache``, ``memory``, ``resources``.
 
         Raises:
             TypeError: For an unknown option name.
@@ -430,17 +446,20 @@ def task(
     retries: int = 0,
     timeout: float | None = None,
     cache: CacheSetting = None,
+    memory: int | str | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> _TaskDecorator: ...
 def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Turn a function (sync or ``async def``) into a ``Task``.
 
     Use bare (``@task``) or with options (``@task(name=..., backend="threads",
-    retries=2, timeout=10.0, cache=True)``).
+    retries=2, timeout=10.0, cache=True, memory="2GB", resources={"gpu": 1})``).
 
     Raises:
         TypeError: For an unknown option, or a ``cache`` that is not a bool, None
             or a ``CachePolicy``.
-        ValueError: For a negative ``retries`` or a non-positive ``timeout``.
+        ValueError: For a negative ``retries``, a non-positive ``timeout``, a
+            malformed or non-positive ``memory``, or bad ``resources``.
     """
     for opt in options:
         if opt not in _OPTION_NAMES:

@@ -435,7 +435,7 @@ def test_a_job_whose_segment_is_gone_fails_as_a_job_not_the_worker(tmp_path):
 
     settings = shared.SharedMemory(str(tmp_path), KIB)
     call = _new_call(
-        (1, "total", "total", total.func, {"a": np.ones(5000)}, None, None, None, None, False)
+        (1, "total", "total", total.func, {"a": np.ones(5000)}, None, None, None, None, False, None)
     )
     funcs, body = _dumps_calls([call], settings)
     assert isinstance(body, tuple), "the argument should have gone into a segment"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import multiprocessing
 import os
 import threading
 import time
@@ -29,8 +30,8 @@ from daglite.plugins.reporters import START_EVENT, _CallerContext
 class _PoolWorker(Protocol):
     """What a process-pool worker does around the calls it runs."""
 
-    def running(self, token: int) -> None:
-        """Call ``token`` runs now (0: none)."""
+    def running(self, token: int, memory: int = 0) -> None:
+        """Call ``token`` runs now (0: none), with a limit of ``memory`` bytes (0: none)."""
 
     def timed_out(self, token: int) -> NoReturn:
         """Call ``token`` ran past its timeout: record it and end the process."""
@@ -46,6 +47,29 @@ worker: _PoolWorker | None = None
 process_label = ""
 # The worker label of calls the engine runs on its own thread (inline).
 CALLER_LABEL = "caller"
+
+
+def in_worker_process() -> bool:
+    """True in a process that runs calls for a caller elsewhere (a pool or Dask worker).
+
+    A run started by a task here is nested in that caller's budget (gh-15).
+    A Dask worker names itself (``process_label``); one in the caller's own
+    process (a cluster with ``processes=False``, a job run locally) is not a
+    worker process: those run in the process that started them.
+    """
+    if worker is not None:
+        return True
+    return bool(process_label) and multiprocessing.parent_process() is not None
+
+
+def _pool_worker(home: _Home) -> _PoolWorker | None:
+    """This process's pool worker, for a call that came from the caller.
+
+    None for a call of a run nested in a task here (its home is local): the
+    worker's slot names the caller's call, and the nested call's timeout must
+    not end the worker under it.
+    """
+    return worker if home.sink is None else None
 
 
 def worker_label(home: _Home) -> str:
@@ -159,14 +183,14 @@ def _enter(home: _Home, call: _Call, direct: bool) -> tuple[_NodeContext, Any]:
     if not direct:
         channel._flusher.add(ctx)
     reset = reporters._current.set(ctx)
-    if worker is not None:
-        worker.running(call.token)
+    if worker is not None and home.sink is None:
+        worker.running(call.token, call.memory or 0)
     return ctx, reset
 
 
 def _leave(ctx: _NodeContext, reset: Any, direct: bool) -> None:
     """Undo ``_enter`` once the call has returned or raised."""
-    if worker is not None:
+    if worker is not None and ctx.home.sink is None:
         worker.running(0)
     reporters._current.reset(reset)
     if direct:
@@ -294,10 +318,11 @@ def _run_sync_with_timeout(
 
     threading.Thread(target=target, name=f"daglite-task-{call.name}", daemon=True).start()
     if not done.wait(timeout):
-        if worker is not None:
+        pool_worker = _pool_worker(ctx.home)
+        if pool_worker is not None:
             # The runaway cannot be stopped in-process: report, then end this worker.
             ctx.flush()
-            worker.timed_out(call.token)
+            pool_worker.timed_out(call.token)
         raise _TimedOut(timeout_error(call.name, call.timeout))
     ok, value = box[0]
     if not ok:

@@ -42,11 +42,20 @@ from daglite.plugins.reporters import FLUSH_INTERVAL
 class _Job:
     """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
 
-    __slots__ = ("calls", "home")
+    __slots__ = ("calls", "home", "resources")
 
-    def __init__(self, home: _Home, calls: Sequence[_Call | _Poisoned]) -> None:
+    def __init__(
+        self,
+        home: _Home,
+        calls: Sequence[_Call | _Poisoned],
+        resources: dict[str, float] | None = None,
+    ) -> None:
         self.home = home
         self.calls = calls
+        # gh-15: the named resources the job's calls hold (the most any one of
+        # them asks for: they run one after another). Read in the caller by a
+        # backend that schedules resources itself (Dask); never pickled.
+        self.resources = resources
 
     def __call__(self) -> Outcomes:
         """Run the calls in order.
@@ -130,7 +139,8 @@ def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
     for name in follows:
         kwargs[name] = value
     fields = (call.token, call.name, call.key, call.func, kwargs, call.timeout, call.style)
-    return _new_call((*fields, None, None, False))  # a plain call now: no slice, fed already
+    # A plain call now: no slice, fed already.
+    return _new_call((*fields, None, None, False, call.memory))
 
 
 @final
@@ -262,7 +272,7 @@ def _dumps_calls(
                 rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
                 continue
         row = (call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style)
-        rows.append((*row, call.elems, call.follows, call.owns_input))
+        rows.append((*row, call.elems, call.follows, call.owns_input, call.memory))
     try:
         body = shared.dumps(rows, settings)
     except Exception:
@@ -276,7 +286,7 @@ def _poison_if_unpicklable(row: Any) -> Any:
 
     if isinstance(row, _Poisoned):
         return row
-    token, name, _key, _fid, kwargs, _timeout, _style, elems, _follows, _owns = row
+    token, name, _key, _fid, kwargs, _timeout, _style, elems, _follows, _owns, _memory = row
     if elems is not None:
         try:
             cloudpickle.dumps(elems, protocol=_PICKLE_PROTOCOL)
@@ -333,9 +343,8 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: _Body) -> list[_Call]:
         if isinstance(row, _Poisoned):
             calls.append(row)
         else:
-            token, name, key, fid, kwargs, timeout, style, elems, follows, owns = row
+            token, name, key, fid, kwargs, timeout, style, elems, follows, owns, memory = row
             func = funcs[fid]
-            calls.append(
-                _new_call((token, name, key, func, kwargs, timeout, style, elems, follows, owns))
-            )
+            fields = (token, name, key, func, kwargs, timeout, style, elems, follows)
+            calls.append(_new_call((*fields, owns, memory)))
     return calls

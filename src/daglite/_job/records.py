@@ -46,6 +46,9 @@ class _Call(NamedTuple):
     # A fused call that is the only use of the result it is fed: the caller
     # does not need that result, so the worker need not send it (``KEPT``).
     owns_input: bool = False
+    # Bytes the call's worker may hold (gh-15), or None: enforced where a pool
+    # watches its workers (the processes backend).
+    memory: int | None = None
 
 
 # ``_Call(...)`` runs a Python-level ``__new__``; the engine builds the tuple

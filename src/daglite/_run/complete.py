@@ -14,12 +14,15 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final
 
 from daglite._job.call import timeout_error
+from daglite._limits import format_bytes
 from daglite._run.inbox import Inbox
+from daglite._run.resources import ResourceGate
 from daglite._run.state import RunState
 from daglite._run.unit import NOWHERE, At, OnError, _chain_of, _Unit
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import (
     TaskError,
+    TaskMemoryError,
     TaskTimeoutError,
     WorkerLostError,
 )
@@ -42,6 +45,7 @@ class _Completing:
     _keep_all: bool
     errors: dict[str, TaskError]
     failure: BaseException | None
+    gate: ResourceGate | None
     graph: Graph
     hooks: HookDispatcher
     in_flight: dict[int, Future[Any]]
@@ -74,6 +78,8 @@ class _Completing:
         def _node_started(self, unit: _Unit) -> None: ...
 
         def _queue_units(self, backend: Backend, units: list[_Unit]) -> None: ...
+
+        def _release(self, unit: _Unit) -> None: ...
 
         def _ready(self, nodes: Iterable[int]) -> None: ...
 
@@ -155,9 +161,9 @@ class _Completing:
                     self._split(unit, isolate=True)
                     continue
                 timed_out, description = lost[unit.token]
-                self._attempt_failed(
-                    unit, _lost_error(unit, timed_out, description), 0.0, timed_out
-                )
+                over = getattr(exc, "over_memory", {}).get(unit.token)
+                error = _lost_error(unit, timed_out, description, over)
+                self._attempt_failed(unit, error, 0.0, timed_out)
                 continue
             if suspects:
                 if unit.elems is not None:
@@ -169,6 +175,8 @@ class _Completing:
     def _forget(self, unit: _Unit) -> None:
         """Stop tracking a submitted call, keeping the wait counters right."""
         self.inbox.forget(unit)
+        if self.gate is not None:
+            self._release(unit)
 
     def _resubmit_or_fail(self, unit: _Unit, cause: BaseException) -> None:
         if self.state.aborting:
@@ -317,14 +325,33 @@ class _Completing:
         self.state.fail(i)
 
 
-def _lost_error(unit: _Unit, timed_out: bool, description: str) -> BaseException:
+def _lost_error(
+    unit: _Unit, timed_out: bool, description: str, over: tuple[int, int] | None = None
+) -> BaseException:
     if timed_out:
         return timeout_error(unit.task.name, unit.task.timeout)
+    if over is not None:
+        return _memory_error(unit, description, *over)
     return WorkerLostError(
         f"task {unit.task.name!r} (key {unit.key!r}) lost its worker: {description}",
         task_name=unit.task.name,
         key=unit.key,
         error=RuntimeError(description),
+    )
+
+
+def _memory_error(unit: _Unit, description: str, limit: int, peak: int) -> TaskMemoryError:
+    """gh-15: the call's worker went over the call's memory limit and was stopped."""
+    name = unit.task.name
+    return TaskMemoryError(
+        f"task {name!r} (key {unit.key!r}) used more memory than its limit of "
+        f"{format_bytes(limit)} (peak seen: {format_bytes(peak)}); its worker was stopped "
+        "and replaced. Raise memory= (or memory_per_task=), or hold less at once",
+        task_name=name,
+        key=unit.key,
+        error=MemoryError(description),
+        limit=limit,
+        peak=peak,
     )
 
 

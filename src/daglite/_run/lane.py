@@ -18,6 +18,7 @@ from daglite._job.call import CALLER_LABEL, _call_in, _run_call
 from daglite._job.channel import _Home
 from daglite._job.records import _new_outcome
 from daglite._run.inbox import Inbox, Message
+from daglite._run.resources import ResourceGate
 from daglite._run.state import RunState
 from daglite._run.unit import (
     CACHE_LABEL,
@@ -48,6 +49,7 @@ class _Lane:
     _has_before: bool
     _has_lookup: bool
     engine_thread: int
+    gate: ResourceGate | None
     graph: Graph
     hooks: HookDispatcher
     inbox: Inbox
@@ -78,6 +80,8 @@ class _Lane:
         ) -> None: ...
 
         def _node_started(self, unit: _Unit) -> None: ...
+
+        def _release(self, unit: _Unit) -> None: ...
 
         def _schedule(self, i: int) -> None: ...
 
@@ -197,4 +201,6 @@ class _Lane:
             return False
         self._node_started(unit)
         self._succeeded(unit, found.value, 0.0, (time.time(), CACHE_LABEL))
+        if self.gate is not None:
+            self._release(unit)  # it held its resources since it was queued
         return True

@@ -193,6 +193,8 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
         self.pending.clear()
         self.lane.clear()
         self.quarantine.clear()
+        if self.gate is not None:
+            self.gate.clear()
         for home in self.homes.values():
             home.abort = True
         for future in list(self.in_flight.values()):
@@ -273,7 +275,7 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
     def _loop(self) -> None:
         self.ready_nodes.extend(self.state.initial())
         get_nowait, handle = self.queue.get_nowait, self._handle_one
-        wait = self.queue.get  # blocks; Ctrl-C still interrupts it on the main thread
+        wait = self._waiter()  # blocks; Ctrl-C still interrupts it on the main thread
         while True:
             self._submit_pending()
             if not (

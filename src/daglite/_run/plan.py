@@ -198,8 +198,8 @@ class _Planning:
     def _fusing_backend(self, task: Task[Any, Any]) -> Backend | None:
         """The backend ``task`` runs on if it fuses chains (not in-caller, not remote)."""
         backend = self._backend_for(task)
-        if backend.runs_in_caller or self._keeps_remote(backend):
-            return None
+        if backend.runs_in_caller or self._keeps_remote(backend) or task.resources:
+            return None  # a call holding resources is admitted alone (gh-15)
         return backend
 
     def _keeps_remote(self, backend: Backend) -> bool:
@@ -217,8 +217,9 @@ class _Planning:
         """The backend ``task`` runs on, and whether its plain calls take the inline lane.
 
         They take the lane (``_run_lane``) when the backend runs calls in the
-        caller and keeps no result remote, the task has no timeout, and there
-        is no cache plugin.
+        caller and keeps no result remote, the task has no timeout and holds
+        no resources (those pass the run's gate as units), and there is no
+        cache plugin.
         """
         found = self._routes.get(id(task))
         if found is None:
@@ -226,7 +227,8 @@ class _Planning:
             remote = self._keeps_remote(backend)
             self._any_remote = self._any_remote or remote
             lane = self._lane_ok and backend.runs_in_caller and not remote
-            found = self._routes[id(task)] = (backend, lane and task.timeout is None)
+            lane = lane and task.timeout is None and not task.resources
+            found = self._routes[id(task)] = (backend, lane)
         return found
 
     def _fetch_remote_inputs(self, i: int, consumer: Backend) -> None:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import collections
 import math
 import queue
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from daglite._job.channel import _Home
 from daglite._job.job import _Job
 from daglite._run.inbox import Inbox, JobDone, Message
+from daglite._run.resources import ResourceGate
 from daglite._run.state import RunState
 from daglite._run.unit import _chain_of, _LaneCall, _Unit, call_of, next_token
-from daglite.backends.base import Backend
+from daglite.backends.base import Backend, pool_thread_backend
 
 
 class _Submitting:
@@ -37,6 +39,9 @@ class _Submitting:
     queue: queue.SimpleQueue[Message]
     ready_nodes: collections.deque[int]
     state: RunState
+    # gh-15: set by ``evaluate`` after the run is made, when it has them.
+    gate: ResourceGate | None = None
+    memory_default: int | None = None
 
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
 
@@ -49,6 +54,10 @@ class _Submitting:
         def _served_from_cache(self, unit: _Unit) -> bool: ...
 
     def _queue_units(self, backend: Backend, units: list[_Unit]) -> None:
+        if self.gate is not None:
+            units = self.gate.admit(units)  # the others wait for resources (gh-15)
+            if not units:
+                return
         if backend.runs_in_caller:
             self.lane.extend(units)
             return
@@ -119,7 +128,10 @@ class _Submitting:
         for unit in units:
             unit.token = next_token()
             track(unit)
-        job = _Job(self._home_for(backend), [call_of(u) for u in units])
+        memory = self.memory_default
+        job = _Job(self._home_for(backend), [call_of(u, memory) for u in units])
+        if self.gate is not None:
+            job.resources = _resources_of(units)
         backend.ensure_started()
         future = backend.submit(job)
         self.in_flight[id(job)] = future
@@ -130,3 +142,47 @@ class _Submitting:
         tokens = [u.token for u in units]
         future.add_done_callback(lambda f: self.queue.put(JobDone(job, f, tokens)))
         return id(job)
+
+    def _waiter(self) -> Callable[[], Message]:
+        """How the loop waits for its next message.
+
+        A run nested in a call on a pool's thread (gh-15) first runs, on this
+        thread, its own jobs the pool has not started yet (``run_here``), so
+        it gets on when every thread of the pool waits, as this one does.
+        """
+        if pool_thread_backend() is None:
+            return self.queue.get
+        return self._wait_running_own_jobs
+
+    def _wait_running_own_jobs(self) -> Message:
+        while self.queue.empty() and self._take_back():
+            pass
+        return self.queue.get()
+
+    def _take_back(self) -> bool:
+        """Run here one job of this run no worker has started; True if one ran."""
+        for future in reversed(list(self.in_flight.values())):
+            run_here = getattr(future, "run_here", None)
+            if run_here is not None and run_here():
+                return True
+        return False
+
+    def _release(self, unit: _Unit) -> None:
+        """``unit`` is over: its resources go to the calls waiting for them (gh-15)."""
+        assert self.gate is not None
+        if self.state.aborting:
+            self.gate.clear()
+        for admitted in self.gate.release(unit):
+            self._queue_units(admitted.backend, [admitted])
+
+
+def _resources_of(units: list[_Unit]) -> dict[str, float] | None:
+    """What a job's calls hold, for a backend that schedules resources too (gh-15).
+
+    The most any one call asks for, per resource: the calls run one after another.
+    """
+    need: dict[str, float] = {}
+    for unit in units:
+        for name, amount in (unit.task.resources or {}).items():
+            need[name] = max(amount, need.get(name, 0))
+    return need or None

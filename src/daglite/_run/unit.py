@@ -91,8 +91,11 @@ class _Unit:
         self.done = False
 
 
-def call_of(unit: _Unit) -> _Call:
-    """The record a job runs for ``unit``'s current attempt."""
+def call_of(unit: _Unit, memory: int | None = None) -> _Call:
+    """The record a job runs for ``unit``'s current attempt.
+
+    ``memory`` is the run's limit for tasks that set none (``memory_per_task``).
+    """
     task = unit.task
     return _new_call(
         (
@@ -106,6 +109,7 @@ def call_of(unit: _Unit) -> _Call:
             unit.elems,
             unit.follows,
             unit.owns_input,
+            task.memory or memory,
         )
     )
 

@@ -142,7 +142,7 @@ class _RayWorker:
         self.home = home
         self.job_key = job_key
 
-    def running(self, token: int) -> None:
+    def running(self, token: int, memory: int = 0) -> None:
         """Nothing to record: Ray does not say which call a dead worker ran."""
 
     def timed_out(self, token: int) -> NoReturn:

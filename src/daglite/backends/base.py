@@ -15,7 +15,27 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, ClassVar
 
-__all__ = ["Backend", "WorkersLost"]
+__all__ = ["Backend", "WorkersLost", "mark_pool_thread", "pool_thread_backend"]
+
+# Which backend's pool runs the current thread (gh-15), set by the pool.
+_pool_thread = threading.local()
+
+
+def mark_pool_thread(backend: Backend) -> None:
+    """Say that the current thread is a worker of ``backend``'s thread pool.
+
+    A pool's thread ``initializer`` calls it. A run started by a task on such
+    a thread is nested in that pool's budget: it may take back its own jobs
+    the pool has not started yet and run them on the waiting thread (see
+    ``ThreadBackend``), so a pool whose every thread waits still gets on.
+    """
+    _pool_thread.backend = backend
+
+
+def pool_thread_backend() -> Backend | None:
+    """The backend whose thread pool runs the current thread, or None."""
+    found: Backend | None = getattr(_pool_thread, "backend", None)
+    return found
 
 
 class WorkersLost(Exception):
@@ -31,6 +51,10 @@ class WorkersLost(Exception):
     alike) names none: then every call of the job is rerun alone
     (quarantine), and one that loses its worker there is blamed.
 
+    A backend that stopped a worker because the call's memory passed its
+    ``memory=`` limit (gh-15) also names it in ``over_memory``, by token, as
+    ``(limit, peak)`` in bytes: that call fails with ``TaskMemoryError``.
+
     Any other exception from a backend's future fails every call of the job
     with that exception.
 
@@ -38,11 +62,18 @@ class WorkersLost(Exception):
         lost: Token of each call that died with its worker, to
             ``(timed_out, description)``.
         message: What happened, for logs.
+        over_memory: Token of each call stopped for its memory, to ``(limit, peak)``.
     """
 
-    def __init__(self, lost: dict[int, tuple[bool, str]], message: str) -> None:
+    def __init__(
+        self,
+        lost: dict[int, tuple[bool, str]],
+        message: str,
+        over_memory: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.lost = lost
+        self.over_memory = over_memory or {}
 
 
 class Backend(ABC):
@@ -85,6 +116,15 @@ class Backend(ABC):
     def cancel_running(self) -> None:
         """Stop work in flight as fast as possible (on interrupt). Default: ``stop()``."""
         self.stop()
+
+    def starts_processes(self) -> bool:
+        """Whether this backend starts worker processes of its own (a local pool or cluster).
+
+        A run nested in a task on a worker process uses the inline backend in
+        place of such a backend (gh-15), so a worker never starts a pool of its
+        own. Default: False.
+        """
+        return False
 
     def event_transport(self, sink: Callable[[Any], None]) -> Any:
         """A transport for events from this backend's workers, or None for the default.

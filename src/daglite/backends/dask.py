@@ -597,6 +597,10 @@ class DaskBackend(Backend):
         if late:
             logger.warning("%d Dask task(s) were not stopped in time", len(late))
 
+    def starts_processes(self) -> bool:
+        """True when it would start an embedded cluster (gh-15: not inside a worker)."""
+        return self.address is None and self._user_client is None
+
     @property
     def client(self) -> Client:
         """The ``distributed.Client`` in use (starts the backend)."""
@@ -657,8 +661,17 @@ class DaskBackend(Backend):
             tuple(kept),
             *kept.values(),
             key=key,
+            resources=self._resources_for(fn),
         )
         return self._watch(dfut, key)
+
+    def _resources_for(self, job: Any) -> dict[str, float] | None:
+        """gh-15: a job's named resources, as Dask worker resources on a cluster of yours.
+
+        The embedded cluster's workers declare none (a task asking would wait
+        forever): there daglite's own gate in the caller is the only limit.
+        """
+        return None if self.starts_processes() else job.resources
 
     def _kept_inputs(self, job: Any) -> dict[str, Any]:
         """Dask futures of the stand-ins among the job's arguments, by key."""

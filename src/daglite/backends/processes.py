@@ -46,8 +46,19 @@ from multiprocessing import popen_forkserver, popen_spawn_posix
 from typing import Any, ClassVar, Final, Literal
 
 from daglite._job.shared import DEFAULT_THRESHOLD
+from daglite._limits import format_bytes
+from daglite.backends._memory import MemoryWatch
 from daglite.backends._native import NativeThreads, check_native_threads, worker_limits
-from daglite.backends._process_worker import TIMEOUT_EXIT_CODE, init_pool_worker
+from daglite.backends._process_worker import (
+    LIMIT,
+    OVER_MEMORY,
+    PEAK,
+    SLOT_WIDTH,
+    TIMED_OUT,
+    TIMEOUT_EXIT_CODE,
+    TOKEN,
+    init_pool_worker,
+)
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import BackendError
 from daglite.settings import usable_cpu_count
@@ -181,6 +192,7 @@ class ProcessBackend(Backend):
         self._lost_lock = threading.Lock()
         self._pools_by_generation: dict[int, tuple[Any, Any]] = {}
         self._reapers: list[threading.Thread] = []
+        self._watch: MemoryWatch | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -191,7 +203,11 @@ class ProcessBackend(Backend):
 
     def _new_pool(self) -> None:
         ctx = self._context
-        slots = ctx.RawArray("q", 3 * (self._workers * 2 + 2))
+        slots = ctx.RawArray("q", SLOT_WIDTH * (self._workers * 2 + 2))
+        wake = ctx.Event()
+        if self._watch is not None:
+            self._watch.stop(wait=False)  # it watched the pool this one replaces
+        self._watch = MemoryWatch(slots, wake)
         self._slots = slots
         self._generation += 1
         # The previous generation stays: its manager thread may report the
@@ -209,6 +225,7 @@ class ProcessBackend(Backend):
                 ctx.Lock(),
                 os.getpid(),
                 worker_limits(self.native_threads, self._workers),
+                wake,
             ),
         )
         self._pools_by_generation[self._generation] = (self._pool, slots)
@@ -218,8 +235,11 @@ class ProcessBackend(Backend):
         with self._lock:
             pool, self._pool = self._pool, None
             reapers, self._reapers = self._reapers, []
+            watch, self._watch = self._watch, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if watch is not None:
+            watch.stop()
         for reaper in reapers:
             reaper.join(timeout=_REAP_TIMEOUT)
 
@@ -228,6 +248,9 @@ class ProcessBackend(Backend):
         with self._lock:
             pool, self._pool = self._pool, None
             self._started = False
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop(wait=False)
         if pool is None:
             return
         processes = list(getattr(pool, "_processes", {}).values())
@@ -237,6 +260,10 @@ class ProcessBackend(Backend):
                 proc.kill()
         for proc in processes:
             proc.join(timeout=5)
+
+    def starts_processes(self) -> bool:
+        """True: a run nested in a worker process runs inline instead (gh-15)."""
+        return True
 
     def worker_pids(self) -> list[int]:
         """Pids of the pool's live worker processes."""
@@ -350,13 +377,19 @@ def _inspect_broken_pool(pool: Any, slots: Any) -> WorkersLost:
     """Which calls died with their workers, from the pool's shared slot array."""
     processes = dict(getattr(pool, "_processes", {}) or {})
     lost: dict[int, tuple[bool, str]] = {}
-    for i in range(len(slots) // 3):
-        pid, token, timed_out_token = slots[3 * i : 3 * i + 3]
+    over_memory: dict[int, tuple[int, int]] = {}
+    for base in range(0, len(slots), SLOT_WIDTH):
+        pid, token = slots[base], slots[base + TOKEN]
         if pid == 0 or token == 0 or not _is_dead(pid, processes.get(pid)):
             continue
-        timed_out = timed_out_token == token
+        timed_out = slots[base + TIMED_OUT] == token
+        if slots[base + OVER_MEMORY] == token:  # stopped by the memory watch (gh-15)
+            limit, peak = slots[base + LIMIT], slots[base + PEAK]
+            over_memory[token] = (limit, peak)
+            lost[token] = (False, _describe_memory_stop(pid, limit, peak))
+            continue
         lost[token] = (timed_out, _describe_exit(pid, processes.get(pid), timed_out))
-    return WorkersLost(lost, "a worker process of the pool died")
+    return WorkersLost(lost, "a worker process of the pool died", over_memory=over_memory)
 
 
 class _Relayed(Future[Any]):
@@ -385,6 +418,22 @@ def _is_dead(pid: int, proc: Any) -> bool:
         return True
 
 
+# gh-15: the kernel's OOM killer sends SIGKILL; a limit fails the task cleanly first.
+_SIGKILL: Final = 9
+_OOM_HINT: Final = (
+    "SIGKILL is what the kernel's out-of-memory killer sends when memory runs out; "
+    "give the task a memory= limit, e.g. @task(memory='2GB'), to fail it cleanly "
+    "before that"
+)
+
+
+def _describe_memory_stop(pid: int, limit: int, peak: int) -> str:
+    return (
+        f"worker process {pid} was stopped: its memory use (peak seen: "
+        f"{format_bytes(peak)}) passed the task's memory limit of {format_bytes(limit)}"
+    )
+
+
 def _describe_exit(pid: int, proc: Any, timed_out: bool) -> str:
     code = proc.exitcode if proc is not None else None
     if timed_out:
@@ -393,9 +442,13 @@ def _describe_exit(pid: int, proc: Any, timed_out: bool) -> str:
         return f"worker process {pid} died"
     if code < 0:
         try:
-            return f"worker process {pid} was killed by signal {signal.Signals(-code).name}"
+            name = signal.Signals(-code).name
         except ValueError:
-            return f"worker process {pid} was killed by signal {-code}"
+            name = str(-code)
+        described = f"worker process {pid} was killed by signal {name}"
+        if -code == _SIGKILL:
+            described += f" ({_OOM_HINT})"
+        return described
     if code == TIMEOUT_EXIT_CODE:
         return f"worker process {pid} exited (code {code}) after a task timed out"
     return f"worker process {pid} exited with code {code}"

@@ -1,7 +1,19 @@
-"""Runs tasks on a ``ThreadPoolExecutor`` of the calling process."""
+"""Runs tasks on a ``ThreadPoolExecutor`` of the calling process.
+
+Nested runs (gh-15): a task on one of the pool's threads that calls
+``evaluate`` on this same backend holds a thread while it waits. Were its
+inner jobs only queued behind the pool's other work, a pool whose every
+thread waits on an inner run would never get on. So a job submitted from one
+of the pool's own threads can be taken back: the waiting run calls the
+future's ``run_here`` and runs the job on its own thread if no pool thread
+has started it yet, while idle pool threads take the others. The run holds
+one thread throughout and the pool never grows: one budget, no deadlock, at
+any depth.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -13,10 +25,41 @@ from daglite.backends._native import (
     check_native_threads,
     threads_per_worker,
 )
-from daglite.backends.base import Backend
+from daglite.backends.base import Backend, mark_pool_thread, pool_thread_backend
 from daglite.settings import usable_cpu_count
 
 __all__ = ["ThreadBackend"]
+
+
+class _TakeBack(Future[Any]):
+    """The future of a job submitted from the pool's own thread: whoever claims it runs it.
+
+    A pool thread, or the run waiting for it (``run_here``), nested in a call
+    of this pool.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__()
+        self._fn = fn
+        self._claim = threading.Lock()
+
+    def run_here(self) -> bool:
+        """Run the job now, on this thread, unless someone did already.
+
+        Returns:
+            True if it ran here (or was cancelled), False if another thread has it.
+        """
+        if not self._claim.acquire(blocking=False):
+            return False
+        if not self.set_running_or_notify_cancel():
+            return True
+        try:
+            result = self._fn()
+        except BaseException as exc:  # handed over like an Executor's work item
+            self.set_exception(exc)
+        else:
+            self.set_result(result)
+        return True
 
 
 class ThreadBackend(Backend):
@@ -57,7 +100,12 @@ class ThreadBackend(Backend):
     def start(self) -> None:
         """Start the thread pool."""
         self._native_count = threads_per_worker(self.native_threads, self._threads)
-        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="daglite-thread")
+        self._pool = ThreadPoolExecutor(
+            self.max_workers,
+            thread_name_prefix="daglite-thread",
+            initializer=mark_pool_thread,
+            initargs=(self,),
+        )
 
     def stop(self) -> None:
         """Shut the thread pool down: queued calls are cancelled, running ones waited for."""
@@ -79,4 +127,8 @@ class ThreadBackend(Backend):
         count = self._native_count
         if count is not None:
             fn = partial(call_limited, count, fn)
+        if pool_thread_backend() is self:  # from a run nested in one of our calls
+            queued = _TakeBack(partial(fn, *args, **kwargs))
+            self._pool.submit(queued.run_here)
+            return queued
         return self._pool.submit(fn, *args, **kwargs)
