@@ -38,13 +38,19 @@ from daglite.plugins.reporters import FLUSH_INTERVAL
 
 @final
 class _Job:
-    """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
+    """A batch of calls for one backend ``submit``; returns a list of ``Outcome``.
 
-    __slots__ = ("calls", "home")
+    ``keep_remote`` holds the tokens of the calls whose results the caller
+    does not need: a backend that keeps results on its workers may keep those
+    there whatever their size (see ``Backend.materialize``).
+    """
+
+    __slots__ = ("calls", "home", "keep_remote")
 
     def __init__(self, home: _Home, calls: Sequence[_Call | _Poisoned]) -> None:
         self.home = home
         self.calls = calls
+        self.keep_remote: frozenset[int] = _NOTHING
 
     def __call__(self) -> Outcomes:
         """Run the calls in order.
@@ -95,10 +101,11 @@ class _Job:
         return held.finish()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_job, (self.home, *_dumps_calls(self.calls)))
+        return (_load_job, (self.home, *_dumps_calls(self.calls), self.keep_remote))
 
 
 _FLUSH: Final = FLUSH_INTERVAL
+_NOTHING: Final[frozenset[int]] = frozenset()
 
 
 def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
@@ -156,8 +163,12 @@ class _HeldOutcomes:
         return self.outcomes
 
 
-def _load_job(home: _Home, funcs: dict[int, bytes], body: bytes) -> _Job:
-    return _Job(home, _loads_calls(funcs, body))
+def _load_job(
+    home: _Home, funcs: dict[int, bytes], body: bytes, keep_remote: frozenset[int] = _NOTHING
+) -> _Job:
+    job = _Job(home, _loads_calls(funcs, body))
+    job.keep_remote = keep_remote
+    return job
 
 
 def _dumps_calls(calls: Sequence[_Call | _Poisoned]) -> tuple[dict[int, bytes], bytes]:

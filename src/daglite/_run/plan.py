@@ -92,8 +92,7 @@ class _Planning:
             self.lane.append((i, -1, kwargs, backend))
             return
         unit = _Unit(i, -1, graph.keys[i], kwargs, task, graph.metadata[i], backend)
-        if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
-            self._fuse(unit)
+        self._fuse_if_fusing(unit)
         self._queue_units(backend, [unit])
 
     def _inputs(
@@ -145,6 +144,12 @@ class _Planning:
             ]
             self._queue_units(backend, units)
 
+    def _fuse_if_fusing(self, head: _Unit) -> None:
+        """Fuse the chain hanging off ``head`` if its backend's jobs carry chains."""
+        backend = head.backend
+        if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
+            self._fuse(head)
+
     def _fuse(self, head: _Unit) -> None:
         """Send the single-call chain hanging off ``head`` in one job with it.
 
@@ -169,9 +174,10 @@ class _Planning:
             follower = _Unit(
                 d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
             )
-            follower.follows, follower.upstream = names, unit
+            follower.follows, follower.upstreams, follower.waiting = names, [unit], 1
             self.state.claim(d)
             unit.follower = follower
+            unit.downstream = [*(unit.downstream or ()), follower]
             unit = follower
             length += 1
 
@@ -213,12 +219,13 @@ class _Planning:
         """Fetch node ``i``'s inputs that another backend keeps on its workers.
 
         Such inputs (Dask stand-ins) are fetched once, when a task on a
-        different backend needs them.
+        different backend needs them, or a fan-out (the caller expands it).
         """
         results = self.state.results
+        expands = self.graph.futures[i].iterated is not None
         for d in self.graph.deps[i]:
             producer = self.remote_producers.get(d)
-            if producer is not None and producer is not consumer:
+            if producer is not None and (producer is not consumer or expands):
                 results[d] = producer.materialize(results[d])
                 del self.remote_producers[d]
 
