@@ -146,9 +146,19 @@ class _Planning:
 
     def _fuse_if_fusing(self, head: _Unit) -> None:
         """Fuse the chain hanging off ``head`` if its backend's jobs carry chains."""
-        backend = head.backend
-        if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
+        if self._fuse_ok and self._fuses(head.backend):
             self._fuse(head)
+
+    def _fuses(self, backend: Backend) -> bool:
+        """Whether jobs on ``backend`` carry fused chains.
+
+        Not in the caller (nothing to save), nor on a backend that keeps
+        results remote unless it also takes pending inputs (gh-17: then the
+        job after a fused chain takes the chain's results where they are).
+        """
+        if backend.runs_in_caller:
+            return False
+        return backend.accepts_pending_inputs or not self._keeps_remote(backend)
 
     def _fuse(self, head: _Unit) -> None:
         """Send the single-call chain hanging off ``head`` in one job with it.
@@ -182,11 +192,9 @@ class _Planning:
             length += 1
 
     def _fusing_backend(self, task: Task[Any, Any]) -> Backend | None:
-        """The backend ``task`` runs on if it fuses chains (not in-caller, not remote)."""
+        """The backend ``task`` runs on if it fuses chains (``_fuses``)."""
         backend = self._backend_for(task)
-        if backend.runs_in_caller or self._keeps_remote(backend):
-            return None
-        return backend
+        return backend if self._fuses(backend) else None
 
     def _keeps_remote(self, backend: Backend) -> bool:
         found = self._remote_kind.get(id(backend))
