@@ -670,13 +670,24 @@ def length(data: bytes) -> int:
     return len(data)
 
 
+def _one_consumer(nbytes: int):
+    return length(sized(nbytes)), nbytes  # fused: one Dask task
+
+
+def _two_consumers(nbytes: int):
+    data = sized(nbytes)  # its own Dask task; the consumers take its future
+    return total([length(data), length(data)]), 2 * nbytes
+
+
+@pytest.mark.parametrize("shape", [_one_consumer, _two_consumers], ids=["chain", "fork"])
 @pytest.mark.parametrize("nbytes", [100 << 20, 200 << 10], ids=["100MB", "200kB"])
-def test_gh17_an_intermediate_never_reaches_the_caller(cluster, nbytes):
+def test_gh17_an_intermediate_never_reaches_the_caller(cluster, nbytes, shape):
     # Big or small: the caller needs only the root's result. (The small one
     # is under remote_threshold, so it used to come home with its outcome.)
     cluster.client.wait_for_workers(2, timeout=60)
+    dag, expected = shape(nbytes)
     before = _bytes_sent_to_clients(cluster.client)
-    assert evaluate(length(sized(nbytes)), backend=cluster) == nbytes
+    assert evaluate(dag, backend=cluster) == expected
     assert _bytes_sent_to_clients(cluster.client) - before < 64 << 10
     # Positive control: the same bytes as a result do reach the caller.
     before = _bytes_sent_to_clients(cluster.client)

@@ -75,7 +75,7 @@ class _Job:
         previous: Outcome | None = None
         try:
             for i, call in enumerate(self.calls):
-                if local and home.abort:
+                if home.abort:  # the run gave up on this job (a remote backend may say so too)
                     break
                 if isinstance(call, _Poisoned):
                     error = ArgumentsNotPicklableError(call.message)

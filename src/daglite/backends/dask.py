@@ -9,6 +9,15 @@ Data flow::
        │<── client.subscribe_topic handler <── scheduler <── worker.log_event ──────┘
                                                       (events of long-running tasks)
 
+gh-17: the engine hands a job to this backend as soon as the jobs of its
+inputs were submitted (``accepts_pending_inputs``): their Dask futures are
+the job's arguments, so the scheduler chains jobs on the cluster; on the
+worker, each ``PendingResult`` marker becomes its call's value. Results the
+caller does not need (``_Job.keep_remote``) stay on the worker whatever
+their size: the job then sends its outcomes home as one ``_JobSummary`` on
+the event channel and returns ``_Announced``, and the caller settles it from
+that message once the scheduler reports the task done (no fetch).
+
 Jobs are pickled in the caller (cloudpickle for task functions, see
 ``daglite._job``) and reach the scheduler as opaque bytes. A result whose
 ``dask.sizeof`` exceeds ``remote_threshold`` stays in the worker's memory: the
@@ -43,8 +52,9 @@ pool)::
       the nanny of each worker running one kills it and starts a fresh one;
       then outer reads as cancelled
 
-Workers of a cluster daglite did not start are never restarted: there, a task
-already running goes on to its end and its result is dropped.
+Workers of a cluster daglite did not start are never restarted: there, a call
+already running goes on to its end and its result is dropped; the calls after
+it in its job (a fused chain) are skipped.
 """
 
 from __future__ import annotations
@@ -212,8 +222,13 @@ class _JobSummary(NamedTuple):
 # either started before the caller asked (``_abandon_on_worker``) and is seen
 # running, or starts after it and finds its tombstone.
 _jobs_lock = threading.Lock()
-_running_jobs: set[str] = set()
+# A running job's value is its ``_Home`` once unpickled: setting its ``abort``
+# makes the job skip its calls not started yet (the rest of a fused chain).
+_running_jobs: dict[str, Any] = {}
 _abandoned_jobs: dict[str, None] = {}
+
+
+_ABANDONED: Final = object()
 
 
 def _run_job(job_key: str, payload: bytes, threshold: int, wiring: bytes, *kept: Any) -> Any:
@@ -230,10 +245,14 @@ def _run_job(job_key: str, payload: bytes, threshold: int, wiring: bytes, *kept:
         if job_key in _abandoned_jobs:
             del _abandoned_jobs[job_key]
             return []
-        _running_jobs.add(job_key)
+        _running_jobs[job_key] = None
     try:
         _name_this_worker()
         job = pickle.loads(payload)
+        with _jobs_lock:
+            if _running_jobs.get(job_key) is _ABANDONED:
+                job.home.abort = True
+            _running_jobs[job_key] = job.home
         if wiring:
             keys, pending = pickle.loads(wiring)
             _with_kept_inputs(job, dict(zip(keys, kept)), pending)
@@ -242,7 +261,7 @@ def _run_job(job_key: str, payload: bytes, threshold: int, wiring: bytes, *kept:
         held = job()
     finally:
         with _jobs_lock:
-            _running_jobs.discard(job_key)
+            _running_jobs.pop(job_key, None)
     return _result_of(job, job_key, held, early, threshold)
 
 
@@ -287,13 +306,19 @@ def _name_this_worker() -> None:
 def _abandon_on_worker(keys: list[str]) -> list[str]:
     """Which of the jobs ``keys`` run in this worker now; the others may not start here.
 
-    Called through ``Client.run``, on the worker's event loop.
+    A running one runs no call it has not started yet (gh-17: the rest of a
+    fused chain). Called through ``Client.run``, on the worker's event loop.
     """
     with _jobs_lock:
         running = [k for k in keys if k in _running_jobs]
         for key in keys:
-            if key not in _running_jobs:
+            home = _running_jobs.get(key, _ABANDONED)
+            if home is _ABANDONED:
                 _abandoned_jobs[key] = None
+            elif home is None:  # still unpickling: told when it is done
+                _running_jobs[key] = _ABANDONED
+            else:
+                home.abort = True
         while len(_abandoned_jobs) > _MAX_TOMBSTONES:
             del _abandoned_jobs[next(iter(_abandoned_jobs))]
     return running
@@ -971,9 +996,11 @@ async def _stop_tasks(client: Any, cluster: Any, batch: list[_Watched]) -> None:
     # has forgotten the tasks, it cannot hand them to any worker any more.
     await _until(client, [f.key for f in dfuts], lambda keys, _: not keys)
     jobs = [outer.job_key for outer in batch if outer.job_key is not None]
-    if cluster is None or not jobs:
-        return  # not our workers to restart: running tasks go on to their end
+    if not jobs:
+        return
     answers = await client.run(_abandon_on_worker, jobs, on_error="return", asynchronous=True)
+    if cluster is None:
+        return  # not our workers to restart: the calls running go on to their end
     busy = sorted(
         addr for addr, running in answers.items() if running and isinstance(running, list)
     )
