@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import pickle
@@ -749,6 +750,44 @@ def test_gh17_a_chain_whose_task_kills_its_worker_fails_naming_it(cluster):
     assert [type(e) for e in plugin.errors] == [WorkerLostError]
     assert ("after", "inc") in plugin.order and ("before", "inc-2") not in plugin.order
     assert evaluate(inc(inc(1)), backend=cluster) == 3  # the cluster recovers
+
+
+@task
+def tick(x: int) -> int:
+    get_reporter().report("tick", {"x": x})
+    logging.getLogger("gh17.tick").warning("tick %d", x)
+    return x + 1
+
+
+def test_gh17_events_and_log_records_of_a_chained_dag_arrive_before_evaluate_returns(
+    cluster, caplog
+):
+    seen: list[int] = []
+
+    class Ticks:
+        def register_event_handlers(self, registry):
+            registry.on("tick", lambda e: seen.append(e["x"]))
+
+    dag = tick(0)
+    for _ in range(5):
+        dag = tick(dag)
+    fork = tick(dag)
+    with caplog.at_level(logging.WARNING, logger="gh17.tick"):
+        assert evaluate([tick(fork), tick(fork)], backend=cluster, plugins=[Ticks()]) == [8, 8]
+        assert seen[:7] == list(range(7)) and sorted(seen[7:]) == [7, 7]
+        ticks = [r.getMessage() for r in caplog.records if r.name == "gh17.tick"]
+    assert ticks[:7] == [f"tick {i}" for i in range(7)] and len(ticks) == 9
+
+
+def test_gh17_a_timed_out_task_skips_what_went_to_the_cluster_after_it(cluster, manager):
+    gate = manager.Event()
+    plugin = Recorder()
+    try:
+        with pytest.raises(TaskTimeoutError, match="'stuck'"):
+            evaluate(inc(inc(stuck(gate))), backend=cluster, plugins=[plugin])
+    finally:
+        gate.set()
+    assert not any(key.startswith("inc") for _, key in plugin.order)
 
 
 def test_gh17_a_dag_mixing_processes_and_dask(cluster):
