@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import pickle
@@ -499,7 +500,7 @@ def test_gh12_a_job_abandoned_before_it_starts_never_runs():
     # The caller's check leaves a tombstone; the job finds it and runs nothing
     # (the payload is not even unpickled).
     assert dask_backend._abandon_on_worker(["late-job"]) == []
-    assert dask_backend._run_job("late-job", b"not a pickle", 0, ()) == []
+    assert dask_backend._run_job("late-job", b"not a pickle", 0, b"") == []
     assert "late-job" not in dask_backend._abandoned_jobs
 
 
@@ -564,7 +565,7 @@ def test_stand_ins_in_lists_reach_downstream_tasks(cluster):
     UNPICKLED.clear()
     future = make_blob.product(n=[2 << 20, 10, 3 << 20]).join(sizes)
     assert evaluate(future, backend=cluster) == [2 << 20, 10, 3 << 20]
-    assert UNPICKLED == [10]  # only the small one came back
+    assert UNPICKLED == []  # gh-17: not even the small one: only the join's result is needed
 
 
 def test_big_inputs_from_the_caller_reach_the_task(cluster):
@@ -583,6 +584,225 @@ def test_remote_result_copy_is_detached():
     assert (copy.key, copy.token, copy.nbytes, copy.type_name) == ("k-1", 3, 10, "builtins.bytes")
     with pytest.raises(BackendError, match="not attached"):
         copy.result()
+
+
+# -- gh-17: the graph runs on the cluster, data stays there ---------------------------------
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def tail_of_chain(x: int, ran) -> int:
+    ran.set()
+    return x
+
+
+class HoldsTheCaller:
+    """Blocks the engine thread in the head's after hook until the chain's tail ran."""
+
+    def __init__(self, tail_ran) -> None:
+        self.tail_ran = tail_ran
+        self.tail_ran_while_held: bool | None = None
+
+    @hook_impl
+    def after_node_execute(self, key) -> None:
+        if key == "inc":
+            self.tail_ran_while_held = self.tail_ran.wait(60)
+
+
+def test_gh17_a_chain_runs_on_the_cluster_while_the_caller_is_busy(cluster, manager):
+    # The caller stays in a hook of the chain's first task until its last one
+    # has run: only a chain handed to Dask ahead (futures as arguments) can.
+    tail_ran = manager.Event()
+    dag = inc(0)
+    for _ in range(6):
+        dag = inc(dag)
+    plugin = HoldsTheCaller(tail_ran)
+    assert evaluate(tail_of_chain(dag, tail_ran), backend=cluster, plugins=[plugin]) == 7
+    assert plugin.tail_ran_while_held is True
+
+
+class Inputs(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: dict[str, dict] = {}
+
+    @hook_impl
+    def before_node_execute(self, key, inputs) -> None:
+        super().before_node_execute(key)
+        self.inputs[key] = dict(inputs)
+
+
+def test_gh17_hooks_keep_their_order_and_see_real_inputs_on_a_chained_dag(cluster):
+    plugin = Inputs()
+    a = double(1)
+    dag = total([inc(a), inc(double(a)), a])
+    assert evaluate(dag, backend=cluster, plugins=[plugin]) == 3 + 5 + 2
+    edges = [
+        ("double", "inc"),
+        ("double", "double-2"),
+        ("double-2", "inc-2"),
+        ("inc", "total"),
+        ("inc-2", "total"),
+        ("double", "total"),
+    ]
+    for u, v in edges:
+        assert plugin.order.index(("after", u)) < plugin.order.index(("before", v))
+    for key in plugin.timings:
+        assert plugin.order.index(("before", key)) < plugin.order.index(("after", key))
+    assert plugin.inputs["total"] == {"xs": [3, 5, 2]}
+    assert plugin.inputs["inc-2"] == {"x": 4}
+    assert plugin.results["total"] == 10
+    assert plugin.places == {(CALLER_PID, threading.get_ident())}
+
+
+def _bytes_sent_to_clients(client) -> int:
+    """Bytes the workers sent to anything but another worker (a client's gather)."""
+
+    def sent(dask_worker) -> int:
+        return sum(t["total"] for t in dask_worker.transfer_outgoing_log if t["who"] is None)
+
+    return sum(client.run(sent).values())
+
+
+@task
+def sized(n: int) -> bytes:
+    return b"x" * n
+
+
+@task
+def length(data: bytes) -> int:
+    return len(data)
+
+
+def _one_consumer(nbytes: int):
+    return length(sized(nbytes)), nbytes  # fused: one Dask task
+
+
+def _two_consumers(nbytes: int):
+    data = sized(nbytes)  # its own Dask task; the consumers take its future
+    return total([length(data), length(data)]), 2 * nbytes
+
+
+@pytest.mark.parametrize("shape", [_one_consumer, _two_consumers], ids=["chain", "fork"])
+@pytest.mark.parametrize("nbytes", [100 << 20, 200 << 10], ids=["100MB", "200kB"])
+def test_gh17_an_intermediate_never_reaches_the_caller(cluster, nbytes, shape):
+    # Big or small: the caller needs only the root's result. (The small one
+    # is under remote_threshold, so it used to come home with its outcome.)
+    cluster.client.wait_for_workers(2, timeout=60)
+    dag, expected = shape(nbytes)
+    before = _bytes_sent_to_clients(cluster.client)
+    assert evaluate(dag, backend=cluster) == expected
+    assert _bytes_sent_to_clients(cluster.client) - before < 64 << 10
+    # Positive control: the same bytes as a result do reach the caller.
+    before = _bytes_sent_to_clients(cluster.client)
+    assert len(evaluate(sized(nbytes), backend=cluster)) == nbytes
+    assert _bytes_sent_to_clients(cluster.client) - before >= nbytes
+
+
+def test_gh17_intermediates_a_plugin_asks_for_come_home(cluster):
+    plugin = Recorder()  # after_node_execute declares ``result``
+    assert evaluate(length(sized(1000)), backend=cluster, plugins=[plugin]) == 1000
+    assert plugin.results["sized"] == b"x" * 1000
+
+
+@task
+def marks(directory: str, i: int) -> int:
+    open(os.path.join(directory, str(i)), "w").close()
+    return i
+
+
+def test_gh17_fail_fast_cancels_the_graph_handed_to_the_cluster(cluster, manager, tmp_path):
+    # The chain after the gate is on the cluster, waiting for its input, when
+    # a sibling fails: none of it may run.
+    gate = manager.Event()
+    chain = gated(gate, str(tmp_path), 0)
+    for i in range(1, 6):
+        chain = marks.partial(directory=str(tmp_path))(i=inc(chain))
+    try:
+        with pytest.raises(TaskError, match="boom 1"):
+            evaluate([explode(1), chain], backend=cluster)
+    finally:
+        gate.set()
+    cluster.client.run(lambda: None)  # the workers are there again
+    assert evaluate(double(5), backend=cluster) == 10
+    assert sorted(os.listdir(tmp_path)) in ([], ["0"])
+
+
+def test_gh17_a_retried_input_reruns_only_what_depends_on_it(cluster, tmp_path):
+    plugin = Recorder()
+    first = flaky.with_options(retries=2)(str(tmp_path))
+    assert evaluate(double(inc(first)), backend=cluster, plugins=[plugin]) == 6
+    assert plugin.retries == [2, 3]
+    assert [k for k in plugin.order if k[0] == "before"].count(("before", "inc")) == 1
+
+
+def test_gh17_on_error_continue_skips_what_went_to_the_cluster_after_a_failure(cluster):
+    dag = [inc(inc(explode(1))), inc(double(2))]
+    with pytest.raises(EvaluationError) as info:
+        evaluate(dag, backend=cluster, on_error="continue")
+    assert list(info.value.errors) == ["explode"]
+    assert sorted(info.value.skipped) == ["inc", "inc-2"]
+    assert info.value.results["inc-3"] == 5
+    assert info.value.results["double"] == 4  # values, not stand-ins
+
+
+def test_gh17_a_chain_whose_task_kills_its_worker_fails_naming_it(cluster):
+    plugin = Recorder()
+    with pytest.raises(WorkerLostError, match=r"task 'die_at' \(key 'die_at'\)"):
+        evaluate(inc(die_at(inc(2), 3)), backend=cluster, plugins=[plugin])
+    assert [type(e) for e in plugin.errors] == [WorkerLostError]
+    assert ("after", "inc") in plugin.order and ("before", "inc-2") not in plugin.order
+    assert evaluate(inc(inc(1)), backend=cluster) == 3  # the cluster recovers
+
+
+@task
+def tick(x: int) -> int:
+    get_reporter().report("tick", {"x": x})
+    logging.getLogger("gh17.tick").warning("tick %d", x)
+    return x + 1
+
+
+def test_gh17_events_and_log_records_of_a_chained_dag_arrive_before_evaluate_returns(
+    cluster, caplog
+):
+    seen: list[int] = []
+
+    class Ticks:
+        def register_event_handlers(self, registry):
+            registry.on("tick", lambda e: seen.append(e["x"]))
+
+    dag = tick(0)
+    for _ in range(5):
+        dag = tick(dag)
+    fork = tick(dag)
+    with caplog.at_level(logging.WARNING, logger="gh17.tick"):
+        assert evaluate([tick(fork), tick(fork)], backend=cluster, plugins=[Ticks()]) == [8, 8]
+        assert seen[:7] == list(range(7)) and sorted(seen[7:]) == [7, 7]
+        ticks = [r.getMessage() for r in caplog.records if r.name == "gh17.tick"]
+    assert ticks[:7] == [f"tick {i}" for i in range(7)] and len(ticks) == 9
+
+
+def test_gh17_a_timed_out_task_skips_what_went_to_the_cluster_after_it(cluster, manager):
+    gate = manager.Event()
+    plugin = Recorder()
+    try:
+        with pytest.raises(TaskTimeoutError, match="'stuck'"):
+            evaluate(inc(inc(stuck(gate))), backend=cluster, plugins=[plugin])
+    finally:
+        gate.set()
+    assert not any(key.startswith("inc") for _, key in plugin.order)
+
+
+def test_gh17_a_dag_mixing_processes_and_dask(cluster):
+    local = double.with_options(backend="processes")
+    dag = inc(local(inc(local(inc(1)))))
+    plugin = Recorder()
+    assert evaluate(dag, backend=cluster, plugins=[plugin]) == 11
+    assert plugin.results["double"] == 4
 
 
 # -- connecting to a cluster -------------------------------------------------------------

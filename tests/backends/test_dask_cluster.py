@@ -174,3 +174,111 @@ def test_address_from_environment(real_cluster, monkeypatch):
         pid = evaluate(where(1), backend=backend)
     assert pid in _worker_pids(procs)
     assert all(proc.poll() is None for proc in procs)
+
+
+# -- gh-17: the graph runs on the cluster, data stays there ---------------------------------
+# The workers here are not children of this process: they meet the caller on
+# Dask's own ``distributed.Event``, which the scheduler keeps.
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def signal(x: int, name: str) -> int:
+    from distributed import Event
+
+    Event(name).set()
+    return x
+
+
+@task
+def wait_for(name: str) -> int:
+    from distributed import Event
+
+    return int(Event(name).wait(60))
+
+
+@task
+def sized(n: int) -> bytes:
+    return b"x" * n
+
+
+@task
+def length(data: bytes) -> int:
+    return len(data)
+
+
+@task
+def mark(x: int, directory: str, i: int) -> int:
+    open(os.path.join(directory, str(i)), "w").close()
+    return x
+
+
+class HoldsTheCaller:
+    """Blocks the engine thread in the first task's after hook until the last one ran."""
+
+    def __init__(self, backend: DaskBackend, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.tail_ran_while_held: bool | None = None
+
+    @hook_impl
+    def after_node_execute(self, key) -> None:
+        from distributed import Event
+
+        if key == "inc":
+            event = Event(self.name, client=self.backend.client)
+            self.tail_ran_while_held = event.wait(60)
+
+
+def _bytes_sent_to_clients(client) -> int:
+    def sent(dask_worker) -> int:
+        return sum(t["total"] for t in dask_worker.transfer_outgoing_log if t["who"] is None)
+
+    return sum(client.run(sent).values())
+
+
+def test_gh17_a_chain_runs_on_the_cluster_while_the_caller_is_busy(real_cluster):
+    address, _ = real_cluster
+    with DaskBackend(address=address) as backend:
+        backend.client.wait_for_workers(2, timeout=60)
+        dag = inc(0)
+        for _ in range(5):
+            dag = inc(dag)
+        plugin = HoldsTheCaller(backend, "gh17-tail")
+        assert evaluate(signal(dag, "gh17-tail"), backend=backend, plugins=[plugin]) == 6
+    assert plugin.tail_ran_while_held is True
+
+
+def test_gh17_a_100mb_intermediate_never_reaches_the_caller(real_cluster):
+    address, _ = real_cluster
+    n = 100 << 20
+    with DaskBackend(address=address) as backend:
+        backend.client.wait_for_workers(2, timeout=60)
+        before = _bytes_sent_to_clients(backend.client)
+        assert evaluate(length(sized(n)), backend=backend) == n
+        assert _bytes_sent_to_clients(backend.client) - before < 64 << 10
+
+
+def test_gh17_fail_fast_cancels_the_graph_on_a_cluster_given_by_address(real_cluster, tmp_path):
+    address, procs = real_cluster
+    with DaskBackend(address=address) as backend:
+        backend.client.wait_for_workers(2, timeout=60)
+        chain = wait_for("gh17-gate")
+        for i in range(4):
+            chain = mark(inc(chain), str(tmp_path), i)
+        try:
+            with pytest.raises(TaskError, match=r"task 'fail'"):
+                evaluate([fail(1), chain], backend=backend)
+        finally:
+            from distributed import Event
+
+            Event("gh17-gate", client=backend.client).set()
+        # The gated task ran to its end (not our workers to restart); the
+        # chain after it had been cancelled on the scheduler.
+        assert evaluate(inc(1), backend=backend) == 2
+    assert os.listdir(tmp_path) == []
+    assert all(proc.poll() is None for proc in procs)

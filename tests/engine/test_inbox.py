@@ -16,14 +16,14 @@ from daglite._run.inbox import Inbox
 class Call:
     """Stands in for the engine's unit: the fields the inbox keeps on a call."""
 
-    def __init__(self, token: int, upstream: Call | None = None) -> None:
+    def __init__(self, token: int, *upstreams: Call) -> None:
         self.token = token
         self.delivered = 0
         self.parked: Any = None
         self.awaited = False
         self.stash: list[Any] | None = None
         self.done = False
-        self.upstream = upstream
+        self.upstreams: list[Call] | None = list(upstreams) or None
 
 
 class Outcome:
@@ -50,7 +50,10 @@ class Recorder:
         call.done = True
         self.seen.append(("outcome", call.token, outcome))
         for follower in followers.get(call.token, ()):
-            self.inbox.upstream_done(follower)
+            # What the engine does: a call's inputs done, its links are dropped.
+            follower.upstreams = [u for u in follower.upstreams or () if not u.done] or None
+            if follower.upstreams is None:
+                self.inbox.upstream_done(follower)
 
 
 followers: dict[int, list[Call]] = {}
@@ -111,7 +114,7 @@ def test_a_jobs_completion_before_its_early_outcome_awaits_it():
 def test_a_followers_messages_wait_until_its_upstream_is_done():
     rec = Recorder()
     head = Call(1)
-    follower = Call(2, upstream=head)
+    follower = Call(2, head)
     followers[1] = [follower]
     try:
         _track(rec, head, follower)
@@ -124,6 +127,32 @@ def test_a_followers_messages_wait_until_its_upstream_is_done():
             ("outcome", 1),
             ("event", 2),
             ("outcome", 2),
+        ]
+    finally:
+        followers.clear()
+
+
+def test_a_call_sent_ahead_of_two_inputs_waits_for_both():
+    # A call sent to a backend that takes pending inputs: its start and its
+    # outcome may come home before either of its inputs' outcomes.
+    rec = Recorder()
+    left, right = Call(1), Call(2)
+    join = Call(3, left, right)
+    followers[1] = followers[2] = [join]
+    try:
+        _track(rec, left, right, join)
+        rec.inbox.events(Events(3, [_event(0)]))
+        rec.inbox.outcome(Outcome(3, sent=1))
+        rec.inbox.outcome(Outcome(2))
+        rec.inbox.replay()
+        assert [(k, t) for k, t, _ in rec.seen] == [("outcome", 2)]  # still one to go
+        rec.inbox.outcome(Outcome(1))
+        rec.inbox.replay()
+        assert [(k, t) for k, t, _ in rec.seen] == [
+            ("outcome", 2),
+            ("outcome", 1),
+            ("event", 3),
+            ("outcome", 3),
         ]
     finally:
         followers.clear()
@@ -164,15 +193,15 @@ def test_a_second_outcome_for_a_parked_call_is_ignored():
 
 
 def test_held_messages_keep_their_order_after_the_link_upstream_is_dropped():
-    # The engine drops a spent link (follower.upstream = None) when the call
+    # The engine drops spent links (follower.upstreams = None) when the call
     # before it is done; messages already held must still go first.
     rec = Recorder()
     head = Call(1)
-    follower = Call(2, upstream=head)
+    follower = Call(2, head)
     _track(rec, head, follower)
     rec.inbox.events(Events(2, [_event(0)]))  # held: the head is not done
     head.done = True
-    follower.upstream = None
+    follower.upstreams = None
     rec.inbox.upstream_done(follower)
     rec.inbox.events(Events(2, [_event(1)]))  # arrives before the replay
     assert rec.seen == []

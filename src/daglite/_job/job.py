@@ -40,9 +40,14 @@ from daglite.plugins.reporters import FLUSH_INTERVAL
 
 @final
 class _Job:
-    """A batch of calls for one backend ``submit``; returns a list of ``Outcome``."""
+    """A batch of calls for one backend ``submit``; returns a list of ``Outcome``.
 
-    __slots__ = ("calls", "home", "resources")
+    ``keep_remote`` holds the tokens of the calls whose results the caller
+    does not need: a backend that keeps results on its workers may keep those
+    there whatever their size (see ``Backend.materialize``).
+    """
+
+    __slots__ = ("calls", "home", "keep_remote", "resources")
 
     def __init__(
         self,
@@ -56,6 +61,7 @@ class _Job:
         # them asks for: they run one after another). Read in the caller by a
         # backend that schedules resources itself (Dask); never pickled.
         self.resources = resources
+        self.keep_remote: frozenset[int] = _NOTHING
 
     def __call__(self) -> Outcomes:
         """Run the calls in order.
@@ -81,7 +87,7 @@ class _Job:
         previous: Outcome | None = None
         try:
             for i, call in enumerate(self.calls):
-                if local and home.abort:
+                if home.abort:  # the run gave up on this job (a remote backend may say so too)
                     break
                 if isinstance(call, _Poisoned):
                     error = ArgumentsNotPicklableError(call.message)
@@ -118,10 +124,12 @@ class _Job:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_job, (self.home, *_dumps_calls(self.calls, self.home.shared)))
+        calls = _dumps_calls(self.calls, self.home.shared)
+        return (_load_job, (self.home, *calls, self.keep_remote))
 
 
 _FLUSH: Final = FLUSH_INTERVAL
+_NOTHING: Final[frozenset[int]] = frozenset()
 
 
 def _flush_first(home: _Home, follower: _Call, direct: bool) -> bool:
@@ -219,11 +227,15 @@ class _HeldOutcomes:
         return self.outcomes
 
 
-def _load_job(home: _Home, funcs: dict[int, bytes], body: _Body) -> _Job | _Unloadable:
+def _load_job(
+    home: _Home, funcs: dict[int, bytes], body: _Body, keep_remote: frozenset[int] = _NOTHING
+) -> _Job | _Unloadable:
     try:
-        return _Job(home, _loads_calls(funcs, body))
+        job = _Job(home, _loads_calls(funcs, body))
     except OSError as exc:  # a segment is gone: its run ended while this job was queued
         return _Unloadable(f"the job's arguments are gone from shared memory ({exc})")
+    job.keep_remote = keep_remote
+    return job
 
 
 @final

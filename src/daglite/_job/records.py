@@ -103,6 +103,31 @@ class _Poisoned:
         self.message = message
 
 
+@final
+class PendingResult:
+    """Stands, in a call's arguments, for the result of a call still out on the backend.
+
+    The engine hands a call to a backend that takes pending inputs
+    (``Backend.accepts_pending_inputs``) as soon as the calls it takes results
+    from were submitted there. ``token`` names the call whose result goes
+    here; ``future`` is the future the backend returned for that call's job
+    (only in the caller's process: a pickled copy carries the token alone).
+    The backend replaces the marker with the result where the call runs.
+    """
+
+    __slots__ = ("future", "token")
+
+    def __init__(self, token: int, future: Any = None) -> None:
+        self.token = token
+        self.future = future
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PendingResult, (self.token,))
+
+    def __repr__(self) -> str:
+        return f"<PendingResult of call {self.token}>"
+
+
 class RemoteTraceback(Exception):
     """Holds the formatted traceback of an exception raised in another process."""
 

@@ -18,7 +18,7 @@ from daglite._limits import format_bytes
 from daglite._run.inbox import Inbox
 from daglite._run.resources import ResourceGate
 from daglite._run.state import RunState
-from daglite._run.unit import NOWHERE, At, OnError, _chain_of, _Unit
+from daglite._run.unit import NOWHERE, At, OnError, _Unit
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import (
     TaskError,
@@ -52,6 +52,7 @@ class _Completing:
     inbox: Inbox
     kept: dict[str, Any]
     on_error: OnError
+    out_ahead: dict[int, tuple[_Unit, Future[Any]]]
     quarantined_job: int
     reporter: _CallerReporter
     ready_nodes: collections.deque[int]
@@ -60,6 +61,14 @@ class _Completing:
     units: dict[int, Any]
 
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _back_in(self, unit: _Unit) -> None: ...
+
+        def _drop(self, unit: _Unit) -> None: ...
+
+        def _landed(self, unit: _Unit) -> None: ...
+
+        def _resolve(self, kwargs: dict[str, Any]) -> dict[str, Any]: ...
 
         def _split(self, piece: _Unit, isolate: bool) -> None: ...
 
@@ -181,6 +190,7 @@ class _Completing:
     def _resubmit_or_fail(self, unit: _Unit, cause: BaseException) -> None:
         if self.state.aborting:
             return
+        self._back_in(unit)
         if unit.resubmits < _MAX_RESUBMITS:
             unit.resubmits += 1
             self._requeue(unit)
@@ -215,16 +225,17 @@ class _Completing:
     def _succeeded(self, unit: _Unit, value: Any, duration: float, at: At = NOWHERE) -> None:
         if self._any_remote and self._keeps_remote(unit.backend):
             self.remote_producers[unit.node] = unit.backend
+        if self.out_ahead:
+            self._landed(unit)
         unit.done = unit.elem < 0
         self._call_succeeded(unit.node, unit.elem, unit.kwargs, value, duration, at)
-        follower = unit.follower
-        if follower:
-            self._input_done(follower, value)
-            # The link is spent: the follower is a plain call with its input
-            # now (a retry runs it alone), and no unit keeps another, or the
-            # results it holds, alive until the cycle collector runs.
-            unit.follower = follower.upstream = follower.follows = None
-            self.state.unclaim(follower.node)
+        downstream = unit.downstream
+        if downstream:
+            # The links are spent: no unit keeps another, or the results it
+            # holds, alive until the cycle collector runs.
+            unit.downstream = unit.follower = None
+            for follower in downstream:
+                self._input_done(follower, value)
 
     def _call_succeeded(
         self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float, at: At
@@ -248,31 +259,38 @@ class _Completing:
             self.ready_nodes.extend(ready)
 
     def _input_done(self, follower: _Unit, value: Any) -> None:
-        """The call before ``follower`` in its fused chain is done: fill in its input."""
-        assert follower.follows is not None
-        for name in follower.follows:
-            follower.kwargs[name] = value
+        """A call ``follower`` was handed out ahead of is done here with ``value``.
+
+        Once the last of them is done, the follower is a plain call with its
+        inputs in its arguments (hooks see them; a retry runs it alone), and
+        its held messages may go on.
+        """
+        follower.waiting -= 1
+        if follower.waiting:
+            return
+        if follower.follows is not None:  # fused: fed by the call before it
+            for name in follower.follows:
+                follower.kwargs[name] = value
+        else:
+            follower.kwargs = self._resolve(self.graph.futures[follower.node].kwargs)
+        follower.upstreams = follower.follows = None
         self.state.release_inputs(follower.node)
+        self.state.unclaim(follower.node)
         self.inbox.upstream_done(follower)
 
     def _unfuse(self, unit: _Unit) -> bool:
-        """Detach ``unit`` from its fused chain: its job failed or skipped it.
+        """Detach ``unit`` from the calls it went out ahead of: its job failed or skipped it.
 
         Returns:
-            True when the unit is now a plain call (its input, if any, is done);
-            False for a follower whose input is not: it is dropped, and its node
-            is scheduled as usual once that input is done.
+            True when the unit is now a plain call (its inputs are done);
+            False for a call handed out ahead of an input that is not: it is
+            dropped (``_drop``), and its node is scheduled as usual once its
+            inputs are done. False too for a call dropped already.
         """
         unit.follower = None
-        upstream = unit.upstream
-        if upstream is None:
-            return True
-        unit.upstream = unit.follows = unit.stash = None
-        upstream.follower = None
-        self.state.unclaim(unit.node)
-        if upstream.done:
-            return True
-        self._forget(unit)
+        if unit.upstreams is None:
+            return self.units.get(unit.token) is unit
+        self._drop(unit)
         return False
 
     def _attempt_failed(
@@ -283,11 +301,7 @@ class _Completing:
         timed_out: bool,
         at: At = NOWHERE,
     ) -> None:
-        if unit.follower:  # the calls fused after it will not run: drop them
-            for follower in _chain_of(unit)[1:]:
-                self._unfuse(follower)
-        if unit.upstream is not None:
-            self._unfuse(unit)  # its input is done: a retry is a plain call
+        self._back_in(unit)  # what went out ahead of it will not run: drop it
         if unit.attempt <= unit.task.retries and not self.state.aborting:
             unit.attempt += 1
             unit.started = False  # the next attempt gets its own before_node_execute

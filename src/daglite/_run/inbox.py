@@ -19,10 +19,12 @@ Rules, for each tracked call (by token):
    delivered, so no event arrives after its call is finished.
 2. A job's result lists the calls whose outcomes went ahead
    (``sent_early``): each is *awaited* until its outcome arrives.
-3. A fused follower's messages are *stashed* until the call before it is done
-   in the caller (its result may come home after the follower's on another
-   path); ``upstream_done`` then queues the follower, and ``replay`` hands
-   its stash on in order.
+3. A call handed out ahead of its inputs (a fused follower, or a call sent to
+   a backend that takes pending inputs) has its messages *stashed* until
+   every call it takes a result from is done in the caller (those results
+   may come home after its own, on another path); the engine then clears
+   its ``upstreams``, ``upstream_done`` queues it, and ``replay`` hands its
+   stash on in order.
 4. A message for a call no longer tracked (finished, or retried under a new
    token) is dropped.
 """
@@ -72,10 +74,9 @@ class _Call(Protocol):
     parked: Any
     awaited: bool
     stash: list[Events | EarlyOutcome] | None
-    done: bool
-
-    @property
-    def upstream(self) -> _Call | None: ...
+    # The calls it takes results from that are not done in the caller yet
+    # (None or empty: none).
+    upstreams: list[Any] | None
 
 
 @final
@@ -168,7 +169,7 @@ class Inbox:
                 self.awaited += 1
 
     def upstream_done(self, follower: _Call) -> None:
-        """The call before ``follower`` is done here: its held messages may go on."""
+        """The calls ``follower`` takes results from are done here: its held messages may go on."""
         if follower.stash is not None:
             self.ready.append(follower)
 
@@ -184,14 +185,13 @@ class Inbox:
                     self.outcome(message.outcome)
 
     def _stashed(self, call: _Call, message: Events | EarlyOutcome) -> bool:
-        """Hold a fused follower's message until the call before it is done here.
+        """Hold a message of a call handed out ahead until its inputs are done here.
 
         Once messages are held, later ones join them until ``replay`` hands
-        them on, even if the call's link upstream is gone by then.
+        them on, even if the call's links upstream are gone by then.
         """
         if call.stash is None:
-            upstream = call.upstream
-            if upstream is None or upstream.done:
+            if not call.upstreams:
                 return False
             call.stash = []
         call.stash.append(message)

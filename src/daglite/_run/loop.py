@@ -31,6 +31,7 @@ from typing import Any, final
 from daglite._job import shared
 from daglite._job.channel import _Home
 from daglite._job.messages import EarlyOutcome, Events
+from daglite._run.ahead import _Ahead
 from daglite._run.complete import _Completing
 from daglite._run.inbox import Cancel, Inbox, JobDone, Message
 from daglite._run.lane import _Lane
@@ -62,11 +63,12 @@ logger = logging.getLogger("daglite")
 
 
 @final
-class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
+class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notifying):
     """State and loop of one evaluation.
 
     The parts live in their own modules: planning (``plan``), submission
-    (``submit``), completions (``complete``), the bulk path (``slices``), the
+    (``submit``), completions (``complete``), calls handed out ahead of their
+    inputs and what comes home (``ahead``), the bulk path (``slices``), the
     inline lane (``lane``) and hooks and events (``notify``); each declares
     what it uses of the others. The bookkeeping is ``state``, the ordering of
     what comes home ``inbox``. This class owns the queue and the loop.
@@ -137,6 +139,14 @@ class _Run(_Planning, _Submitting, _Completing, _Slicing, _Lane, _Notifying):
         # then, and in-caller calls all go as units.
         self._fuse_ok = self._lane_ok = not self._has_lookup
         self._links: dict[int, Link] | None = None  # chain fusion, found on first use
+        # Calls handed out ahead of their inputs (``ahead``): nodes whose call is
+        # out on a backend that takes pending inputs, and per consumer how many
+        # inputs are neither done nor out.
+        self.out_ahead: dict[int, tuple[_Unit, Future[Any]]] = {}
+        self._missing: dict[int, int] = {}
+        # Per node: whether the caller needs its result (found on first use).
+        self._needed_home: dict[int, bool] = {}
+        self._values_watched: bool | None = None
 
     def _sink(self, message: Message) -> None:
         """Entry point for the reporter channel (any thread)."""

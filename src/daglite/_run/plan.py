@@ -96,8 +96,7 @@ class _Planning:
             self.lane.append((i, -1, kwargs, backend))
             return
         unit = _Unit(i, -1, graph.keys[i], kwargs, task, graph.metadata[i], backend)
-        if self._fuse_ok and not backend.runs_in_caller and not self._keeps_remote(backend):
-            self._fuse(unit)
+        self._fuse_if_fusing(unit)
         self._queue_units(backend, [unit])
 
     def _inputs(
@@ -154,6 +153,22 @@ class _Planning:
             ]
             self._queue_units(backend, units)
 
+    def _fuse_if_fusing(self, head: _Unit) -> None:
+        """Fuse the chain hanging off ``head`` if its backend's jobs carry chains."""
+        if self._fuse_ok and self._fuses(head.backend):
+            self._fuse(head)
+
+    def _fuses(self, backend: Backend) -> bool:
+        """Whether jobs on ``backend`` carry fused chains.
+
+        Not in the caller (nothing to save), nor on a backend that keeps
+        results remote unless it also takes pending inputs (gh-17: then the
+        job after a fused chain takes the chain's results where they are).
+        """
+        if backend.runs_in_caller:
+            return False
+        return backend.accepts_pending_inputs or not self._keeps_remote(backend)
+
     def _fuse(self, head: _Unit) -> None:
         """Send the single-call chain hanging off ``head`` in one job with it.
 
@@ -178,10 +193,11 @@ class _Planning:
             follower = _Unit(
                 d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
             )
-            follower.follows, follower.upstream = names, unit
+            follower.follows, follower.upstreams, follower.waiting = names, [unit], 1
             follower.owns_input = self._owns(unit.node)
             self.state.claim(d)
             unit.follower = follower
+            unit.downstream = [*(unit.downstream or ()), follower]
             unit = follower
             length += 1
 
@@ -196,11 +212,11 @@ class _Planning:
         )
 
     def _fusing_backend(self, task: Task[Any, Any]) -> Backend | None:
-        """The backend ``task`` runs on if it fuses chains (not in-caller, not remote)."""
+        """The backend ``task`` runs on if it fuses chains (``_fuses``)."""
         backend = self._backend_for(task)
-        if backend.runs_in_caller or self._keeps_remote(backend) or task.resources:
+        if task.resources:
             return None  # a call holding resources is admitted alone (gh-15)
-        return backend
+        return backend if self._fuses(backend) else None
 
     def _keeps_remote(self, backend: Backend) -> bool:
         found = self._remote_kind.get(id(backend))
@@ -235,12 +251,13 @@ class _Planning:
         """Fetch node ``i``'s inputs that another backend keeps on its workers.
 
         Such inputs (Dask stand-ins) are fetched once, when a task on a
-        different backend needs them.
+        different backend needs them, or a fan-out (the caller expands it).
         """
         results = self.state.results
+        expands = self.graph.futures[i].iterated is not None
         for d in self.graph.deps[i]:
             producer = self.remote_producers.get(d)
-            if producer is not None and producer is not consumer:
+            if producer is not None and (producer is not consumer or expands):
                 results[d] = producer.materialize(results[d])
                 del self.remote_producers[d]
 

@@ -29,6 +29,8 @@ class _Submitting:
     """The submission part of ``_Run``."""
 
     # What this part uses of the run (set up by ``_Run.__init__``).
+    _any_remote: bool
+    _fuse_ok: bool
     _has_lookup: bool
     in_flight: dict[int, Future[Any]]
     inbox: Inbox
@@ -44,6 +46,10 @@ class _Submitting:
     memory_default: int | None = None
 
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _went_out(self, units: list[_Unit], future: Future[Any]) -> None: ...
+
+        def _stays_remote(self, backend: Backend, units: list[_Unit]) -> frozenset[int]: ...
 
         def _home_for(self, backend: Backend) -> _Home: ...
 
@@ -132,9 +138,13 @@ class _Submitting:
         job = _Job(self._home_for(backend), [call_of(u, memory) for u in units])
         if self.gate is not None:
             job.resources = _resources_of(units)
+        if self._any_remote:
+            job.keep_remote = self._stays_remote(backend, units)
         backend.ensure_started()
         future = backend.submit(job)
         self.in_flight[id(job)] = future
+        if backend.accepts_pending_inputs and self._fuse_ok:
+            self._went_out(units, future)
         # Always through the queue: a callback that runs at once (inline) must not
         # call hooks inside add_done_callback, which would swallow their errors.
         # The tokens as submitted: a call of this job may be requeued (retried,

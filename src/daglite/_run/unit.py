@@ -31,6 +31,7 @@ class _Unit:
         "backend",
         "delivered",
         "done",
+        "downstream",
         "elem",
         "elems",
         "follower",
@@ -47,7 +48,8 @@ class _Unit:
         "stash",
         "task",
         "token",
-        "upstream",
+        "upstreams",
+        "waiting",
     )
 
     def __init__(
@@ -77,13 +79,21 @@ class _Unit:
         self.isolate = False
         # A slice of a fan-out run as one call (bulk path), else None.
         self.elems: Elements | None = None
-        # Chain fusion (``_fuse``): each unit of a fused job knows the unit
-        # right after it (``follower``); a follower names the parameters fed by
-        # the call before it (``follows``) and that unit (``upstream``). Its
-        # messages that arrive before that unit is done wait in its ``stash``.
+        # Calls handed out ahead of their inputs (claimed nodes): a fused
+        # follower, which runs in its job right after the call that feeds it,
+        # or a call sent to a backend that takes pending inputs
+        # (``Backend.accepts_pending_inputs``). Such a unit knows the units
+        # whose results it takes and that are not done in the caller yet
+        # (``upstreams``, ``waiting`` of them left); each of those knows it
+        # (``downstream``). Its messages that arrive before its inputs are done
+        # wait in its ``stash``. In a fused job each unit also knows the unit
+        # right after it (``follower``), which names the parameters the call
+        # before it feeds (``follows``).
         self.follower: _Unit | None = None
         self.follows: tuple[str, ...] | None = None
-        self.upstream: _Unit | None = None
+        self.upstreams: list[_Unit] | None = None
+        self.waiting = 0
+        self.downstream: list[_Unit] | None = None
         self.stash: list[Any] | None = None
         # A follower that is the only use of its input: the worker need not send
         # that result home (``_Call.owns_input``).

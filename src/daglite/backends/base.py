@@ -92,11 +92,25 @@ class Backend(ABC):
             arguments and results travel through shared memory instead of the
             pipe, and results stay there until needed (see ``docs/data.md``).
             None (the default): off.
+        accepts_pending_inputs: True for a backend that chains jobs itself
+            (Dask, Ray): the engine then submits a call before the calls it
+            takes results from are done, as soon as those are submitted to
+            this same backend. Where such a result goes, the call's arguments
+            (``job.calls[n].kwargs``, in containers too) hold a
+            ``daglite._job.records.PendingResult``: ``token`` names the call
+            that produces it, ``future`` is the future this backend's
+            ``submit`` returned for the job running that call. The backend
+            must run the job once those jobs are done, with each marker
+            replaced by the value its call returned, and leave out of the
+            job's outcomes (skip) a call whose input call failed or did not
+            run. The engine never submits a job with pending inputs to a
+            backend without this attribute.
     """
 
     name: ClassVar[str] = "custom"
     max_batch: ClassVar[int] = 64
     runs_in_caller: ClassVar[bool] = False
+    accepts_pending_inputs: ClassVar[bool] = False
     max_workers: int | None = None
     shared_memory_threshold: int | None = None
 
@@ -137,9 +151,13 @@ class Backend(ABC):
     def materialize(self, value: Any) -> Any:
         """Turn a result this backend returned into the value itself.
 
-        Called on the results ``evaluate`` returns. Backends that keep large
-        results on remote workers return stand-ins from their jobs and fetch
-        them here; the default returns ``value`` unchanged.
+        Called on the results ``evaluate`` returns, and on the inputs of
+        tasks on other backends. Backends that keep results on remote workers
+        return stand-ins from their jobs and fetch them here; the default
+        returns ``value`` unchanged. A backend that overrides it also gets,
+        in ``job.keep_remote``, the tokens of the calls whose results the
+        caller does not need at all: those may stay on its workers whatever
+        their size.
         """
         return value
 

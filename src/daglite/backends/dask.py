@@ -9,6 +9,15 @@ Data flow::
        │<── client.subscribe_topic handler <── scheduler <── worker.log_event ──────┘
                                                       (events of long-running tasks)
 
+gh-17: the engine hands a job to this backend as soon as the jobs of its
+inputs were submitted (``accepts_pending_inputs``): their Dask futures are
+the job's arguments, so the scheduler chains jobs on the cluster; on the
+worker, each ``PendingResult`` marker becomes its call's value. Results the
+caller does not need (``_Job.keep_remote``) stay on the worker whatever
+their size: the job then sends its outcomes home as one ``_JobSummary`` on
+the event channel and returns ``_Announced``, and the caller settles it from
+that message once the scheduler reports the task done (no fetch).
+
 Jobs are pickled in the caller (cloudpickle for task functions, see
 ``daglite._job``) and reach the scheduler as opaque bytes. A result whose
 ``dask.sizeof`` exceeds ``remote_threshold`` stays in the worker's memory: the
@@ -43,13 +52,15 @@ pool)::
       the nanny of each worker running one kills it and starts a fresh one;
       then outer reads as cancelled
 
-Workers of a cluster daglite did not start are never restarted: there, a task
-already running goes on to its end and its result is dropped.
+Workers of a cluster daglite did not start are never restarted: there, a call
+already running goes on to its end and its result is dropped; the calls after
+it in its job (a fused chain) are skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import pickle
@@ -59,9 +70,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import wait as wait_for_futures
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Final, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, final
 
 from daglite._job.messages import Events, picklable_events
+from daglite._job.records import Outcome, Outcomes, PendingResult
 from daglite._job.transport import Transport
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import BackendError
@@ -156,15 +168,22 @@ class RemoteResult:
         return f"<RemoteResult {self.type_name} of {self.nbytes} bytes, key {self.key!r}>"
 
 
-@final
 class _Kept:
-    """A job's outcomes, some of them too big to send home; lives on a worker."""
+    """A job's outcomes, some of them kept here instead of sent home; lives on a worker.
 
-    __slots__ = ("big", "outcomes")
+    ``outcomes`` are all of the job's (the later jobs that take its results
+    read them here), ``big`` the kept ones' sizes by token, ``sent_early``
+    the tokens whose outcomes went home on the channel while the job ran.
+    The caller learns this type's name from the scheduler and asks the
+    ``_summarize`` task for the outcomes with stand-ins for the kept values.
+    """
 
-    def __init__(self, outcomes: list[Any], big: dict[int, int]) -> None:
+    __slots__ = ("big", "outcomes", "sent_early")
+
+    def __init__(self, outcomes: list[Any], big: dict[int, int], sent_early: list[int]) -> None:
         self.outcomes = outcomes
         self.big = big  # token -> nbytes
+        self.sent_early = sent_early
 
     def value_of(self, token: int) -> Any:
         for outcome in self.outcomes:
@@ -176,6 +195,25 @@ class _Kept:
         return sum(self.big.values()) + 64 * len(self.outcomes)
 
 
+@final
+class _Announced(_Kept):
+    """A ``_Kept`` whose summary went home on the event channel (``_JobSummary``).
+
+    The caller settles the job from that message once Dask reports the task
+    finished: no task, no fetch per job.
+    """
+
+    __slots__ = ()
+
+
+@final
+class _JobSummary(NamedTuple):
+    """What a job that keeps results sends home: its outcomes, kept values as stand-ins."""
+
+    key: str
+    outcomes: Outcomes
+
+
 # -- worker side -------------------------------------------------------------------------
 
 
@@ -184,34 +222,72 @@ class _Kept:
 # either started before the caller asked (``_abandon_on_worker``) and is seen
 # running, or starts after it and finds its tombstone.
 _jobs_lock = threading.Lock()
-_running_jobs: set[str] = set()
+# A running job's value is its ``_Home`` once unpickled: setting its ``abort``
+# makes the job skip its calls not started yet (the rest of a fused chain).
+_running_jobs: dict[str, Any] = {}
 _abandoned_jobs: dict[str, None] = {}
 
 
-def _run_job(
-    job_key: str, payload: bytes, threshold: int, keys: tuple[str, ...], *kept: Any
-) -> Any:
-    """Run a daglite job on a Dask worker; big results stay here as ``_Kept``.
+_ABANDONED: Final = object()
 
-    A job the caller abandoned before it started returns at once, running nothing.
+
+def _run_job(job_key: str, payload: bytes, threshold: int, wiring: bytes, *kept: Any) -> Any:
+    """Run a daglite job on a Dask worker; results the caller does not get stay here.
+
+    ``kept`` are the results of earlier jobs this one takes values from (Dask
+    hands them over); ``wiring`` (pickled, empty if none) gives their keys,
+    in order, and the key of the job of each call whose result a
+    ``PendingResult`` marker stands for. A call whose pending input failed or
+    did not run is skipped. A job the caller abandoned before it started
+    returns at once, running nothing.
     """
     with _jobs_lock:
         if job_key in _abandoned_jobs:
             del _abandoned_jobs[job_key]
             return []
-        _running_jobs.add(job_key)
+        _running_jobs[job_key] = None
     try:
         _name_this_worker()
         job = pickle.loads(payload)
-        if keys:
-            job = _with_kept_inputs(job, dict(zip(keys, kept)))
-        job.home.early = partial(_goes_home_early, threshold)
-        outcomes = job()
+        with _jobs_lock:
+            if _running_jobs.get(job_key) is _ABANDONED:
+                job.home.abort = True
+            _running_jobs[job_key] = job.home
+        if wiring:
+            keys, pending = pickle.loads(wiring)
+            _with_kept_inputs(job, dict(zip(keys, kept)), pending)
+        early: dict[int, Outcome] = {}
+        job.home.early = partial(_goes_home_early, threshold, job.keep_remote, early)
+        held = job()
     finally:
         with _jobs_lock:
-            _running_jobs.discard(job_key)
-    big = _big_results(outcomes, threshold)
-    return _Kept(outcomes, big) if big else outcomes
+            _running_jobs.pop(job_key, None)
+    return _result_of(job, job_key, held, early, threshold)
+
+
+def _result_of(
+    job: Any, job_key: str, held: Outcomes, early: dict[int, Outcome], threshold: int
+) -> Any:
+    """The job's Dask result: every outcome, for later jobs; what the caller needs, for it.
+
+    Without kept values, the plain outcomes (those sent early, small, too,
+    which the caller skips); else a ``_Kept`` holding them, whose summary goes
+    home on the event channel (``_Announced``) or, failing that, is asked for.
+    """
+    sent_early = held.sent_early
+    every = [early[t] for t in sent_early if t in early]
+    every.extend(held)
+    kept = _kept_results(every, threshold, job.keep_remote)
+    if not kept:
+        out = Outcomes(every)
+        out.sent_early = sent_early
+        return out
+    try:
+        job.home.send(_JobSummary(job_key, _summary(held, kept, job_key, sent_early)))
+    except Exception:  # no channel: the caller asks ``_summarize`` instead
+        logger.debug("could not send the summary of %r home", job_key, exc_info=True)
+        return _Kept(every, kept, sent_early)
+    return _Announced(every, kept, sent_early)
 
 
 def _name_this_worker() -> None:
@@ -230,13 +306,19 @@ def _name_this_worker() -> None:
 def _abandon_on_worker(keys: list[str]) -> list[str]:
     """Which of the jobs ``keys`` run in this worker now; the others may not start here.
 
-    Called through ``Client.run``, on the worker's event loop.
+    A running one runs no call it has not started yet (gh-17: the rest of a
+    fused chain). Called through ``Client.run``, on the worker's event loop.
     """
     with _jobs_lock:
         running = [k for k in keys if k in _running_jobs]
         for key in keys:
-            if key not in _running_jobs:
+            home = _running_jobs.get(key, _ABANDONED)
+            if home is _ABANDONED:
                 _abandoned_jobs[key] = None
+            elif home is None:  # still unpickling: told when it is done
+                _running_jobs[key] = _ABANDONED
+            else:
+                home.abort = True
         while len(_abandoned_jobs) > _MAX_TOMBSTONES:
             del _abandoned_jobs[next(iter(_abandoned_jobs))]
     return running
@@ -250,50 +332,87 @@ def _scheduler_view(keys: list[str], dask_scheduler: Any) -> tuple[list[str], li
     return [k for k in keys if k in dask_scheduler.tasks], list(dask_scheduler.workers)
 
 
-def _with_kept_inputs(job: Any, kept: dict[str, _Kept]) -> Any:
-    """``job`` (a fresh copy, unpickled here) with its stand-in arguments swapped in."""
-    job.calls = [
-        call._replace(kwargs=_swap_in(call.kwargs, kept)) if getattr(call, "kwargs", None) else call
-        for call in job.calls
-    ]
-    return job
+class _InputMissing(Exception):
+    """A call's pending input failed or did not run: the call is skipped."""
 
 
-def _swap_in(value: Any, kept: dict[str, _Kept]) -> Any:
+def _with_kept_inputs(job: Any, kept: dict[str, Any], pending: dict[int, str]) -> None:
+    """Swap the values kept on the cluster into ``job``'s calls (a fresh copy, unpickled here).
+
+    Stand-ins (``RemoteResult``) and pending inputs (``PendingResult``) are
+    replaced by the values in the results of the jobs that made them; a call
+    whose pending input failed or did not run is left out (skipped).
+    """
+    calls = []
+    for call in job.calls:
+        kwargs = getattr(call, "kwargs", None)
+        if kwargs:
+            try:
+                call = call._replace(kwargs=_swap_in(kwargs, kept, pending))
+            except _InputMissing:
+                continue
+        calls.append(call)
+    job.calls = calls
+
+
+def _swap_in(value: Any, kept: dict[str, Any], pending: dict[int, str] | None = None) -> Any:
     """``value`` with its stand-ins replaced; containers without any are kept as is."""
-    return replace(value, RemoteResult, lambda r: kept[r.key].value_of(r.token))
+    value = replace(value, RemoteResult, lambda r: kept[r.key].value_of(r.token))
+    if pending:
+        value = replace(value, PendingResult, lambda p: _value_in(kept[pending[p.token]], p.token))
+    return value
 
 
-def _goes_home_early(threshold: int, outcome: Any) -> bool:
+def _value_in(result: Any, token: int) -> Any:
+    """The value call ``token`` returned, from its job's result (``_InputMissing`` if none)."""
+    outcomes = result.outcomes if isinstance(result, _Kept) else result
+    for outcome in outcomes:
+        if outcome.token == token:
+            if outcome.ok:
+                return outcome.value
+            break
+    raise _InputMissing(token)
+
+
+def _goes_home_early(
+    threshold: int, keep_remote: frozenset[int], early: dict[int, Outcome], outcome: Outcome
+) -> bool:
     """Whether a finished call may go home on the event channel before its job ends.
 
-    Failures and small results may; big ones stay here with the job's result.
+    Failures and small results the caller needs may (they are noted in
+    ``early``); the others stay here with the job's result.
     """
     from dask.sizeof import sizeof
 
-    return not outcome.ok or int(sizeof(outcome.value)) <= threshold
+    if outcome.ok and (outcome.token in keep_remote or int(sizeof(outcome.value)) > threshold):
+        return False
+    early[outcome.token] = outcome
+    return True
 
 
-def _big_results(outcomes: list[Any], threshold: int) -> dict[int, int]:
+def _kept_results(
+    outcomes: list[Outcome], threshold: int, keep_remote: frozenset[int]
+) -> dict[int, int]:
+    """Sizes, by token, of the results that stay here: big, or not needed by the caller."""
     from dask.sizeof import sizeof
 
-    big = {}
+    kept = {}
     for outcome in outcomes:
         if outcome.ok:
             nbytes = int(sizeof(outcome.value))
-            if nbytes > threshold:
-                big[outcome.token] = nbytes
-    return big
+            if nbytes > threshold or outcome.token in keep_remote:
+                kept[outcome.token] = nbytes
+    return kept
 
 
-def _summarize(kept: _Kept, key: str) -> list[Any]:
-    """The outcomes of ``kept`` with stand-ins for the big values (runs by the data)."""
-    from daglite._job.records import Outcomes
-
+def _summary(
+    outcomes: list[Outcome], kept: dict[int, int], key: str, sent_early: list[int]
+) -> Outcomes:
+    """``outcomes`` with stand-ins for the kept values: what the caller gets of the job."""
     out = Outcomes()
-    out.sent_early = list(getattr(kept.outcomes, "sent_early", ()))
-    for o in kept.outcomes:
-        nbytes = kept.big.get(o.token)
+    out.sent_early = list(sent_early)
+    for o in outcomes:
+        nbytes = kept.get(o.token)
         if nbytes is None:
             out.append(o)
             continue
@@ -301,6 +420,13 @@ def _summarize(kept: _Kept, key: str) -> list[Any]:
         stand_in = RemoteResult(key, o.token, nbytes, f"{cls.__module__}.{cls.__qualname__}")
         out.append(o._replace(value=stand_in))
     return out
+
+
+def _summarize(kept: _Kept, key: str) -> Outcomes:
+    """The summary of ``kept`` (a task run next to the data, when no message brought it)."""
+    early = set(kept.sent_early)
+    held = [o for o in kept.outcomes if o.token not in early]
+    return _summary(held, kept.big, key, kept.sent_early)
 
 
 # -- events: Dask's worker-to-client channel ----------------------------------------------
@@ -369,13 +495,17 @@ class _Watched(Future[Any]):
     for real (``stopped``). An abandoned future takes no result.
     """
 
-    def __init__(self, backend: DaskBackend, dfut: Any, job_key: str | None) -> None:
+    def __init__(self, backend: DaskBackend, job_key: str | None) -> None:
         super().__init__()
         self.backend = backend
         # The job's Dask future, then the summary's once there is one.
-        self.dask_futures = [dfut]
+        self.dask_futures: list[Any] = []
         self.job_key = job_key  # None: not a daglite job, nothing on workers to stop
         self.abandoned = False
+        # A job that announced its summary: settled once both the summary
+        # (event channel) and the task's end (scheduler) are here.
+        self.summary: Outcomes | None = None
+        self.finished = False
 
     def cancel(self) -> bool:
         """Ask the backend to stop the task; False until it is stopped."""
@@ -493,10 +623,12 @@ class DaskBackend(Backend):
     """
 
     name: ClassVar[str] = "dask"
-    # One call per Dask task: Dask schedules and balances each task itself.
     # Ready calls are packed up to this many per Dask task: Dask's own per-task
-    # cost (milliseconds) dwarfs a trivial call. A chain still runs one per task.
+    # cost (milliseconds) dwarfs a trivial call. A chain runs one per task.
     max_batch: ClassVar[int] = 32
+    # gh-17: a call goes to Dask as soon as its inputs' jobs did, with their
+    # Dask futures as arguments: the scheduler chains them on the cluster.
+    accepts_pending_inputs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -522,8 +654,13 @@ class DaskBackend(Backend):
         self._client: Any = None
         self._cluster: LocalCluster | None = None
         self._topic = f"daglite-{uuid.uuid4().hex}"
+        # Job keys: the task's name, this backend's id, a count (a uuid4 per job
+        # costs a read of the OS's entropy, a tenth of a millisecond here).
+        self._key_prefix = uuid.uuid4().hex[:16]
+        self._job_count = itertools.count(1)
         self._routes: dict[str, Callable[[Any], None]] = {}
         self._in_flight: dict[int, _Watched] = {}
+        self._by_key: dict[str, _Watched] = {}  # daglite jobs in flight, by Dask key
         self._to_fetch: list[tuple[_Watched, Any, Any]] = []
         self._fetching = False
         self._stopper = _Stopper(lambda: (self._client, self._cluster))
@@ -627,6 +764,12 @@ class DaskBackend(Backend):
         except Exception:
             logger.warning("dropped a worker message that could not be unpickled", exc_info=True)
             return
+        if type(message) is _JobSummary:  # for this backend, not for a run
+            with self._lock:
+                outer = self._by_key.get(message.key)
+            if outer is not None:
+                self._announced(outer, summary=message.outcomes)
+            return
         sink = self._routes.get(route)
         if sink is not None:
             sink(message)
@@ -644,26 +787,23 @@ class DaskBackend(Backend):
         from daglite._job.job import _Job
 
         if not isinstance(fn, _Job):
-            return self._watch(client.submit(fn, *args, pure=False, **kwargs), None)
-        kept = self._kept_inputs(fn)
+            return self._watch(None, lambda: client.submit(fn, *args, pure=False, **kwargs))
+        kept, pending = self._kept_inputs(fn)
         payload: Any = pickle.dumps(fn, protocol=_PICKLE_PROTOCOL)
         if len(payload) > self.remote_threshold:
             # Big inputs from the caller go straight to a worker, not into the graph
             # the scheduler receives (and Dask's "large graph" warning).
             payload = client.scatter(payload, hash=False)
         name = getattr(fn.calls[0], "name", "daglite") if fn.calls else "daglite"
-        key = f"{name}-{uuid.uuid4().hex}"
-        dfut = client.submit(
-            _run_job,
+        key = f"{name}-{self._key_prefix}-{next(self._job_count)}"
+        # Which argument is which, as bytes: Dask would walk a tuple looking for futures.
+        wiring = pickle.dumps((tuple(kept), pending), protocol=_PICKLE_PROTOCOL) if kept else b""
+        args = (key, payload, self.remote_threshold, wiring)
+        resources = self._resources_for(fn)
+        return self._watch(
             key,
-            payload,
-            self.remote_threshold,
-            tuple(kept),
-            *kept.values(),
-            key=key,
-            resources=self._resources_for(fn),
+            lambda: client.submit(_run_job, *args, *kept.values(), key=key, resources=resources),
         )
-        return self._watch(dfut, key)
 
     def _resources_for(self, job: Any) -> dict[str, float] | None:
         """gh-15: a job's named resources, as Dask worker resources on a cluster of yours.
@@ -673,13 +813,20 @@ class DaskBackend(Backend):
         """
         return None if self.starts_processes() else job.resources
 
-    def _kept_inputs(self, job: Any) -> dict[str, Any]:
-        """Dask futures of the stand-ins among the job's arguments, by key."""
+    def _kept_inputs(self, job: Any) -> tuple[dict[str, Any], dict[int, str]]:
+        """The Dask futures the job takes values from, by key, and the key of each pending input.
+
+        Raises:
+            BackendError: If a stand-in belongs to another client, or a pending
+                input was not submitted to this backend.
+        """
         found: dict[str, Any] = {}
+        markers: list[PendingResult] = []
         for call in job.calls:
             kwargs = getattr(call, "kwargs", None)
             if kwargs:
                 _collect_stand_ins(kwargs, found)
+                markers.extend(find(kwargs, PendingResult))
         client = self._client
         out = {}
         for key, stand_in in found.items():
@@ -689,12 +836,34 @@ class DaskBackend(Backend):
                     "fetch it with .result() before passing it on"
                 )
             out[key] = stand_in._future
-        return out
+        pending = {}
+        for marker in markers:
+            source = marker.future
+            if not isinstance(source, _Watched) or source.backend is not self or not source.job_key:
+                raise BackendError(
+                    f"a pending input (call {marker.token}) was not submitted to this Dask backend"
+                )
+            out[source.job_key] = source.dask_futures[0]
+            pending[marker.token] = source.job_key
+        return out, pending
 
-    def _watch(self, dfut: Any, job_key: str | None) -> Future[Any]:
-        outer = _Watched(self, dfut, job_key)
+    def _watch(self, job_key: str | None, submit: Callable[[], Any]) -> Future[Any]:
+        """The future the engine holds for the Dask task ``submit()`` makes.
+
+        A daglite job is known by its key before it is submitted: its summary
+        may come home before ``submit`` returns.
+        """
+        outer = _Watched(self, job_key)
         with self._lock:
             self._in_flight[id(outer)] = outer
+            if job_key is not None:
+                self._by_key[job_key] = outer
+        try:
+            dfut = submit()
+        except BaseException:
+            self._forget(outer)
+            raise
+        outer.dask_futures.append(dfut)
         dfut.add_done_callback(partial(self._relay, outer))
         outer.add_done_callback(self._forget)
         return outer
@@ -702,6 +871,23 @@ class DaskBackend(Backend):
     def _forget(self, outer: Future[Any]) -> None:
         with self._lock:
             self._in_flight.pop(id(outer), None)
+            key = getattr(outer, "job_key", None)
+            if key is not None and self._by_key.get(key) is outer:
+                del self._by_key[key]
+
+    def _announced(
+        self, outer: _Watched, summary: Outcomes | None = None, finished: bool = False
+    ) -> None:
+        """Half of an announced job's end: its summary, or its task's; settle on both."""
+        with self._lock:
+            if summary is not None:
+                outer.summary = summary
+            outer.finished = outer.finished or finished
+            summary = outer.summary
+            ready = summary is not None and outer.finished
+        if ready and summary is not None:
+            _attach(summary, outer.dask_futures[0])
+            outer.settle(True, summary)
 
     def _relay(self, outer: _Watched, dfut: Any) -> None:
         """Dask future done (callback thread): settle ``outer`` from it."""
@@ -710,9 +896,11 @@ class DaskBackend(Backend):
         try:
             if dfut.status != "finished":
                 outer.settle(False, _failure_of(dfut))
-            elif _is_kept_type(dfut.type):
+            elif _is_type(dfut.type, _Announced):
+                self._announced(outer, finished=True)
+            elif _is_type(dfut.type, _Kept):
                 summary = self._client.submit(
-                    _summarize, dfut, dfut.key, key=f"daglite-summary-{uuid.uuid4().hex}"
+                    _summarize, dfut, dfut.key, key=f"daglite-summary-{dfut.key}"
                 )
                 outer.dask_futures.append(summary)
                 summary.add_done_callback(partial(self._relay_summary, outer, dfut))
@@ -795,9 +983,19 @@ def _attach(outcomes: list[Any], dfut: Any) -> None:
 
 
 def _unwrap(value: Any, kept: Any) -> Any:
-    """Outcomes from a job's or a summary's result, stand-ins attached to ``kept``."""
+    """Outcomes from a job's or a summary's result, stand-ins attached to ``kept``.
+
+    A job's plain result holds the outcomes sent home early too (for later
+    jobs on the cluster): those are left out.
+    """
     if isinstance(value, _Kept):  # the type was unknown: fetched after all
         value = _summarize(value, kept.key)
+    elif getattr(value, "sent_early", None):
+        early = set(value.sent_early)
+        if any(o.token in early for o in value):
+            rest = Outcomes([o for o in value if o.token not in early])
+            rest.sent_early = value.sent_early
+            value = rest
     _attach(value, kept)
     return value
 
@@ -814,9 +1012,11 @@ async def _stop_tasks(client: Any, cluster: Any, batch: list[_Watched]) -> None:
     # has forgotten the tasks, it cannot hand them to any worker any more.
     await _until(client, [f.key for f in dfuts], lambda keys, _: not keys)
     jobs = [outer.job_key for outer in batch if outer.job_key is not None]
-    if cluster is None or not jobs:
-        return  # not our workers to restart: running tasks go on to their end
+    if not jobs:
+        return
     answers = await client.run(_abandon_on_worker, jobs, on_error="return", asynchronous=True)
+    if cluster is None:
+        return  # not our workers to restart: the calls running go on to their end
     busy = sorted(
         addr for addr, running in answers.items() if running and isinstance(running, list)
     )
@@ -893,9 +1093,12 @@ def _fail_all(batch: list[tuple[_Watched, Any, Any]], error: BaseException) -> N
         outer.settle(False, error)
 
 
-def _is_kept_type(type_: Any) -> bool:
-    # The client learns the result's type name with the "in memory" message.
-    return type_ is _Kept or (isinstance(type_, str) and type_.endswith("dask._Kept"))
+def _is_type(type_: Any, cls: type) -> bool:
+    """Whether a Dask future's result type (a class, or its name) is ``cls``.
+
+    The client learns the result's type name with the "in memory" message.
+    """
+    return type_ is cls or (isinstance(type_, str) and type_.endswith(f"dask.{cls.__name__}"))
 
 
 def _map_error(exc: BaseException) -> BaseException:
