@@ -82,11 +82,16 @@ class _Job:
         held = _HeldOutcomes(home)
         if not direct:
             channel._flusher.add(held)
-        last = len(self.calls) - 1
+        calls = self.calls
+        last = len(calls) - 1
         where = worker_label(home)
         previous: Outcome | None = None
+        # A fused call's start must not overtake the result it takes (someone
+        # waits for starts), and a timeout ends this worker: that result must
+        # be home first. Otherwise a call that owns its input keeps it here.
+        starts_first = not direct and home.wants_start
         try:
-            for i, call in enumerate(self.calls):
+            for i, call in enumerate(calls):
                 if home.abort:  # the run gave up on this job (a remote backend may say so too)
                     break
                 if isinstance(call, _Poisoned):
@@ -98,30 +103,24 @@ class _Job:
                         if previous is None or not previous.ok:
                             break  # its input failed: the caller reschedules it
                         call = _fed(call, follows, previous.value)
-                        if _flush_first(home, call, direct):
+                        if starts_first or (not direct and call.timeout is not None):
                             held.flush()
                     outcome = _run_call(home, call, direct, where)
                 previous = outcome
-                held.append(outcome, keep=i < last and self._owned_next(i, direct))
-                if i < last and not direct and time.monotonic() - held.started >= _FLUSH:
-                    held.flush()
+                if i < last:
+                    nxt = calls[i + 1]
+                    keep = nxt.owns_input and not (
+                        starts_first or (not direct and nxt.timeout is not None)
+                    )
+                    held.append(outcome, keep)
+                    if not direct and time.monotonic() - held.started >= _FLUSH:
+                        held.flush()
+                else:
+                    held.append(outcome, False)
         finally:
             if not direct:
                 channel._flusher.remove(held)
         return held.finish()
-
-    def _owned_next(self, i: int, direct: bool) -> bool:
-        """Whether call ``i + 1`` is the only use of call ``i``'s result (gh-14).
-
-        Then that result's value need not go home, unless it must be home before
-        the next call starts (``_flush_first``).
-        """
-        follower = self.calls[i + 1]
-        return (
-            not isinstance(follower, _Poisoned)
-            and follower.owns_input
-            and not _flush_first(self.home, follower, direct)
-        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         calls = _dumps_calls(self.calls, self.home.shared)
@@ -130,15 +129,6 @@ class _Job:
 
 _FLUSH: Final = FLUSH_INTERVAL
 _NOTHING: Final[frozenset[int]] = frozenset()
-
-
-def _flush_first(home: _Home, follower: _Call, direct: bool) -> bool:
-    """Whether the results before a fused call must be home before it starts.
-
-    Its start must not overtake the result it takes, and a timeout ends this
-    worker: that result must be home first.
-    """
-    return not direct and (home.wants_start or follower.timeout is not None)
 
 
 def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
@@ -172,7 +162,7 @@ class _HeldOutcomes:
         # The outcome whose value the next call owns, as it was, until that call ends.
         self._kept: Outcome | None = None
 
-    def append(self, outcome: Outcome, keep: bool = False) -> None:
+    def append(self, outcome: Outcome, keep: bool) -> None:
         """Hold ``outcome``; with ``keep``, hold its value back (gh-14).
 
         ``keep`` says the next call is the only use of this result: its
@@ -180,19 +170,25 @@ class _HeldOutcomes:
         until the next call's outcome is in. If that call fails, the value goes
         home after all, so that a retry can be fed; if it succeeds, it never does.
         """
+        ok = outcome[1]
         if self._kept is not None:
-            self._settle_kept(outcome.ok)
+            if ok:
+                self._kept = None  # the call it fed has its own result now
+            else:
+                self._restore_kept()
         # Appends are atomic under the GIL; ``flush`` drains under the lock.
         # ``_kept`` is set first: a flush that sees the ``KEPT`` outcome waits.
-        if keep and outcome.ok:
+        if keep and ok:
             self._kept = outcome
-            self._held.append(_new_outcome((outcome[0], True, KEPT, *outcome[3:])))
+            o = outcome
+            self._held.append(_new_outcome((o[0], True, KEPT, o[3], o[4], o[5], o[6], o[7], o[8])))
         else:
             self._held.append(outcome)
 
-    def _settle_kept(self, fed_call_ok: bool) -> None:
+    def _restore_kept(self) -> None:
+        """The call fed a kept value failed: that value goes home after all."""
         kept, self._kept = self._kept, None
-        if fed_call_ok or kept is None:
+        if kept is None:
             return
         with self._lock:
             for i, outcome in enumerate(self._held):
@@ -220,7 +216,7 @@ class _HeldOutcomes:
 
     def finish(self) -> Outcomes:
         if self._kept is not None:  # the call it fed never ended: the value goes home
-            self._settle_kept(False)
+            self._restore_kept()
         with self._lock:
             self.outcomes.extend(self._held)
             self._held.clear()

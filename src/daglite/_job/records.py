@@ -97,6 +97,9 @@ class _Poisoned:
     """Stands for a call whose arguments could not be pickled."""
 
     __slots__ = ("message", "token")
+    # What the job asks of the call after it: a poisoned call is never fed.
+    owns_input: Final = False
+    timeout: Final = None
 
     def __init__(self, token: int, message: str) -> None:
         self.token = token
