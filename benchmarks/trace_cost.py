@@ -13,9 +13,11 @@ order that rotates from round to round, so the machine's drift hits all alike:
   timing plugin doing nothing): what any plugin that watches each task costs
   the engine, the floor under the trace's figure;
 - ``trace``: ``evaluate(..., trace=path)`` (``TracePlugin``, events recorded);
-- ``trace-noevents``: ``TracePlugin(path, events=False)``.
+- ``trace-noevents``: ``TracePlugin(path, events=False)``;
+- ``report``: ``evaluate(..., report=path)`` (``ReportPlugin``: the HTML report,
+  with its memory sampler).
 
-The traced runs include writing the file. Printed: each variant's median and
+The traced and reported runs include writing the file. Printed: each variant's median and
 the median of the per-round ratios to ``plain`` (issue 19's target: <= 1.3x).
 """
 
@@ -44,6 +46,7 @@ TARGET = 1.3
 
 def _variants(dag: Any, backend: Any, where: str) -> dict[str, Callable[[], Any]]:
     path = os.path.join(where, "run.json")
+    page = os.path.join(where, "run.html")
     return {
         "plain": lambda: evaluate(dag, backend=backend),
         "noop-hook": lambda: evaluate(dag, backend=backend, plugins=[wl._NoOpTimer()]),
@@ -51,6 +54,7 @@ def _variants(dag: Any, backend: Any, where: str) -> dict[str, Callable[[], Any]
         "trace-noevents": lambda: evaluate(
             dag, backend=backend, plugins=[TracePlugin(path, events=False)]
         ),
+        "report": lambda: evaluate(dag, backend=backend, report=page),
     }
 
 
@@ -73,7 +77,7 @@ def _report(times: dict[str, list[float]], size: int) -> None:
     for name, runs in times.items():
         ratio = statistics.median(t / p for t, p in zip(runs, plain))
         verdict = "" if name == "plain" else f"  ratio {ratio:.2f}x"
-        if name == "trace":
+        if name in ("trace", "report"):
             verdict += f" (target <= {TARGET}x: {'PASS' if ratio <= TARGET else 'FAIL'})"
         median = statistics.median(runs)
         print(
