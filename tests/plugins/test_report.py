@@ -33,6 +33,7 @@ from daglite.plugins.builtin._report_svg import (
     DETAIL_LIMIT,
     MIN_BUCKETS,
 )
+from daglite.plugins.builtin._report_svg import seconds as _seconds
 from daglite.plugins.builtin.timeline import Attempt, RunTimeline, TimelinePlugin
 
 # -- reading the page ---------------------------------------------------------------------
@@ -416,6 +417,37 @@ def test_large_dag_is_drawn_per_task(tmp_path):
     html = target.read_text(encoding="utf-8")
     assert 'id="dag-grouped"' in html
     assert {k: n["data-kind"] for k, n in nodes(html).items()} == {"inc": "group", "total": "group"}
+
+
+def test_large_failed_dag_groups_show_each_tasks_worst_state(tmp_path):
+    target = tmp_path / "r.html"
+    futures = [inc(i) for i in range(DAG_NODE_LIMIT)]
+    with pytest.raises(EvaluationError):
+        evaluate(after(total(futures), boom(1)), report=target, on_error="continue")
+    html = target.read_text(encoding="utf-8")
+    groups = nodes(html)
+    assert 'id="dag-grouped"' in html
+    assert {k: n["data-state"] for k, n in groups.items()} == {
+        "inc": "ok",
+        "total": "ok",
+        "boom": "failed",
+        "after": "skipped",
+    }
+    assert f"{DAG_NODE_LIMIT} nodes" in html and "1 nodes" in html
+
+
+def test_large_dag_groups_add_up_node_counts_time_and_edges(tmp_path):
+    target = tmp_path / "r.html"
+    futures = [inc(i) for i in range(DAG_NODE_LIMIT)]
+    report = ReportPlugin(target)
+    evaluate(total(futures), plugins=[report])
+    html = target.read_text(encoding="utf-8")
+    box = r'<g class="node ok" data-key="(\w+)".*?</text><text[^>]*>([^<]*)<'
+    details = dict(re.findall(box, html))
+    spent = sum(a.duration for a in report.last.attempts if a.task == "inc")
+    assert details["inc"].startswith(f"{DAG_NODE_LIMIT} nodes · ")
+    assert details["inc"].endswith(_seconds(spent))
+    assert html.count('class="edge"') == 1  # inc -> total, once for 300 node edges
 
 
 # -- beside other plugins ------------------------------------------------------------------
