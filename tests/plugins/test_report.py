@@ -196,6 +196,31 @@ def test_memory_sampler_stops_with_the_run(tmp_path):
     assert sampler == []
 
 
+def test_only_the_sampler_thread_walks_the_process_tree(tmp_path, monkeypatch):
+    from daglite.plugins.builtin import report as report_module
+
+    walked: list[str] = []
+    read: list[tuple[str, int]] = []
+    walk, rss = report_module._process_tree, report_module._rss
+
+    def spy_walk():
+        walked.append(threading.current_thread().name)
+        return walk()
+
+    def spy_rss(procs):
+        read.append((threading.current_thread().name, len(procs)))
+        return rss(procs)
+
+    monkeypatch.setattr(report_module, "_process_tree", spy_walk)
+    monkeypatch.setattr(report_module, "_rss", spy_rss)
+    plugin = ReportPlugin(tmp_path / "r.html")
+    assert evaluate(total([inc(i) for i in range(3)]), backend="threads", plugins=[plugin]) == 6
+    assert walked and set(walked) == {"daglite-report-memory"}
+    caller = threading.current_thread().name
+    assert read[-1][0] == caller and read[-1][1] >= 1  # the last sample: the tree last walked
+    assert plugin.peak_memory is not None and plugin.peak_memory > 0
+
+
 def test_page_makes_no_request(tmp_path):
     _, html = run_mixed("inline", tmp_path)
     assert re.search(r"\b(src|href)\s*=", html) is None
