@@ -9,9 +9,10 @@ so the page provably works offline.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from html import escape
+from itertools import compress
 from typing import TYPE_CHECKING, Final, final
 
 from daglite.plugins.builtin._report_svg import (
@@ -20,6 +21,7 @@ from daglite.plugins.builtin._report_svg import (
     DagBox,
     colour,
     dag_svg,
+    grouped,
     placed_columns,
     seconds,
     timeline_svg,
@@ -27,6 +29,8 @@ from daglite.plugins.builtin._report_svg import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from daglite.describe import GraphDescription, NodeDescription
     from daglite.plugins.builtin.timeline import AttemptColumns, RunTimeline
 
@@ -64,28 +68,40 @@ class TaskStats:
 def task_stats(columns: AttemptColumns) -> dict[str, TaskStats]:
     """Per task name, its figures; tasks ordered by total time, largest first.
 
-    One pass over the attempts' columns (no object per attempt): ~0.3 µs each.
+    Calls, total and max come from each task's run times (``grouped``: C-level
+    passes for a few tasks); failures and retries from the failed attempts
+    alone, cache hits from the attempts of the ``cache`` worker alone.
     """
-    stats: dict[str, TaskStats] = {}
-    rows = zip(columns.tasks, columns.workers, columns.durations, columns.errors, columns.retried)
-    for task, worker, duration, error, retried in rows:
-        s = stats.get(task)
-        if s is None:
-            s = stats[task] = TaskStats()
-        if worker == CACHE_WORKER:
-            s.cache_hits += 1
-            s.cached_time += duration
-            continue
-        s.calls += 1
-        s.total += duration
-        if duration > s.max:
-            s.max = duration
-        if error is not None:
-            if retried:
-                s.retries += 1
-            else:
-                s.failures += 1
+    stats: dict[str, TaskStats] = {task: TaskStats() for task in dict.fromkeys(columns.tasks)}
+    tasks, durations = _calls(columns, stats)
+    for task, times in grouped(tasks, durations).items():
+        s = stats[task]
+        s.calls, s.total, s.max = len(times), sum(times), max(times)
+    errors = columns.errors
+    if errors.count(None) != len(errors):
+        rows = zip(columns.tasks, columns.workers, errors, columns.retried)
+        for task, worker, error, retried in rows:
+            if error is not None and worker != CACHE_WORKER:
+                if retried:
+                    stats[task].retries += 1
+                else:
+                    stats[task].failures += 1
     return dict(sorted(stats.items(), key=lambda kv: -kv[1].total))
+
+
+def _calls(
+    columns: AttemptColumns, stats: dict[str, TaskStats]
+) -> tuple[Sequence[str], Sequence[float]]:
+    """The tasks and run times of the attempts that ran; cache hits are counted in ``stats``."""
+    tasks, workers_, durations = columns.tasks, columns.workers, columns.durations
+    if CACHE_WORKER not in workers_:
+        return tasks, durations
+    for task, worker, duration in zip(tasks, workers_, durations):
+        if worker == CACHE_WORKER:
+            stats[task].cache_hits += 1
+            stats[task].cached_time += duration
+    ran = [w != CACHE_WORKER for w in workers_]
+    return list(compress(tasks, ran)), list(compress(durations, ran))
 
 
 @final
@@ -175,7 +191,7 @@ def _task_boxes(
     deps: dict[str, dict[str, None]] = {task: {} for task in counts}
     for task, node_deps in zip(tasks, columns.deps):
         if node_deps:
-            deps[task].update(dict.fromkeys(tasks[d] for d in node_deps))
+            deps[task].update(dict.fromkeys(map(tasks.__getitem__, node_deps)))
     worst = _worst_states(run, graph)
     boxes = []
     for task, count in counts.items():
@@ -246,12 +262,10 @@ def _task_table(stats: dict[str, TaskStats]) -> str:
 
 
 def _worker_table(placed: AttemptColumns, wall: float) -> str:
-    busy: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
-    for worker, duration in zip(placed.workers, placed.durations):
-        if worker != CACHE_WORKER:
-            busy[worker] += duration
-            count[worker] += 1
+    times = grouped(placed.workers, placed.durations)
+    times.pop(CACHE_WORKER, None)
+    busy = {w: sum(t) for w, t in times.items()}
+    count = {w: len(t) for w, t in times.items()}
     rows = []
     for w in workers(count):
         fraction = busy[w] / wall if wall > 0 else 0.0
