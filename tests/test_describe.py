@@ -139,3 +139,73 @@ def test_describe_returns_a_description():
     assert isinstance(describe(scale(x=1)), GraphDescription)
     with pytest.raises(KeyError):
         describe(scale(x=1)).node("missing")
+
+
+def _two_branches():
+    base = load(n=3)
+    return [combine(base.map(scale)).then(threaded), pair(a=1, b="x"), scale(x=base)]
+
+
+def test_a_description_made_from_nodes_equals_the_lazy_one():
+    lazy = describe(_two_branches())
+    nodes, roots = lazy.nodes, lazy.roots
+    eager = GraphDescription(nodes, roots)
+    assert eager == lazy and hash(eager) == hash(lazy)
+    assert eager != GraphDescription(nodes[:-1], roots)
+    assert repr(eager) == repr(lazy) and repr(eager).startswith("GraphDescription(nodes=(")
+
+
+def test_columns_match_the_nodes_and_need_none_made():
+    lazy = describe(_two_branches())
+    columns = lazy._columns()
+    assert lazy._nodes is None and lazy.node_count == len(columns.keys) == 6
+    nodes = lazy.nodes
+    assert columns == GraphDescription(nodes, lazy.roots)._columns()
+    for i, node in enumerate(nodes):
+        assert (columns.keys[i], columns.tasks[i], columns.kinds[i]) == (
+            node.key,
+            node.task,
+            node.kind,
+        )
+        assert (columns.backends[i], columns.widths[i], columns.descriptions[i]) == (
+            node.backend,
+            node.width,
+            node.description,
+        )
+        assert tuple(columns.keys[d] for d in columns.deps[i]) == node.deps
+    assert lazy.node_count == 6
+
+
+def test_a_description_is_read_only():
+    info = describe(scale(x=1))
+    with pytest.raises(AttributeError):
+        info.roots = ("other",)  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        info.nodes = ()  # type: ignore[misc]
+
+
+def test_the_description_hooks_get_keeps_no_task_argument_alive():
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    @task
+    def use(x: Big) -> int:
+        return 1
+
+    seen: list[GraphDescription] = []
+
+    class Keeper:
+        @hook_impl
+        def before_graph_execute(self, graph):
+            seen.append(graph)
+
+    value = Big()
+    ref = weakref.ref(value)
+    assert evaluate(use(value), plugins=[Keeper()]) == 1
+    del value
+    gc.collect()
+    assert ref() is None
+    assert [n.key for n in seen[0].nodes] == ["use"]

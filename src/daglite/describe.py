@@ -9,8 +9,9 @@ it from the command line.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
 from daglite.backends import backend_namer
 from daglite.backends.base import Backend
@@ -54,17 +55,96 @@ class NodeDescription:
 
 
 @final
-@dataclass(frozen=True)
+class _Columns(NamedTuple):
+    """A description's nodes as columns, in node order (``GraphDescription._columns``)."""
+
+    keys: Sequence[str]
+    tasks: Sequence[str]
+    kinds: Sequence[str]
+    backends: Sequence[str]
+    widths: Sequence[int | None]
+    descriptions: Sequence[str]
+    deps: Sequence[tuple[int, ...]]  # positions of each node's dependencies
+
+
+@final
 class GraphDescription:
     """A DAG's shape: nodes in topological order, edges, and the wanted roots.
+
+    Immutable. The description ``evaluate`` hands to hooks makes its
+    ``NodeDescription`` objects on first use of ``nodes`` (about 1 µs per node;
+    a report of a large run reads the columns instead, gh-19).
+
+    Args:
+        nodes: Every node, dependencies before dependents.
+        roots: Keys of the nodes whose results ``evaluate`` returns.
 
     Attributes:
         nodes: Every node, dependencies before dependents.
         roots: Keys of the nodes whose results ``evaluate`` returns.
     """
 
-    nodes: tuple[NodeDescription, ...]
-    roots: tuple[str, ...]
+    __slots__ = ("_columns_made", "_nodes", "_roots")
+
+    def __init__(self, nodes: Iterable[NodeDescription], roots: Iterable[str]) -> None:
+        self._nodes: tuple[NodeDescription, ...] | None = tuple(nodes)
+        self._roots: tuple[str, ...] = tuple(roots)
+        self._columns_made: _Columns | None = None
+
+    @classmethod
+    def _of_columns(cls, columns: _Columns, roots: tuple[str, ...]) -> GraphDescription:
+        """A description whose nodes are made from ``columns`` when first asked for."""
+        made = object.__new__(cls)
+        made._nodes, made._roots, made._columns_made = None, roots, columns
+        return made
+
+    @property
+    def nodes(self) -> tuple[NodeDescription, ...]:
+        """Every node, dependencies before dependents."""
+        if self._nodes is None:
+            assert self._columns_made is not None
+            self._nodes = _nodes_of(self._columns_made)
+        return self._nodes
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Keys of the nodes whose results ``evaluate`` returns."""
+        return self._roots
+
+    @property
+    def node_count(self) -> int:
+        """How many nodes the DAG has (a fan-out counts once), without making them."""
+        if self._nodes is None:
+            assert self._columns_made is not None
+            return len(self._columns_made.keys)
+        return len(self._nodes)
+
+    def _columns(self) -> _Columns:
+        """The nodes as columns: what a summary of a large DAG reads (no objects per node)."""
+        if self._columns_made is None:
+            nodes = self.nodes
+            at = {n.key: i for i, n in enumerate(nodes)}
+            self._columns_made = _Columns(
+                [n.key for n in nodes],
+                [n.task for n in nodes],
+                [n.kind for n in nodes],
+                [n.backend for n in nodes],
+                [n.width for n in nodes],
+                [n.description for n in nodes],
+                [tuple(at[d] for d in n.deps) for n in nodes],
+            )
+        return self._columns_made
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GraphDescription):
+            return NotImplemented
+        return self.roots == other.roots and self.nodes == other.nodes
+
+    def __hash__(self) -> int:
+        return hash((self.nodes, self.roots))
+
+    def __repr__(self) -> str:
+        return f"GraphDescription(nodes={self.nodes!r}, roots={self.roots!r})"
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -159,33 +239,49 @@ def _roots(value: Any) -> list[TaskFuture[Any]]:
 
 
 def _describe_graph(graph: Graph) -> GraphDescription:
-    """The description of a built graph (``describe``, and hooks that ask for it)."""
-    keys, futures, deps = graph.keys, graph.futures, graph.deps
-    nodes = tuple(
-        _node(keys[i], meta, _width(futures[i]), tuple(map(keys.__getitem__, deps[i])))
-        for i, meta in enumerate(graph.metadata)
-    )
-    return GraphDescription(nodes, tuple(keys[r] for r in graph.roots))
+    """The description of a built graph (``describe``, and hooks that ask for it).
 
-
-def _node(key: str, meta: Any, width: int | None, deps: tuple[str, ...]) -> NodeDescription:
-    """A ``NodeDescription`` made without the frozen dataclass's ``__init__``.
-
-    That ``__init__`` sets each field through ``object.__setattr__``; a run's
-    hooks may ask for the description of a 100,000-node graph, so the fields
-    go into the instance's dict in one step (same object, same equality).
+    Its nodes are made on first use: the columns taken here are the graph's
+    own lists (keys, dependencies) and one pass over its metadata, so a run
+    whose plugin reads only a summary never pays for 10,000 node objects.
+    The description keeps no future, so no task argument stays alive with it.
     """
-    node = object.__new__(NodeDescription)
-    node.__dict__.update(
-        key=key,
-        task=meta.name,
-        kind=meta.kind,
-        backend=meta.backend_name,
-        width=width,
-        description=meta.description,
-        deps=deps,
+    metas = graph.metadata
+    columns = _Columns(
+        graph.keys,
+        [m.name for m in metas],
+        [m.kind for m in metas],
+        [m.backend_name for m in metas],
+        [_width(f) for f in graph.futures],
+        [m.description for m in metas],
+        graph.deps,
     )
-    return node
+    return GraphDescription._of_columns(columns, tuple(graph.keys[r] for r in graph.roots))
+
+
+def _nodes_of(columns: _Columns) -> tuple[NodeDescription, ...]:
+    """The ``NodeDescription`` of every node of ``columns``.
+
+    Each is made without the frozen dataclass's ``__init__``, which sets each
+    field through ``object.__setattr__``: the fields go into the instance's
+    dict in one step (same object, same equality).
+    """
+    keys, tasks, kinds, backends, widths, descriptions, deps = columns
+    new, key_at = object.__new__, keys.__getitem__
+    nodes = []
+    for i, key in enumerate(keys):
+        node = new(NodeDescription)
+        node.__dict__.update(
+            key=key,
+            task=tasks[i],
+            kind=kinds[i],
+            backend=backends[i],
+            width=widths[i],
+            description=descriptions[i],
+            deps=tuple(map(key_at, deps[i])),
+        )
+        nodes.append(node)
+    return tuple(nodes)
 
 
 def describe(future: Any, *, backend: str | Backend | None = None) -> GraphDescription:

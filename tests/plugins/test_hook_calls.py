@@ -144,3 +144,109 @@ def test_keyboard_interrupt_unwinds_wrappers_and_propagates():
     with pytest.raises(KeyboardInterrupt):
         _dispatcher(Interrupts(), Cleans()).call("after_node_execute", **NODE)
     assert finished == ["cleaned"]
+
+
+# -- caller: the positional form the engine uses for per-task hooks ------------------------
+
+AFTER = ("key", "metadata", "inputs", "reporter", "result", "duration", "started", "worker")
+
+
+def test_caller_gives_each_implementation_the_arguments_it_names():
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Few:
+        @hook_impl
+        def after_node_execute(self, worker, key):
+            seen.append(("few", (worker, key)))
+
+    class One:
+        @hook_impl
+        def after_node_execute(self, duration):
+            seen.append(("one", (duration,)))
+
+    class Nothing:
+        @hook_impl
+        def after_node_execute(self):
+            seen.append(("none", ()))
+
+    class Default:
+        @hook_impl
+        def after_node_execute(self, key, extra="kept", reporter=None):
+            seen.append(("default", (key, extra, reporter)))
+
+    hooks = _dispatcher(Few(), One(), Nothing(), Default())
+    hooks.caller("after_node_execute", AFTER)(*(NODE[name] for name in AFTER))
+    assert sorted(seen) == [
+        ("default", ("k", "kept", "R")),
+        ("few", ("w", "k")),
+        ("none", ()),
+        ("one", (0.5,)),
+    ]
+
+
+def test_caller_isolates_a_failing_implementation(caplog, monkeypatch):
+    monkeypatch.delenv("DAGLITE_STRICT_PLUGINS", raising=False)
+    seen: list[str] = []
+
+    class Broken:
+        @hook_impl
+        def after_node_execute(self, key):
+            raise RuntimeError("broken")
+
+    class Fine:
+        @hook_impl
+        def after_node_execute(self, key):
+            seen.append(key)
+
+    hooks = _dispatcher(Broken(), Fine())
+    call = hooks.caller("after_node_execute", AFTER)
+    with caplog.at_level(logging.ERROR, logger="daglite.plugins"):
+        call(*(NODE[name] for name in AFTER))
+        call(*(NODE[name] for name in AFTER))
+    assert seen == ["k", "k"]
+    assert len(_errors(caplog)) == 1 and "Broken" in _errors(caplog)[0]
+
+
+def test_caller_in_strict_mode_raises(monkeypatch):
+    monkeypatch.setenv("DAGLITE_STRICT_PLUGINS", "1")
+
+    class Broken:
+        @hook_impl
+        def after_node_execute(self, key):
+            raise RuntimeError("broken")
+
+    call = _dispatcher(Broken()).caller("after_node_execute", AFTER)
+    with pytest.raises(RuntimeError, match="broken"):
+        call(*(NODE[name] for name in AFTER))
+
+
+def test_caller_without_an_argument_an_implementation_takes_is_an_error():
+    class Wants:
+        @hook_impl
+        def after_node_execute(self, key, worker):
+            pass
+
+    with pytest.raises(ValueError, match="'after_node_execute' is called without 'worker'"):
+        _dispatcher(Wants()).caller("after_node_execute", ("key",))
+
+
+def test_caller_runs_wrappers_around_the_plain_implementations():
+    seen: list[str] = []
+
+    class Wrapper:
+        @hook_impl(wrapper=True)
+        def after_node_execute(self, key):
+            seen.append(f"before {key}")
+            result = yield
+            seen.append(f"after {key}")
+            return result
+
+    class Plain:
+        @hook_impl
+        def after_node_execute(self, worker):
+            seen.append(f"plain {worker}")
+
+    _dispatcher(Wrapper(), Plain()).caller("after_node_execute", AFTER)(
+        *(NODE[name] for name in AFTER)
+    )
+    assert seen == ["before k", "plain w", "after k"]

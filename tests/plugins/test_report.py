@@ -33,6 +33,7 @@ from daglite.plugins.builtin._report_svg import (
     DETAIL_LIMIT,
     MIN_BUCKETS,
 )
+from daglite.plugins.builtin._report_svg import seconds as _seconds
 from daglite.plugins.builtin.timeline import Attempt, RunTimeline, TimelinePlugin
 
 # -- reading the page ---------------------------------------------------------------------
@@ -193,6 +194,31 @@ def test_memory_sampler_stops_with_the_run(tmp_path):
     run_mixed("threads", tmp_path)
     sampler = [t for t in threading.enumerate() if t.name == "daglite-report-memory"]
     assert sampler == []
+
+
+def test_only_the_sampler_thread_walks_the_process_tree(tmp_path, monkeypatch):
+    from daglite.plugins.builtin import report as report_module
+
+    walked: list[str] = []
+    read: list[tuple[str, int]] = []
+    walk, rss = report_module._process_tree, report_module._rss
+
+    def spy_walk():
+        walked.append(threading.current_thread().name)
+        return walk()
+
+    def spy_rss(procs):
+        read.append((threading.current_thread().name, len(procs)))
+        return rss(procs)
+
+    monkeypatch.setattr(report_module, "_process_tree", spy_walk)
+    monkeypatch.setattr(report_module, "_rss", spy_rss)
+    plugin = ReportPlugin(tmp_path / "r.html")
+    assert evaluate(total([inc(i) for i in range(3)]), backend="threads", plugins=[plugin]) == 6
+    assert walked and set(walked) == {"daglite-report-memory"}
+    caller = threading.current_thread().name
+    assert read[-1][0] == caller and read[-1][1] >= 1  # the last sample: the tree last walked
+    assert plugin.peak_memory is not None and plugin.peak_memory > 0
 
 
 def test_page_makes_no_request(tmp_path):
@@ -416,6 +442,37 @@ def test_large_dag_is_drawn_per_task(tmp_path):
     html = target.read_text(encoding="utf-8")
     assert 'id="dag-grouped"' in html
     assert {k: n["data-kind"] for k, n in nodes(html).items()} == {"inc": "group", "total": "group"}
+
+
+def test_large_failed_dag_groups_show_each_tasks_worst_state(tmp_path):
+    target = tmp_path / "r.html"
+    futures = [inc(i) for i in range(DAG_NODE_LIMIT)]
+    with pytest.raises(EvaluationError):
+        evaluate(after(total(futures), boom(1)), report=target, on_error="continue")
+    html = target.read_text(encoding="utf-8")
+    groups = nodes(html)
+    assert 'id="dag-grouped"' in html
+    assert {k: n["data-state"] for k, n in groups.items()} == {
+        "inc": "ok",
+        "total": "ok",
+        "boom": "failed",
+        "after": "skipped",
+    }
+    assert f"{DAG_NODE_LIMIT} nodes" in html and "1 nodes" in html
+
+
+def test_large_dag_groups_add_up_node_counts_time_and_edges(tmp_path):
+    target = tmp_path / "r.html"
+    futures = [inc(i) for i in range(DAG_NODE_LIMIT)]
+    report = ReportPlugin(target)
+    evaluate(total(futures), plugins=[report])
+    html = target.read_text(encoding="utf-8")
+    box = r'<g class="node ok" data-key="(\w+)".*?</text><text[^>]*>([^<]*)<'
+    details = dict(re.findall(box, html))
+    spent = sum(a.duration for a in report.last.attempts if a.task == "inc")
+    assert details["inc"].startswith(f"{DAG_NODE_LIMIT} nodes · ")
+    assert details["inc"].endswith(_seconds(spent))
+    assert html.count('class="edge"') == 1  # inc -> total, once for 300 node edges
 
 
 # -- beside other plugins ------------------------------------------------------------------

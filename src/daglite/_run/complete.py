@@ -80,8 +80,8 @@ class _Completing:
 
         def _keeps_remote(self, backend: Backend) -> bool: ...
 
-        def _node_hook(
-            self, name: str, i: int, e: int, inputs: dict[str, Any], **extra: Any
+        def _after_hook(
+            self, i: int, e: int, inputs: dict[str, Any], result: Any, duration: float, at: At
         ) -> None: ...
 
         def _node_started(self, unit: _Unit) -> None: ...
@@ -242,16 +242,7 @@ class _Completing:
     ) -> None:
         """Element ``e`` of node ``i`` (-1: the node itself) returned ``value``."""
         if self._has_after:
-            self._node_hook(
-                "after_node_execute",
-                i,
-                e,
-                kwargs,
-                result=value,
-                duration=duration,
-                started=at[0],
-                worker=at[1],
-            )
+            self._after_hook(i, e, kwargs, value, duration, at)
         if self._keep_all:
             self.kept[self.key_of(i, e)] = value
         ready = self.state.node_done(i, value) if e < 0 else self.state.element_done(i, e, value)

@@ -35,7 +35,7 @@ from daglite._run.ahead import _Ahead
 from daglite._run.complete import _Completing
 from daglite._run.inbox import Cancel, Inbox, JobDone, Message
 from daglite._run.lane import _Lane
-from daglite._run.notify import _Notifying
+from daglite._run.notify import AFTER_ARGS, _Notifying
 from daglite._run.plan import _Planning
 from daglite._run.slices import _Slicing
 from daglite._run.state import RunState
@@ -131,6 +131,7 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
         self.engine_thread = 0
         self._has_before = hooks.has("before_node_execute")
         self._has_after = hooks.has("after_node_execute")
+        self._call_after = hooks.caller("after_node_execute", AFTER_ARGS)
         self._has_lookup = hooks.has("lookup_node_result")
         # Set once plugins registered their handlers: whether nobody watches
         # single nodes, so wide fan-outs may travel in slices (``_slices``).

@@ -7,10 +7,11 @@ plugins see one call at a time, in order.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 from daglite._job import shared
-from daglite._run.unit import _Unit
+from daglite._run.unit import At, _Unit
 from daglite.graph.base import Graph
 from daglite.plugins import log_bridge
 from daglite.plugins.manager import HookDispatcher
@@ -25,12 +26,27 @@ from daglite.settings import strict_plugins
 
 logger = logging.getLogger("daglite")
 
+# The arguments of ``after_node_execute`` in the order ``_after_hook`` passes
+# them: the hook fires once per task, so it is called positionally
+# (``HookDispatcher.caller``), not with a keyword dict per call.
+AFTER_ARGS: Final = (
+    "key",
+    "metadata",
+    "inputs",
+    "reporter",
+    "result",
+    "duration",
+    "started",
+    "worker",
+)
+
 
 class _Notifying:
     """The hooks-and-events part of ``_Run``."""
 
     # What this part uses of the run (set up by ``_Run.__init__``).
     _any_shared: bool
+    _call_after: Callable[..., None]
     _has_before: bool
     _sees_inputs: bool
     _sees_result: bool
@@ -91,6 +107,26 @@ class _Notifying:
             inputs=inputs,
             reporter=self.reporter,
             **extra,
+        )
+
+    def _after_hook(
+        self, i: int, e: int, inputs: dict[str, Any], result: Any, duration: float, at: At
+    ) -> None:
+        """``after_node_execute`` of element ``e`` of node ``i`` (-1: the node itself)."""
+        if self._any_shared:
+            if self._sees_inputs:
+                inputs = shared.resolve_all(inputs)
+            if self._sees_result:
+                result = shared.resolve(result)
+        self._call_after(
+            self.key_of(i, e),
+            self.graph.metadata[i],
+            inputs,
+            self.reporter,
+            result,
+            duration,
+            at[0],
+            at[1],
         )
 
     def _unit_hook(self, name: str, unit: _Unit, **extra: Any) -> None:

@@ -12,7 +12,7 @@ path.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from daglite._job.records import Elements
@@ -20,7 +20,6 @@ from daglite._run.state import RunState
 from daglite._run.unit import NOWHERE, At, _element_kwargs, _Unit
 from daglite.backends.base import Backend
 from daglite.graph.base import Graph
-from daglite.plugins.manager import HookDispatcher
 from daglite.plugins.reporters import _CallerReporter
 from daglite.tasks import Task
 
@@ -30,10 +29,11 @@ class _Slicing:
 
     # What this part uses of the run (set up by ``_Run.__init__``).
     _bulk: bool
+    _call_after: Callable[..., None]
     _has_after: bool
     _keep_all: bool
+    _sees_inputs: bool
     graph: Graph
-    hooks: HookDispatcher
     kept: dict[str, Any]
     reporter: _CallerReporter
     state: RunState
@@ -148,21 +148,22 @@ class _Slicing:
         assert piece.elems is not None
         names, rows = piece.elems.names, piece.elems.rows
         key, meta, base, first = piece.key, piece.meta, piece.kwargs, piece.elem
-        call, reporter = self.hooks.call, self.reporter
+        call, reporter, sees_inputs = self._call_after, self.reporter, self._sees_inputs
         durations, worker = outcome.value.durations, outcome.worker
         for e, value in enumerate(values):
             if e in errors:
                 continue
+            # No implementation names ``inputs``: the element's own dict is not made.
+            inputs = _element_kwargs(base, names, rows[e]) if sees_inputs else base
             call(
-                "after_node_execute",
-                key=f"{key}[{first + e}]",
-                metadata=meta,
-                inputs=_element_kwargs(base, names, rows[e]),
-                reporter=reporter,
-                result=value,
-                duration=durations[e],
-                started=starts[e],
-                worker=worker,
+                f"{key}[{first + e}]",
+                meta,
+                inputs,
+                reporter,
+                value,
+                durations[e],
+                starts[e],
+                worker,
             )
 
     def _split(self, piece: _Unit, isolate: bool) -> None:

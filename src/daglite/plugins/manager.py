@@ -11,9 +11,10 @@ wrappers and ordering follow pluggy (``_calls.py``).
 from __future__ import annotations
 
 import logging
+import operator
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, final
 
 import pluggy
@@ -185,6 +186,31 @@ class HookDispatcher:
             except Exception:
                 self._hook_failed(plugin_name, hook)
 
+    def caller(self, hook: str, names: tuple[str, ...]) -> Callable[..., None]:
+        """A function that calls ``hook`` with the arguments ``names``, given positionally.
+
+        For the hooks the engine calls once per task: each implementation's
+        arguments are picked from the positional ones by an ``itemgetter`` made
+        here, once, instead of from a keyword dict made per call (~0.3 µs
+        against ~0.9 µs a call). Failures are handled as by ``call``.
+
+        Raises:
+            ValueError: If an implementation takes an argument ``names`` lacks.
+        """
+        entries = [
+            (plugin_name, func, _picker(hook, argnames, names))
+            for plugin_name, func, argnames in self._impls.get(hook, ())
+        ]
+
+        def call(*args: Any) -> None:
+            for plugin_name, func, pick in entries:
+                try:
+                    func(*pick(args))
+                except Exception:
+                    self._hook_failed(plugin_name, hook)
+
+        return call
+
     def first_result(self, hook: str, **kwargs: Any) -> Any:
         """Call implementations until one returns something other than None.
 
@@ -262,6 +288,22 @@ def _implementations(pm: pluggy.PluginManager) -> _Table:
         firstresult = bool(spec is not None and spec.opts.get("firstresult"))
         chains[name] = _Chain(wrappers, others, firstresult, spec_args)
     return plain, chains
+
+
+def _picker(
+    hook: str, argnames: tuple[str, ...], names: tuple[str, ...]
+) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """Picks the values of ``argnames``, in order, from values given in the order of ``names``."""
+    missing = [a for a in argnames if a not in names]
+    if missing:
+        raise ValueError(f"hook {hook!r} is called without {', '.join(map(repr, missing))}")
+    at = [names.index(a) for a in argnames]
+    if len(at) > 1:
+        return operator.itemgetter(*at)
+    if at:
+        only = at[0]
+        return lambda values: (values[only],)
+    return lambda values: ()
 
 
 def _wraps(impl: Any) -> bool:

@@ -9,26 +9,30 @@ so the page provably works offline.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass
 from html import escape
+from itertools import compress
 from typing import TYPE_CHECKING, Final, final
 
 from daglite.plugins.builtin._report_svg import (
+    CACHE_WORKER,
     DAG_NODE_LIMIT,
     DagBox,
     colour,
     dag_svg,
-    placed_attempts,
+    grouped,
+    placed_columns,
     seconds,
     timeline_svg,
     workers,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from daglite.describe import GraphDescription, NodeDescription
-    from daglite.plugins.builtin.timeline import Attempt, RunTimeline
+    from daglite.plugins.builtin.timeline import AttemptColumns, RunTimeline
 
 __all__ = ["TaskStats", "node_states", "render_report", "task_stats"]
 
@@ -41,7 +45,11 @@ _STATE_RANK: Final = {"failed": 3, "skipped": 2, "not-run": 1, "ok": 0}
 @final
 @dataclass(slots=True)
 class TaskStats:
-    """What one task's attempts add up to (cache hits are not calls)."""
+    """What one task's attempts add up to (cache hits are not calls).
+
+    ``cached_time`` is the time of its cache hits (0.0 from the engine), so
+    ``total + cached_time`` is all the time its nodes took.
+    """
 
     calls: int = 0
     total: float = 0.0
@@ -49,30 +57,51 @@ class TaskStats:
     failures: int = 0
     retries: int = 0
     cache_hits: int = 0
+    cached_time: float = 0.0
 
     @property
     def mean(self) -> float:
         """Mean duration of a call (0.0 without calls)."""
         return self.total / self.calls if self.calls else 0.0
 
-    def add(self, a: Attempt) -> None:
-        """Count one attempt."""
-        if a.cached:
-            self.cache_hits += 1
-            return
-        self.calls += 1
-        self.total += a.duration
-        self.max = max(self.max, a.duration)
-        self.retries += a.retried
-        self.failures += a.error is not None and not a.retried
 
+def task_stats(columns: AttemptColumns) -> dict[str, TaskStats]:
+    """Per task name, its figures; tasks ordered by total time, largest first.
 
-def task_stats(attempts: Iterable[Attempt]) -> dict[str, TaskStats]:
-    """Per task name, its figures; tasks ordered by total time, largest first."""
-    stats: dict[str, TaskStats] = defaultdict(TaskStats)
-    for a in attempts:
-        stats[a.task].add(a)
+    Calls, total and max come from each task's run times (``grouped``: C-level
+    passes for a few tasks); failures and retries from the failed attempts
+    alone, cache hits from the attempts of the ``cache`` worker alone.
+    """
+    stats: dict[str, TaskStats] = {task: TaskStats() for task in dict.fromkeys(columns.tasks)}
+    tasks, durations = _calls(columns, stats)
+    for task, times in grouped(tasks, durations).items():
+        s = stats[task]
+        s.calls, s.total, s.max = len(times), sum(times), max(times)
+    errors = columns.errors
+    if errors.count(None) != len(errors):
+        rows = zip(columns.tasks, columns.workers, errors, columns.retried)
+        for task, worker, error, retried in rows:
+            if error is not None and worker != CACHE_WORKER:
+                if retried:
+                    stats[task].retries += 1
+                else:
+                    stats[task].failures += 1
     return dict(sorted(stats.items(), key=lambda kv: -kv[1].total))
+
+
+def _calls(
+    columns: AttemptColumns, stats: dict[str, TaskStats]
+) -> tuple[Sequence[str], Sequence[float]]:
+    """The tasks and run times of the attempts that ran; cache hits are counted in ``stats``."""
+    tasks, workers_, durations = columns.tasks, columns.workers, columns.durations
+    if CACHE_WORKER not in workers_:
+        return tasks, durations
+    for task, worker, duration in zip(tasks, workers_, durations):
+        if worker == CACHE_WORKER:
+            stats[task].cache_hits += 1
+            stats[task].cached_time += duration
+    ran = [w != CACHE_WORKER for w in workers_]
+    return list(compress(tasks, ran)), list(compress(durations, ran))
 
 
 @final
@@ -83,23 +112,30 @@ class _NodeRun:
     total: float = 0.0
 
 
-def _node_runs(run: RunTimeline, graph: GraphDescription) -> dict[str, _NodeRun]:
-    keys = {n.key for n in graph.nodes}
-    out: dict[str, _NodeRun] = {k: _NodeRun() for k in keys}
-    for a in run.attempts:
-        key = a.key if a.key in keys else a.key.rsplit("[", 1)[0]
+def _node_runs(columns: AttemptColumns, graph: GraphDescription) -> dict[str, _NodeRun]:
+    """Per node key: its attempts that succeeded, failed for good, and their time."""
+    out: dict[str, _NodeRun] = {n.key: _NodeRun() for n in graph.nodes}
+    rows = zip(columns.keys, columns.durations, columns.errors, columns.retried)
+    for key, duration, error, retried in rows:
         node = out.get(key)
-        if node is None:
-            continue
-        node.total += a.duration
-        node.ok += a.error is None
-        node.failed += a.error is not None and not a.retried
+        if node is None:  # an element: its node is the key before ``[``
+            node = out.get(key.rsplit("[", 1)[0])
+            if node is None:
+                continue
+        node.total += duration
+        if error is None:
+            node.ok += 1
+        elif not retried:
+            node.failed += 1
     return out
 
 
-def node_states(run: RunTimeline, graph: GraphDescription) -> dict[str, str]:
+def node_states(
+    run: RunTimeline, graph: GraphDescription, runs: dict[str, _NodeRun] | None = None
+) -> dict[str, str]:
     """Each node's state: ``ok``, ``failed``, ``skipped`` (after a failure) or ``not-run``."""
-    runs = _node_runs(run, graph)
+    if runs is None:
+        runs = _node_runs(run.columns(), graph)
     states: dict[str, str] = {}
     for node in graph.nodes:
         r = runs[node.key]
@@ -129,42 +165,63 @@ def _node_box(node: NodeDescription, state: str, r: _NodeRun) -> DagBox:
     return DagBox(node.key, title, detail, state, list(node.deps), tip, extra=extra)
 
 
+def _worst_states(run: RunTimeline, graph: GraphDescription) -> dict[str, str]:
+    """Per task, the worst state of its nodes (all ``ok`` when the run succeeded)."""
+    tasks = graph._columns().tasks
+    if run.error is None:
+        return dict.fromkeys(tasks, "ok")
+    worst: dict[str, str] = {}
+    for task, state in zip(tasks, node_states(run, graph).values()):
+        if _STATE_RANK[state] >= _STATE_RANK[worst.get(task, "ok")]:
+            worst[task] = state
+    return worst
+
+
 def _task_boxes(
-    graph: GraphDescription, states: dict[str, str], runs: dict[str, _NodeRun]
+    run: RunTimeline, graph: GraphDescription, stats: dict[str, TaskStats]
 ) -> list[DagBox]:
-    """One box per task, for DAGs too large to draw node by node."""
-    boxes: dict[str, DagBox] = {}
-    task_of = {n.key: n.task for n in graph.nodes}
-    totals: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    for node in graph.nodes:
-        box = boxes.get(node.task)
-        if box is None:
-            box = boxes[node.task] = DagBox(node.task, node.task, "", "ok", [], "")
-            box.extra = {"task": node.task, "kind": "group"}
-        totals[node.task] += runs[node.key].total
-        counts[node.task] += 1
-        if _STATE_RANK[states[node.key]] > _STATE_RANK[box.state]:
-            box.state = states[node.key]
-        box.deps.extend(t for t in (task_of[d] for d in node.deps) if t not in box.deps)
-    for task, box in boxes.items():
-        box.detail = f"{counts[task]} nodes · {seconds(totals[task])}"
-        box.tip = f"task {task}: {counts[task]} nodes, worst state {box.state}"
-    return list(boxes.values())
+    """One box per task, for DAGs too large to draw node by node.
+
+    Read from the description's columns: no node object is made unless the
+    run failed (the states of its nodes are needed then).
+    """
+    columns = graph._columns()
+    tasks = columns.tasks
+    counts = Counter(tasks)
+    deps: dict[str, dict[str, None]] = {task: {} for task in counts}
+    for task, node_deps in zip(tasks, columns.deps):
+        if node_deps:
+            deps[task].update(dict.fromkeys(map(tasks.__getitem__, node_deps)))
+    worst = _worst_states(run, graph)
+    boxes = []
+    for task, count in counts.items():
+        s = stats.get(task, _NO_STATS)
+        total = s.total + s.cached_time
+        box = DagBox(
+            task, task, f"{count} nodes · {seconds(total)}", worst[task], list(deps[task]), ""
+        )
+        box.tip = f"task {task}: {count} nodes, worst state {box.state}"
+        box.extra = {"task": task, "kind": "group"}
+        boxes.append(box)
+    return boxes
 
 
-def _dag_section(run: RunTimeline) -> str:
+_NO_STATS: Final = TaskStats()
+
+
+def _dag_section(run: RunTimeline, stats: dict[str, TaskStats]) -> str:
     graph = run.graph
     if graph is None:
         return "<p>The DAG was not described for this run.</p>"
-    states = node_states(run, graph)
-    runs = _node_runs(run, graph)
-    if len(graph.nodes) > DAG_NODE_LIMIT:
+    count = graph.node_count
+    if count > DAG_NODE_LIMIT:
         note = (
-            f'<p class="note" id="dag-grouped">{len(graph.nodes)} nodes: drawn one box per '
+            f'<p class="note" id="dag-grouped">{count} nodes: drawn one box per '
             "task (its worst state, its node count and total time).</p>"
         )
-        return note + dag_svg(_task_boxes(graph, states, runs))
+        return note + dag_svg(_task_boxes(run, graph, stats))
+    runs = _node_runs(run.columns(), graph)
+    states = node_states(run, graph, runs)
     boxes = [_node_box(n, states[n.key], runs[n.key]) for n in graph.nodes]
     return dag_svg(boxes)
 
@@ -204,15 +261,13 @@ def _task_table(stats: dict[str, TaskStats]) -> str:
     )
 
 
-def _worker_table(run: RunTimeline, wall: float) -> str:
-    busy: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
-    attempts = [a for a in placed_attempts(run) if not a.cached]
-    for a in attempts:
-        busy[a.worker] += a.duration
-        count[a.worker] += 1
+def _worker_table(placed: AttemptColumns, wall: float) -> str:
+    times = grouped(placed.workers, placed.durations)
+    times.pop(CACHE_WORKER, None)
+    busy = {w: sum(t) for w, t in times.items()}
+    count = {w: len(t) for w, t in times.items()}
     rows = []
-    for w in workers(attempts):
+    for w in workers(count):
         fraction = busy[w] / wall if wall > 0 else 0.0
         rows.append(
             f'<tr data-worker="{escape(w)}" data-attempts="{count[w]}" '
@@ -236,20 +291,20 @@ def _memory(peak: int | None) -> str:
     return f'<dd id="peak-memory" data-bytes="{peak}">{peak / 2**20:.1f} MiB</dd>'
 
 
-def _totals(run: RunTimeline, peak: int | None) -> str:
+def _totals(run: RunTimeline, placed: AttemptColumns, peak: int | None) -> str:
     wall = run.wall_time
     status = "succeeded" if run.error is None else f"failed: {run.error}"
-    nodes = len(run.graph.nodes) if run.graph is not None else 0
+    nodes = run.graph.node_count if run.graph is not None else 0
+    attempts = run.attempt_count
     return (
         '<dl id="totals">'
         f'<dt>status</dt><dd id="status" class="{"ok" if run.error is None else "failed"}">'
         f"{escape(status)}</dd>"
         f'<dt>wall time</dt><dd id="wall" data-seconds="{wall:.6f}">{seconds(wall)}</dd>'
-        f'<dt>attempts</dt><dd id="attempts" data-count="{len(run.attempts)}">'
-        f"{len(run.attempts)}</dd>"
+        f'<dt>attempts</dt><dd id="attempts" data-count="{attempts}">{attempts}</dd>'
         f"<dt>DAG nodes</dt><dd>{nodes} (mapped nodes count once)</dd>"
         f"<dt>peak memory (caller and child processes, RSS)</dt>{_memory(peak)}"
-        f"</dl>{_worker_table(run, wall)}"
+        f"</dl>{_worker_table(placed, wall)}"
     )
 
 
@@ -270,12 +325,12 @@ def _legend(stats: dict[str, TaskStats]) -> str:
     return f'<div id="legend">{tasks}{marks}</div>'
 
 
-def _timeline_section(run: RunTimeline, stats: dict[str, TaskStats]) -> str:
-    svg, buckets = timeline_svg(run)
+def _timeline_section(run: RunTimeline, placed: AttemptColumns, stats: dict[str, TaskStats]) -> str:
+    svg, buckets = timeline_svg(run, placed)
     note = ""
     if buckets:
         note = (
-            f'<p class="note" id="aggregated">{len(placed_attempts(run))} attempts: aggregated. '
+            f'<p class="note" id="aggregated">{len(placed.keys)} attempts: aggregated. '
             f"Each worker's row is cut into {buckets} time buckets; a bucket stacks one bar per "
             "task, as tall as its share of the attempts that started there and as opaque as "
             "the worker was busy; hover a bar for its counts.</p>"
@@ -283,17 +338,26 @@ def _timeline_section(run: RunTimeline, stats: dict[str, TaskStats]) -> str:
     return note + _legend(stats) + f'<div class="scroll">{svg}</div>'
 
 
+def _backends(run: RunTimeline) -> str:
+    return ", ".join(sorted(set(run.graph._columns().backends) if run.graph else ()))
+
+
 def render_report(run: RunTimeline, peak_memory: int | None) -> str:
-    """The HTML report of ``run`` (``peak_memory`` in bytes, or None if unknown)."""
-    stats = task_stats(run.attempts)
+    """The HTML report of ``run`` (``peak_memory`` in bytes, or None if unknown).
+
+    The attempts are read as columns (``RunTimeline.columns``), each figure
+    in one pass over them; the DAG from its description's columns.
+    """
+    columns = run.columns()
+    stats = task_stats(columns)
+    placed = placed_columns(columns)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
-    backends = ", ".join(sorted({n.backend for n in run.graph.nodes} if run.graph else ()))
     body = (
         f'<h1>daglite run report</h1><p class="sub">run {run.root_id} · started {when} · '
-        f"{seconds(run.wall_time)} · {escape(backends or 'no nodes')}</p>"
-        f"<h2>Totals</h2>{_totals(run, peak_memory)}"
-        f"<h2>Timeline</h2>{_timeline_section(run, stats)}"
-        f'<h2>DAG</h2><div class="scroll dag">{_dag_section(run)}</div>'
+        f"{seconds(run.wall_time)} · {escape(_backends(run) or 'no nodes')}</p>"
+        f"<h2>Totals</h2>{_totals(run, placed, peak_memory)}"
+        f"<h2>Timeline</h2>{_timeline_section(run, placed, stats)}"
+        f'<h2>DAG</h2><div class="scroll dag">{_dag_section(run, stats)}</div>'
         f"<h2>Tasks</h2>{_task_table(stats)}"
     )
     return _PAGE_HEAD + body + "<script>" + _SCRIPT + "</script></body></html>\n"
