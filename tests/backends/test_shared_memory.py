@@ -457,3 +457,12 @@ def test_a_custom_process_backend_opts_in_through_the_same_job_path():
     assert _in_shared_memory(result) and result.sum() == 5000.0
     with LokyBackend(max_workers=1) as backend:  # not opted in: the pipe, as before
         assert not evaluate(arrived_mapped(value=np.ones(5000)), backend=backend)
+
+
+def test_hooks_see_ordinary_values_of_fan_out_elements(pool):
+    plugin = SeesValues()
+    arrays = [np.full(1000, float(i)) for i in range(6)]
+    evaluate(echo.product(value=arrays), backend=pool, plugins=[plugin])
+    elements = [s for s in plugin.seen if s[0].startswith("echo[")]
+    assert len(elements) == 6
+    assert all(inp is np.ndarray and res is np.ndarray for _, inp, res in elements), elements

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from daglite._job import shared
 from daglite._job.records import Elements
 from daglite._run.state import RunState
 from daglite._run.unit import NOWHERE, At, _element_kwargs, _Unit
@@ -29,7 +30,9 @@ class _Slicing:
 
     # What this part uses of the run (set up by ``_Run.__init__``).
     _bulk: bool
+    _any_shared: bool
     _call_after: Callable[..., None]
+    _sees_result: bool
     _has_after: bool
     _keep_all: bool
     _sees_inputs: bool
@@ -150,11 +153,15 @@ class _Slicing:
         key, meta, base, first = piece.key, piece.meta, piece.kwargs, piece.elem
         call, reporter, sees_inputs = self._call_after, self.reporter, self._sees_inputs
         durations, worker = outcome.value.durations, outcome.worker
+        handles = self._any_shared  # hooks see values, not shared-memory handles (gh-14)
         for e, value in enumerate(values):
             if e in errors:
                 continue
             # No implementation names ``inputs``: the element's own dict is not made.
             inputs = _element_kwargs(base, names, rows[e]) if sees_inputs else base
+            if handles:
+                inputs = shared.resolve_all(inputs) if sees_inputs else inputs
+                value = shared.resolve(value) if self._sees_result else value
             call(
                 f"{key}[{first + e}]",
                 meta,
