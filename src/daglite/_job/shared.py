@@ -34,6 +34,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final, final
 
+import psutil
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "SharedMemory",
@@ -162,18 +164,8 @@ def _sweep_dead(base: str) -> None:
             if not name.startswith(_PREFIX):
                 continue
             pid = name[len(_PREFIX) :]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
                 shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _caller_directory: Final = _CallerDirectory()

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any, Final, NoReturn, final
 
+import psutil
+
 from daglite._job import call
 from daglite.backends._native import WorkerLimits, apply_worker_limits
 
@@ -52,7 +54,7 @@ class _WorkerState:
         with lock:
             for base in range(0, len(slots), SLOT_WIDTH):
                 pid = slots[base + PID]
-                if pid == 0 or not _pid_alive(pid):
+                if pid == 0 or not psutil.pid_exists(pid):
                     slots[base : base + SLOT_WIDTH] = [os.getpid()] + [0] * (SLOT_WIDTH - 1)
                     self.base = base
                     break
@@ -76,16 +78,6 @@ class _WorkerState:
         if self.base >= 0:
             self.slots[self.base + TIMED_OUT] = token
         os._exit(TIMEOUT_EXIT_CODE)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _worker_state: Final = _WorkerState()
@@ -123,6 +115,6 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
     if fd is not None:
         select.select([fd], [], [])
         os._exit(1)
-    while _pid_alive(parent_pid) and os.getppid() != 1:
+    while psutil.pid_exists(parent_pid) and os.getppid() != 1:
         time.sleep(1.0)
     os._exit(1)
