@@ -10,13 +10,21 @@ Data flow::
 
 Each job is one Ray task with two returns. The first holds the outcomes the
 caller needs; in it, a result whose estimated size exceeds
-``remote_threshold`` is replaced by a ``RemoteResult`` stand-in, and the value
-itself goes in the second return, which the caller never fetches. A later job
-that takes a stand-in gets that second return's ``ObjectRef`` as a top-level
-argument, so Ray hands the worker the value from its object store (numpy
-arrays zero-copy, read-only) without the caller touching it. A stand-in holds
-its ``ObjectRef``: when the run drops the last stand-in, Ray frees the value.
+``remote_threshold``, or that the caller does not need (``_Job.keep_remote``),
+is replaced by a ``RemoteResult`` stand-in, and the value itself goes in the
+second return, which the caller never fetches. A later job that takes a
+stand-in gets that second return's ``ObjectRef`` as a top-level argument, so
+Ray hands the worker the value from its object store (numpy arrays
+zero-copy, read-only) without the caller touching it. A stand-in holds its
+``ObjectRef``: when the run drops the last stand-in, Ray frees the value.
 ``materialize`` fetches what ``evaluate`` returns.
+
+gh-18: the engine hands a job to this backend as soon as the jobs of its
+inputs were submitted (``accepts_pending_inputs``). Each ``PendingResult``
+marker's future is the ``_Watched`` of the producing job: its ObjectRefs go
+in as top-level arguments (the second return, and the first unless the value
+surely stays apart), so Ray starts the job once they exist, and the worker
+swaps the values in, skipping a call whose input failed or did not run.
 
 Events, log records and long jobs' early outcomes travel on the caller's hub
 socket when every node of the cluster runs on this machine, else through a
