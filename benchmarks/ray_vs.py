@@ -16,7 +16,11 @@ interleaved (A B A B), each on a local instance with ``max_workers`` CPUs:
   ``fanout-watched`` is daglite's with a plugin that implements
   ``before_node_execute`` (every element a call of its own, 32 per Ray task).
 - ``chain``: µs per hop of a chain of N trivial tasks: daglite ``inc(inc(...))``
-  against ``ref = f.remote(ref)`` submitted ahead.
+  against ``ref = f.remote(ref)`` submitted ahead. daglite hands each job to
+  Ray as soon as the one before it was (ObjectRefs as arguments) and fuses
+  single-input links, up to 32 calls per Ray task. ``chain-unfused`` is the
+  same chain with ``max_batch = 1``: one Ray task per call, chained by Ray,
+  like the peer (what a DAG that cannot be fused gets).
 
 Prints one table with medians and the ratio daglite / Ray, then JSON.
 """
@@ -83,6 +87,19 @@ def _case_daglite_ray(fanout: int, chain: int) -> dict[str, Any]:
     seconds, result = _clock(lambda: evaluate(future, backend=backend))
     assert result == chain
     out["chain"] = seconds / chain * 1e6
+
+    class OneCallPerTask(RayBackend):
+        max_batch = 1
+
+    unfused = OneCallPerTask(max_workers=WORKERS)  # the same local instance
+    warm = t_inc(0)
+    for _ in range(WARMUP // 10):
+        warm = t_inc(warm)
+    evaluate(warm, backend=unfused)  # its own Ray remote function: warm it up
+    seconds, result = _clock(lambda: evaluate(future, backend=unfused))
+    assert result == chain
+    out["chain-unfused"] = seconds / chain * 1e6
+    unfused.shutdown()
     backend.shutdown()
     return out
 
@@ -186,6 +203,7 @@ def _table(runs: dict[str, list[dict[str, Any]]], fanout: int, chain: int) -> st
         ("fanout", f"µs/task, {fanout:,} tasks", "fanout"),
         ("fanout-watched", f"µs/task, {fanout:,} tasks, hooks on", "fanout"),
         ("chain", f"µs/hop, {chain} hops", "chain"),
+        ("chain-unfused", f"µs/hop, {chain} hops, 1 call per Ray task", "chain"),
     ):
         ours, theirs = _median(runs["daglite-ray"], metric), _median(runs["ray"], peer)
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "—"

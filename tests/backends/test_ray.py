@@ -55,6 +55,21 @@ def cluster(ray_address: str):
     backend.shutdown()
 
 
+class _OneCallPerTask(RayBackend):
+    """No fused chains: each call is a Ray task of its own, chained by Ray (gh-18)."""
+
+    max_batch = 1
+
+
+@pytest.fixture(scope="module")
+def unfused(cluster, ray_address: str):
+    """A RayBackend on the same head node that sends one call per Ray task."""
+    backend = _OneCallPerTask(address=ray_address)
+    backend.ensure_started()
+    yield backend
+    backend.shutdown()
+
+
 @pytest.fixture(scope="module")
 def manager():
     """Events and queues shared with the Ray worker processes."""
@@ -408,9 +423,9 @@ def test_events_travel_through_the_relay_actor_when_nodes_are_elsewhere(
 # -- data locality -------------------------------------------------------------------------
 
 
-def test_big_intermediate_results_stay_in_the_object_store(cluster):
+def test_big_intermediate_results_stay_in_the_object_store(unfused):
     plugin = Recorder()
-    summed, writeable, _ = evaluate(read_big(make_big(BIG)), backend=cluster, plugins=[plugin])
+    summed, writeable, _ = evaluate(read_big(make_big(BIG)), backend=unfused, plugins=[plugin])
     assert summed == BIG // 8
     assert writeable is False  # zero-copy out of the object store
     stand_in = plugin.results["make_big"]
@@ -428,7 +443,16 @@ def test_stand_ins_in_lists_reach_downstream_tasks(cluster):
     assert evaluate(first_of([make_big(BIG), make_big(BIG)]), backend=cluster) == 1.0
 
 
-def test_stand_ins_are_released_when_no_consumer_needs_them(cluster):
+def test_big_intermediates_of_a_fused_chain_reach_hooks_as_stand_ins(cluster):
+    plugin = Recorder()
+    # One Ray task runs both calls (gh-18: chains fuse on Ray): the array goes
+    # from one call to the next in the worker, and only a stand-in comes home.
+    summed, _, _ = evaluate(read_big(make_big(BIG)), backend=cluster, plugins=[plugin])
+    assert summed == BIG // 8
+    assert isinstance(plugin.results["make_big"], RemoteResult)
+
+
+def test_stand_ins_are_released_when_no_consumer_needs_them(unfused):
     # The stand-in holds the only ObjectRef in the caller: once gone, Ray frees
     # the value. By the time `after` starts, `read_big` (the only consumer) is done.
     refs: list[weakref.ref[Any]] = []
@@ -446,7 +470,7 @@ def test_stand_ins_are_released_when_no_consumer_needs_them(cluster):
                 gc.collect()
                 alive_then.append(refs[0]() is not None)
 
-    evaluate(double(pid_of(read_big(make_big(BIG)))), backend=cluster, plugins=[Watch()])
+    evaluate(double(pid_of(read_big(make_big(BIG)))), backend=unfused, plugins=[Watch()])
     assert alive_then == [False]
 
 
@@ -592,6 +616,282 @@ def test_ctrl_c_stops_the_running_task_before_evaluate_raises(cluster, manager):
         signal.signal(signal.SIGINT, previous)
         stop.set()
     assert evaluate(double(8), backend=cluster) == 16
+
+
+# -- gh-18: chains handed to Ray ahead, intermediates stay there ---------------------------
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@task
+def tail_of_chain(x: int, ran) -> int:
+    ran.set()
+    return x
+
+
+class HoldsTheCaller:
+    """Blocks the engine thread in the head's after hook until the chain's tail ran."""
+
+    def __init__(self, tail_ran) -> None:
+        self.tail_ran = tail_ran
+        self.tail_ran_while_held: bool | None = None
+
+    @hook_impl
+    def after_node_execute(self, key) -> None:
+        if key == "inc":
+            self.tail_ran_while_held = self.tail_ran.wait(30)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "one-call-per-task"])
+def test_gh18_a_chain_runs_on_the_cluster_while_the_caller_is_busy(
+    cluster, unfused, manager, fused
+):
+    # The caller stays in a hook of the chain's first task until its last one
+    # has run: only a chain handed to Ray ahead (or fused into one task) can.
+    tail_ran = manager.Event()
+    dag = inc(0)
+    for _ in range(6):
+        dag = inc(dag)
+    plugin = HoldsTheCaller(tail_ran)
+    backend = cluster if fused else unfused
+    assert evaluate(tail_of_chain(dag, tail_ran), backend=backend, plugins=[plugin]) == 7
+    assert plugin.tail_ran_while_held is True
+
+
+class Order(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[tuple[str, str]] = []
+        self.inputs: dict[str, dict[str, Any]] = {}
+        self.places: set[tuple[int, int]] = set()
+
+    @hook_impl
+    def before_node_execute(self, key, inputs) -> None:
+        self.order.append(("before", key))
+        self.inputs[key] = dict(inputs)
+        self.places.add((os.getpid(), threading.get_ident()))
+
+    @hook_impl
+    def after_node_execute(self, key, result):
+        self.order.append(("after", key))
+        super().after_node_execute(key, result)
+
+
+def test_gh18_hooks_keep_their_order_and_see_real_inputs_on_a_chained_dag(unfused):
+    plugin = Order()
+    a = double(1)
+    dag = total([inc(a), inc(double(a)), a])
+    assert evaluate(dag, backend=unfused, plugins=[plugin]) == 3 + 5 + 2
+    edges = [
+        ("double", "inc"),
+        ("double", "double-2"),
+        ("double-2", "inc-2"),
+        ("inc", "total"),
+        ("inc-2", "total"),
+        ("double", "total"),
+    ]
+    for u, v in edges:
+        assert plugin.order.index(("after", u)) < plugin.order.index(("before", v))
+    assert plugin.inputs["total"] == {"xs": [3, 5, 2]}
+    assert plugin.inputs["inc-2"] == {"x": 4}
+    assert plugin.results["total"] == 10
+    assert plugin.places == {(os.getpid(), threading.get_ident())}
+
+
+UNPICKLED: list[int] = []  # sizes of Blobs unpickled in this process (the caller)
+
+
+def _rebuild_blob(data: bytes) -> Blob:
+    UNPICKLED.append(len(data))
+    return Blob(data)
+
+
+class Blob(bytes):
+    def __reduce__(self):
+        return (_rebuild_blob, (bytes(self),))
+
+
+@task
+def sized(n: int) -> Blob:
+    return Blob(b"x" * n)
+
+
+@task
+def length(data: bytes) -> int:
+    return len(data)
+
+
+def _chain(nbytes: int):
+    return length(sized(nbytes)), nbytes
+
+
+def _fork(nbytes: int):
+    data = sized(nbytes)  # its own Ray task; the consumers take its ObjectRef
+    return total([length(data), length(data)]), 2 * nbytes
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "one-call-per-task"])
+@pytest.mark.parametrize("shape", [_chain, _fork], ids=["chain", "fork"])
+@pytest.mark.parametrize("nbytes", [BIG, 200 << 10], ids=["4MB", "200kB"])
+def test_gh18_an_intermediate_never_reaches_the_caller(cluster, unfused, nbytes, shape, fused):
+    # Big or small: the caller needs only the root's result. (The small one is
+    # under remote_threshold, so it used to come home with its outcome.)
+    backend = cluster if fused else unfused
+    dag, expected = shape(nbytes)
+    UNPICKLED.clear()
+    assert evaluate(dag, backend=backend) == expected
+    assert UNPICKLED == []
+    # Positive control: the same bytes as a result do reach the caller.
+    assert len(evaluate(sized(nbytes), backend=backend)) == nbytes
+    assert UNPICKLED == [nbytes]
+
+
+def test_gh18_intermediates_a_plugin_asks_for_come_home(unfused):
+    plugin = Recorder()  # after_node_execute declares ``result``
+    assert evaluate(length(sized(1000)), backend=unfused, plugins=[plugin]) == 1000
+    assert plugin.results["sized"] == b"x" * 1000
+
+
+@task
+def gated(gate, directory: str, i: int) -> int:
+    open(os.path.join(directory, str(i)), "w").close()
+    gate.wait(60)
+    return i
+
+
+@task
+def marks(directory: str, i: int) -> int:
+    open(os.path.join(directory, str(i)), "w").close()
+    return i
+
+
+def test_gh18_fail_fast_cancels_the_graph_handed_to_ray(unfused, manager, tmp_path):
+    # The chain after the gate is on Ray, waiting for its input, when a
+    # sibling fails: none of it may run.
+    gate = manager.Event()
+    chain = gated(gate, str(tmp_path), 0)
+    for i in range(1, 6):
+        chain = marks.partial(directory=str(tmp_path))(i=inc(chain))
+    try:
+        with pytest.raises(TaskError, match="boom 1"):
+            evaluate([explode(1), chain], backend=unfused)
+    finally:
+        gate.set()
+    assert evaluate(double(5), backend=unfused) == 10
+    assert sorted(os.listdir(tmp_path)) in ([], ["0"])
+
+
+@task
+def flaky(directory: str) -> int:
+    attempt = len(os.listdir(directory))
+    open(os.path.join(directory, str(attempt)), "w").close()
+    if attempt < 2:
+        raise ValueError(f"attempt {attempt} fails")
+    return attempt
+
+
+def test_gh18_a_retried_input_reruns_only_what_depends_on_it(unfused, tmp_path):
+    plugin = Order()
+    first = flaky.with_options(retries=2)(str(tmp_path))
+    assert evaluate(double(inc(first)), backend=unfused, plugins=[plugin]) == 6
+    assert plugin.order.count(("before", "inc")) == 1
+    assert plugin.order.count(("before", "flaky")) == 3  # one per attempt
+
+
+def test_gh18_on_error_continue_skips_what_went_to_ray_after_a_failure(unfused):
+    dag = [inc(inc(explode(1))), inc(double(2))]
+    with pytest.raises(EvaluationError) as info:
+        evaluate(dag, backend=unfused, on_error="continue")
+    assert list(info.value.errors) == ["explode"]
+    assert sorted(info.value.skipped) == ["inc", "inc-2"]
+    assert info.value.results["inc-3"] == 5
+    assert info.value.results["double"] == 4  # values, not stand-ins
+
+
+def test_gh18_a_chain_whose_task_kills_its_worker_fails_naming_it(unfused):
+    plugin = Order()
+    with pytest.raises(WorkerLostError, match=r"task 'die_at' \(key 'die_at'\)"):
+        evaluate(inc(die_at(inc(2), 3)), backend=unfused, plugins=[plugin])
+    assert [type(e) for e in plugin.errors] == [WorkerLostError]
+    assert ("after", "inc") in plugin.order and ("before", "inc-2") not in plugin.order
+    assert evaluate(inc(inc(1)), backend=unfused) == 3  # the cluster recovers
+
+
+@task
+def tick(x: int) -> int:
+    get_reporter().report("tick", {"x": x})
+    logging.getLogger("gh18.tick").warning("tick %d", x)
+    return x + 1
+
+
+def test_gh18_events_and_log_records_of_a_chained_dag_arrive_before_evaluate_returns(
+    unfused, caplog
+):
+    seen: list[int] = []
+
+    class Ticks:
+        def register_event_handlers(self, registry):
+            registry.on("tick", lambda e: seen.append(e["x"]))
+
+    dag = tick(0)
+    for _ in range(5):
+        dag = tick(dag)
+    fork = tick(dag)
+    with caplog.at_level(logging.WARNING, logger="gh18.tick"):
+        assert evaluate([tick(fork), tick(fork)], backend=unfused, plugins=[Ticks()]) == [8, 8]
+        assert seen[:7] == list(range(7)) and sorted(seen[7:]) == [7, 7]
+        ticks = [r.getMessage() for r in caplog.records if r.name == "gh18.tick"]
+    assert ticks[:7] == [f"tick {i}" for i in range(7)] and len(ticks) == 9
+
+
+def test_gh18_a_timed_out_task_skips_what_went_to_ray_after_it(unfused, manager):
+    pids, stop = manager.Queue(), manager.Event()
+    plugin = Order()
+    try:
+        with pytest.raises(TaskTimeoutError, match="'stuck'"):
+            evaluate(inc(inc(stuck(pids, stop))), backend=unfused, plugins=[plugin])
+    finally:
+        stop.set()
+    assert not any(key.startswith("inc") for _, key in plugin.order)
+
+
+def test_gh18_a_dag_mixing_processes_and_a_ray_chain(unfused):
+    on_processes = inc.with_options(backend="processes")
+    dag = on_processes(inc(inc(on_processes(1))))
+    assert evaluate(dag, backend=unfused) == 5
+
+
+def test_gh18_a_job_skips_a_call_whose_pending_input_failed():
+    from daglite._job.records import Outcome, Outcomes, PendingResult
+
+    class Call:
+        def __init__(self, name: str, kwargs: dict[str, Any]) -> None:
+            self.name, self.kwargs = name, kwargs
+
+        def _replace(self, kwargs: dict[str, Any]) -> Call:
+            return Call(self.name, kwargs)
+
+    class Job:
+        calls = [
+            Call("kept", {"x": PendingResult(1)}),  # in the kept values
+            Call("home", {"x": [PendingResult(2)]}),  # among the outcomes, in a list
+            Call("failed", {"x": PendingResult(3)}),
+            Call("not run", {"x": PendingResult(4)}),
+        ]
+
+    outcomes = Outcomes(
+        [Outcome(2, True, "two", 0.0, [], 0), Outcome(3, False, ValueError(), 0.0, [], 0)]
+    )
+    wiring = _ray_worker._Wiring(("a",), ("a",), {1: "a", 2: "a", 3: "a", 4: "a"})
+    job = Job()
+    _ray_worker._with_inputs(job, wiring, ({1: "one"}, outcomes))
+    assert [(c.name, c.kwargs) for c in job.calls] == [
+        ("kept", {"x": "one"}),
+        ("home", {"x": ["two"]}),
+    ]
 
 
 # -- resources (gh-15) ---------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Calls handed out ahead of their inputs, and which results come home.
 
-A backend with ``accepts_pending_inputs`` (Dask) may be handed a call whose
+A backend with ``accepts_pending_inputs`` (Dask, Ray) may be handed a call whose
 inputs are still running there: the call's arguments hold ``PendingResult``
 markers (the input call's token, and the future the backend returned for its
 job) where those results go, and the backend runs the call once they exist,

@@ -1,11 +1,13 @@
 """What runs in Ray workers for the ray backend, and what travels there and back.
 
 A daglite job runs in a Ray worker as ``_run_job``: it swaps the values Ray
-handed it in for the ``RemoteResult`` stand-ins among its arguments, runs the
-calls, and returns two values: the outcomes the caller fetches (big results
-replaced by stand-ins) and the big results by token, which stay in Ray's
-object store. ``_RayWorker`` is what the job's calls do on a timeout: ask the
-caller, through the channel home (``_RayTransport``: the hub socket or the
+handed it in for the ``RemoteResult`` stand-ins and ``PendingResult`` markers
+among its arguments (skipping a call whose pending input failed or did not
+run), runs the calls, and returns two values: the outcomes the caller fetches
+(big results, and those the caller does not need, replaced by stand-ins) and
+those values by token, which stay in Ray's object store for later jobs.
+``_RayWorker`` is what the job's calls do on a timeout: ask the caller,
+through the channel home (``_RayTransport``: the hub socket or the
 ``_Relay`` actor), to kill this worker with ``ray.cancel(force=True)``.
 
 Imported by ``daglite.backends.ray`` (the caller's side) and by Ray workers.
@@ -23,7 +25,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final, NamedTuple, NoReturn, final
 
-from daglite._job.records import Outcome, Outcomes
+from daglite._job.records import Outcome, Outcomes, PendingResult
 from daglite._job.transport import Transport
 from daglite.exceptions import BackendError, ResultNotPicklableError
 from daglite.graph.walk import replace
@@ -156,15 +158,36 @@ class _RayWorker:
         os._exit(1)
 
 
+class _Wiring(NamedTuple):
+    """Which of a job's Ray arguments is which (plain values: Ray leaves them alone).
+
+    ``*inputs`` of ``_run_job`` are, in order, the second return (kept values
+    by token) of each job in ``values``, then the first return (outcomes) of
+    each job in ``outcomes``. ``pending`` gives, for each call token a
+    ``PendingResult`` marker stands for, the key of the job that runs it.
+    """
+
+    values: tuple[str, ...]
+    outcomes: tuple[str, ...]
+    pending: Mapping[int, str]
+
+
 def _run_job(
     job_key: str,
     payload: bytes,
     threshold: int,
     authkey: bytes,
-    keys: tuple[str, ...],
-    *kept: Any,
+    wiring: _Wiring | None,
+    *inputs: Any,
 ) -> tuple[Outcomes, dict[int, Any]]:
-    """Run a daglite job in a Ray worker: its outcomes, and its big values apart."""
+    """Run a daglite job in a Ray worker: its outcomes, and the values kept apart.
+
+    ``inputs`` are what Ray resolved for this job's ``ObjectRef`` arguments
+    (see ``_Wiring``). The second return holds, by token, the values later
+    jobs may take that are not among the outcomes the caller fetches: big
+    ones, those the caller does not need (``job.keep_remote``), and those
+    sent home early on the event channel.
+    """
     from daglite._job import call
 
     if not call.process_label:
@@ -174,19 +197,57 @@ def _run_job(
         # As in a process pool: the caller's multiprocessing.Manager proxies work here.
         multiprocessing.current_process().authkey = authkey
     job = pickle.loads(payload)
-    if keys:
-        found = dict(zip(keys, kept))
-        job.calls = [
-            c._replace(kwargs=_swap_in(c.kwargs, found)) if getattr(c, "kwargs", None) else c
-            for c in job.calls
-        ]
-    job.home.early = partial(_goes_home_early, threshold)
+    if wiring is not None:
+        _with_inputs(job, wiring, inputs)
+    early: dict[int, Any] = {}
+    job.home.early = partial(_goes_home_early, threshold, job.keep_remote, early)
     call.worker = _RayWorker(job.home, job_key)
     try:
         outcomes = job()
     finally:
         call.worker = None
-    return _keep_big(outcomes, job_key, threshold)
+    return _keep_apart(outcomes, early, job_key, threshold, job.keep_remote)
+
+
+class _InputMissing(Exception):
+    """A call's pending input failed or did not run: the call is skipped."""
+
+
+def _with_inputs(job: Any, wiring: _Wiring, inputs: tuple[Any, ...]) -> None:
+    """Swap the values Ray handed over into ``job``'s calls; skip calls whose input is missing.
+
+    gh-18: a call whose pending input failed or did not run is left out of
+    the job: the caller drops it, and plans it again once the input is
+    retried (or skips it for good).
+    """
+    n = len(wiring.values)
+    values: dict[str, Mapping[int, Any]] = dict(zip(wiring.values, inputs[:n]))
+    outcomes: dict[str, Outcomes] = dict(zip(wiring.outcomes, inputs[n:]))
+    pending = wiring.pending
+
+    def pending_value(marker: PendingResult) -> Any:
+        key = pending[marker.token]
+        kept = values.get(key)
+        if kept is not None and marker.token in kept:
+            return kept[marker.token]
+        for outcome in outcomes.get(key, ()):
+            if outcome.token == marker.token and outcome.ok:
+                return outcome.value
+        raise _InputMissing(marker.token)
+
+    calls = []
+    for c in job.calls:
+        kwargs = getattr(c, "kwargs", None)
+        if kwargs:
+            try:
+                kwargs = _swap_in(kwargs, values)
+                if pending:
+                    kwargs = replace(kwargs, PendingResult, pending_value)
+            except _InputMissing:
+                continue
+            c = c._replace(kwargs=kwargs)
+        calls.append(c)
+    job.calls = calls
 
 
 def _swap_in(value: Any, kept: Mapping[str, Mapping[int, Any]]) -> Any:
@@ -194,22 +255,45 @@ def _swap_in(value: Any, kept: Mapping[str, Mapping[int, Any]]) -> Any:
     return replace(value, RemoteResult, lambda r: kept[r.key][r.token])
 
 
-def _goes_home_early(threshold: int, outcome: Outcome) -> bool:
-    """Whether a finished call may go home on the event channel before its job ends."""
-    return not outcome.ok or _sizeof(outcome.value) <= threshold
+def _goes_home_early(
+    threshold: int, keep_remote: frozenset[int], early: dict[int, Any], outcome: Outcome
+) -> bool:
+    """Whether a finished call may go home on the event channel before its job ends.
+
+    Failures and small results the caller needs may; a value that goes is
+    also noted in ``early``, for later jobs on the cluster that take it.
+    """
+    if not outcome.ok:
+        return True
+    if outcome.token in keep_remote or _sizeof(outcome.value) > threshold:
+        return False
+    early[outcome.token] = outcome.value
+    return True
 
 
-def _keep_big(outcomes: Outcomes, job_key: str, threshold: int) -> tuple[Outcomes, dict[int, Any]]:
-    """Outcomes with stand-ins for the big values, and those values by token."""
+def _keep_apart(
+    outcomes: Outcomes,
+    early: dict[int, Any],
+    job_key: str,
+    threshold: int,
+    keep_remote: frozenset[int],
+) -> tuple[Outcomes, dict[int, Any]]:
+    """The outcomes the caller fetches, and the values kept in the object store by token.
+
+    A value stays apart (a stand-in among the outcomes) if it is big or the
+    caller does not need it; values sent home early are kept too, for later
+    jobs that take them.
+    """
     out = Outcomes()
     out.sent_early = outcomes.sent_early
-    big: dict[int, Any] = {}
+    kept: dict[int, Any] = dict(early)
     for outcome in outcomes:
-        nbytes = _sizeof(outcome.value) if outcome.ok else 0
-        if nbytes > threshold:
-            outcome = _kept_outcome(outcome, job_key, nbytes, big)
+        if outcome.ok:
+            nbytes = _sizeof(outcome.value)
+            if nbytes > threshold or outcome.token in keep_remote:
+                outcome = _kept_outcome(outcome, job_key, nbytes, kept)
         out.append(outcome)
-    return out, big
+    return out, kept
 
 
 def _kept_outcome(outcome: Outcome, job_key: str, nbytes: int, big: dict[int, Any]) -> Outcome:

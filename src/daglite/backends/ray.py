@@ -10,13 +10,21 @@ Data flow::
 
 Each job is one Ray task with two returns. The first holds the outcomes the
 caller needs; in it, a result whose estimated size exceeds
-``remote_threshold`` is replaced by a ``RemoteResult`` stand-in, and the value
-itself goes in the second return, which the caller never fetches. A later job
-that takes a stand-in gets that second return's ``ObjectRef`` as a top-level
-argument, so Ray hands the worker the value from its object store (numpy
-arrays zero-copy, read-only) without the caller touching it. A stand-in holds
-its ``ObjectRef``: when the run drops the last stand-in, Ray frees the value.
+``remote_threshold``, or that the caller does not need (``_Job.keep_remote``),
+is replaced by a ``RemoteResult`` stand-in, and the value itself goes in the
+second return, which the caller never fetches. A later job that takes a
+stand-in gets that second return's ``ObjectRef`` as a top-level argument, so
+Ray hands the worker the value from its object store (numpy arrays
+zero-copy, read-only) without the caller touching it. A stand-in holds its
+``ObjectRef``: when the run drops the last stand-in, Ray frees the value.
 ``materialize`` fetches what ``evaluate`` returns.
+
+gh-18: the engine hands a job to this backend as soon as the jobs of its
+inputs were submitted (``accepts_pending_inputs``). Each ``PendingResult``
+marker's future is the ``_Watched`` of the producing job: its ObjectRefs go
+in as top-level arguments (the second return, and the first unless the value
+surely stays apart), so Ray starts the job once they exist, and the worker
+swaps the values in, skipping a call whose input failed or did not run.
 
 Events, log records and long jobs' early outcomes travel on the caller's hub
 socket when every node of the cluster runs on this machine, else through a
@@ -51,6 +59,7 @@ from concurrent.futures import wait as wait_for_futures
 from functools import partial
 from typing import Any, ClassVar, Final, final
 
+from daglite._job.records import PendingResult
 from daglite._job.transport import Transport
 from daglite.backends._ray_worker import (
     _PICKLE_PROTOCOL,
@@ -62,6 +71,7 @@ from daglite.backends._ray_worker import (
     _run_job,
     _run_plain,
     _swap_in,
+    _Wiring,
 )
 from daglite.backends.base import Backend, WorkersLost
 from daglite.exceptions import BackendError
@@ -103,6 +113,10 @@ class _Watched(Future[Any]):
         self.key = key
         self.launch: Callable[[], list[Any]] | None = launch  # None once launched
         self.refs: list[Any] = []
+        # The task's two ObjectRefs, for jobs that take its results (gh-18):
+        # kept until this future is dropped, unlike ``refs``.
+        self.outputs: list[Any] = []
+        self.keep_remote: frozenset[int] = frozenset()
         self.abandoned = False
         self.overdue: int | None = None  # token of a call that timed out
 
@@ -220,6 +234,9 @@ class RayBackend(Backend):
     # Ready calls are packed up to this many per Ray task: Ray's per-task cost
     # (hundreds of microseconds) dwarfs a trivial call.
     max_batch: ClassVar[int] = 32
+    # gh-18: a call goes to Ray as soon as its inputs' jobs did, with their
+    # ObjectRefs as arguments: Ray chains the tasks on the cluster.
+    accepts_pending_inputs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -415,6 +432,8 @@ class RayBackend(Backend):
         else:
             launch = partial(lambda: [self._remote_plain.remote(fn, args, kwargs)])
         outer = _Watched(self, key, launch)
+        if isinstance(fn, _Job):
+            outer.keep_remote = fn.keep_remote
         with self._lock:
             self._in_flight[key] = outer
             if self._limit is not None and self._launched >= self._limit:
@@ -426,6 +445,7 @@ class RayBackend(Backend):
 
     def _job_launcher(self, job: Any, key: str) -> Callable[[], list[Any]]:
         kept = _kept_inputs(job)
+        sources, pending = self._pending_inputs(job)
         payload = pickle.dumps(job, protocol=_PICKLE_PROTOCOL)
         remote = self._remote_job
         options = self._task_options(job)
@@ -434,12 +454,38 @@ class RayBackend(Backend):
         threshold, authkey = self.remote_threshold, self._authkey
 
         def launch() -> list[Any]:
-            refs: list[Any] = remote.remote(
-                key, payload, threshold, authkey, tuple(kept), *kept.values()
-            )
+            wiring, inputs = _wire(kept, sources, pending)
+            refs: list[Any] = remote.remote(key, payload, threshold, authkey, wiring, *inputs)
             return refs
 
         return launch
+
+    def _pending_inputs(self, job: Any) -> tuple[dict[str, _Watched], dict[int, str]]:
+        """The jobs this job's pending inputs come from, by key, and each marker's job key.
+
+        Raises:
+            BackendError: If a pending input was not submitted to this backend.
+        """
+        sources: dict[str, _Watched] = {}
+        pending: dict[int, str] = {}
+        for call in job.calls:
+            kwargs = getattr(call, "kwargs", None)
+            if not kwargs:
+                continue
+            for marker in find(kwargs, PendingResult):
+                source = marker.future
+                if not isinstance(source, _Watched) or source.backend is not self:
+                    raise BackendError(
+                        f"the input of task {getattr(call, 'name', '?')!r} (call "
+                        f"{marker.token}) is pending on another backend than this Ray backend"
+                    )
+                sources[source.key] = source
+                pending[marker.token] = source.key
+                # The job outlives its run in the engine's callbacks: a marker
+                # holding its source's future (and so its outcomes, stand-ins
+                # and their ObjectRefs) would keep a whole chain's values alive.
+                marker.future = None
+        return sources, pending
 
     def _task_options(self, job: Any) -> dict[str, Any]:
         """Ray options (``num_cpus``, ``num_gpus``, ``resources``) for a job's calls.
@@ -458,7 +504,7 @@ class RayBackend(Backend):
         launch, outer.launch = outer.launch, None
         try:
             assert launch is not None
-            outer.refs = launch()
+            outer.refs = outer.outputs = launch()
         except BaseException as exc:  # never leave the engine waiting
             self._finished(outer)
             outer.settle(False, exc)
@@ -565,6 +611,34 @@ def _kept_inputs(job: Any) -> dict[str, Any]:
                 if stand_in.key not in found:
                     found[stand_in.key] = _ref_of(stand_in)
     return found
+
+
+def _wire(
+    kept: dict[str, Any], sources: dict[str, _Watched], pending: dict[int, str]
+) -> tuple[_Wiring | None, list[Any]]:
+    """A job's Ray arguments: the ObjectRefs of its inputs, and which is which.
+
+    A kept value (a stand-in's) is in its job's second return. A pending
+    input is there too when its job keeps it (``keep_remote``), is big, or
+    went home early; else it is among the outcomes (first return), so both
+    are passed unless the value surely stays apart.
+
+    Raises:
+        BackendError: If a job a pending input comes from never reached Ray.
+    """
+    if not kept and not sources:
+        return None, []
+    values = dict(kept)
+    outcomes: dict[str, Any] = {}
+    for key, source in sources.items():
+        refs = source.outputs
+        if len(refs) < 2:
+            raise BackendError(f"the Ray job {key!r} an input comes from was never started")
+        values.setdefault(key, refs[1])
+        if any(t not in source.keep_remote for t, k in pending.items() if k == key):
+            outcomes[key] = refs[0]
+    wiring = _Wiring(tuple(values), tuple(outcomes), pending)
+    return wiring, [*values.values(), *outcomes.values()]
 
 
 def _attach(outcomes: list[Any], ref: Any) -> None:
