@@ -34,8 +34,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final, final
 
-import psutil
-
 __all__ = [
     "DEFAULT_THRESHOLD",
     "SharedMemory",
@@ -159,6 +157,8 @@ _janitor_pipes: list[int] = []
 
 def _sweep_dead(base: str) -> None:
     """Remove directories left by daglite processes that no longer exist."""
+    import psutil
+
     with contextlib.suppress(OSError):
         for name in os.listdir(base):
             if not name.startswith(_PREFIX):

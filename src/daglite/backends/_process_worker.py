@@ -21,8 +21,6 @@ import threading
 import time
 from typing import Any, Final, NoReturn, final
 
-import psutil
-
 from daglite._job import call
 from daglite.backends._native import WorkerLimits, apply_worker_limits
 
@@ -54,7 +52,7 @@ class _WorkerState:
         with lock:
             for base in range(0, len(slots), SLOT_WIDTH):
                 pid = slots[base + PID]
-                if pid == 0 or not psutil.pid_exists(pid):
+                if pid == 0 or not _pid_exists(pid):
                     slots[base : base + SLOT_WIDTH] = [os.getpid()] + [0] * (SLOT_WIDTH - 1)
                     self.base = base
                     break
@@ -115,6 +113,12 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
     if fd is not None:
         select.select([fd], [], [])
         os._exit(1)
-    while psutil.pid_exists(parent_pid) and os.getppid() != 1:
+    while _pid_exists(parent_pid) and os.getppid() != 1:
         time.sleep(1.0)
     os._exit(1)
+
+
+def _pid_exists(pid: int) -> bool:
+    import psutil  # here, not at import: pool workers start faster without it
+
+    return bool(psutil.pid_exists(pid))
