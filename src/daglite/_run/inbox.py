@@ -152,7 +152,9 @@ class Inbox:
         if call.awaited:
             call.awaited = False
             self.awaited -= 1
-        if self._stashed(call, EarlyOutcome(outcome)):
+        if (call.stash is not None or call.upstreams) and self._stashed(
+            call, EarlyOutcome(outcome)
+        ):
             return
         if outcome.sent > call.delivered:
             call.parked = outcome  # its events are still on the way
