@@ -335,11 +335,36 @@ def _dumps_with(
     if pickler is None and persistent is None:
         return pickle.dumps(value, protocol=_PROTOCOL, buffer_callback=take)
     out = io.BytesIO()
-    p = (pickler or pickle.Pickler)(out, protocol=_PROTOCOL, buffer_callback=take)
-    if persistent is not None:
-        p.persistent_id = persistent  # type: ignore[method-assign]
-    p.dump(value)
+    base = pickler or pickle.Pickler
+    if persistent is None:
+        base(out, protocol=_PROTOCOL, buffer_callback=take).dump(value)
+    else:
+        p = _with_out_of_band(base)(out, protocol=_PROTOCOL, buffer_callback=take)
+        p.out_of_band = persistent
+        p.dump(value)
     return out.getvalue()
+
+
+_oob_picklers: dict[type, type] = {}
+
+
+def _with_out_of_band(base: Callable[..., Any]) -> Any:
+    """``base`` (a ``Pickler`` class) with ``_OutOfBand`` as its ``persistent_id``.
+
+    A subclass, not an attribute set on an instance: Python 3.13's C pickler
+    makes ``persistent_id`` read-only on instances.
+    """
+    found = _oob_picklers.get(base)  # type: ignore[call-overload]
+    if found is None:
+
+        class _Pickler(base):  # type: ignore[valid-type,misc]
+            out_of_band: _OutOfBand
+
+            def persistent_id(self, obj: Any) -> Any:
+                return self.out_of_band(obj)
+
+        found = _oob_picklers[base] = _Pickler  # type: ignore[index]
+    return found
 
 
 @final
@@ -399,9 +424,14 @@ def loads(data: bytes, buffers: list[memoryview] | None = None) -> Any:
     """Unpickle what ``dumps`` made, over ``buffers`` if it has a segment."""
     if buffers is None:
         return pickle.loads(data)
-    unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
-    unpickler.persistent_load = _load_persistent  # type: ignore[method-assign]
-    return unpickler.load()
+    return _Unpickler(io.BytesIO(data), buffers=buffers).load()
+
+
+class _Unpickler(pickle.Unpickler):
+    """Turns ``_OutOfBand``'s references back into values."""
+
+    def persistent_load(self, pid: Any) -> Any:
+        return _load_persistent(pid)
 
 
 def load_segment(data: bytes, segment: _Segment, *, unlink: bool) -> Any:
