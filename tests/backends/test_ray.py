@@ -784,6 +784,54 @@ def test_gh18_fail_fast_cancels_the_graph_handed_to_ray(unfused, manager, tmp_pa
     assert sorted(os.listdir(tmp_path)) in ([], ["0"])
 
 
+def test_gh18_a_cancel_waits_until_ray_has_taken_in_what_was_submitted():
+    # Cancelling a task whose input is ready before Ray's io thread has taken
+    # its submission in kills the process (a Ray 2.60 check); without the wait
+    # this loop does so within a few rounds on a 2-core machine.
+    result = _run_python(
+        """
+        import ray
+        from daglite.backends.ray import _await_io_thread
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+        @ray.remote(max_retries=0)
+        def boom():
+            raise ValueError("boom")
+
+        @ray.remote(max_retries=0)
+        def echo(x):
+            return x
+
+        failed = boom.remote()
+        ray.wait([failed])
+        for _ in range(200):
+            refs = [echo.remote(failed) for _ in range(10)]
+            assert _await_io_thread(ray)
+            for ref in refs:
+                ray.cancel(ref, force=True)
+        print("survived")
+        """
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "survived" in result.stdout
+
+
+def test_gh18_a_cancelled_task_waits_for_ray_to_take_in_submissions(
+    unfused, manager, tmp_path, monkeypatch
+):
+    waited: list[int] = []
+    real = ray_backend._await_io_thread
+    monkeypatch.setattr(ray_backend, "_await_io_thread", lambda r: waited.append(1) or real(r))
+    gate = manager.Event()
+    try:
+        with pytest.raises(TaskError, match="boom 1"):
+            evaluate([explode(1), inc(inc(gated(gate, str(tmp_path), 0)))], backend=unfused)
+    finally:
+        gate.set()
+    assert waited
+
+
 @task
 def flaky(directory: str) -> int:
     attempt = len(os.listdir(directory))

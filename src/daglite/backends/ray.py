@@ -93,6 +93,9 @@ _RELAY_POLL: Final = 0.02
 # Upper bound (seconds) on the wait for cancelled tasks to be stopped: past it
 # ``cancel_running`` logs a warning instead of keeping ``evaluate`` waiting.
 _STOP_TIMEOUT: Final = 30.0
+# Upper bound (seconds) on the wait for Ray's io thread before a cancel (see
+# ``_await_io_thread``): past it the cancel goes ahead, with a warning.
+_IO_TIMEOUT: Final = 30.0
 
 
 # -- the futures the engine holds --------------------------------------------------------------
@@ -263,6 +266,11 @@ class RayBackend(Backend):
         self._in_flight: dict[str, _Watched] = {}
         self._queued: deque[_Watched] = deque()
         self._launched = 0
+        # Tasks handed to Ray so far, and how many of them Ray's io thread had
+        # taken in at the last ``_await_io_thread`` (see ``_before_cancel``).
+        self._launches = 0
+        self._launches_taken = 0
+        self._in_callback = threading.local()
         self._routes: dict[str, Callable[[Any], None]] = {}
         self._remote_job: Any = None
         self._remote_plain: Any = None
@@ -509,6 +517,8 @@ class RayBackend(Backend):
             self._finished(outer)
             outer.settle(False, exc)
             return
+        with self._lock:
+            self._launches += 1
         outer.refs[0].future().add_done_callback(partial(self._relay_result, outer))
 
     def _cancel(self, outer: _Watched) -> bool:
@@ -523,13 +533,38 @@ class RayBackend(Backend):
             outer.stopped()
             return True
         try:
+            self._before_cancel()
             _import_ray().cancel(outer.refs[0], force=True)
         except Exception:  # over already, or Ray is gone: its result will tell
             logger.debug("could not cancel a Ray task", exc_info=True)
         return False
 
+    def _before_cancel(self) -> None:
+        """Wait until Ray has taken in every task launched so far, unless it has already."""
+        with self._lock:
+            launches = self._launches
+        if launches == self._launches_taken:
+            return
+        if getattr(self._in_callback, "active", False):
+            # On Ray's io thread itself: waiting for it would never end, and
+            # whatever was handed to it before this callback is taken in.
+            return
+        if not _await_io_thread(_import_ray()):
+            logger.warning("Ray did not answer in %.0f s; cancelling anyway", _IO_TIMEOUT)
+            return
+        with self._lock:
+            self._launches_taken = max(self._launches_taken, launches)
+
     def _relay_result(self, outer: _Watched, result: Future[Any]) -> None:
         """The Ray task is over (Ray's callback thread): settle ``outer`` from it."""
+        self._in_callback.active = True
+        try:
+            self._settle_from(outer, result)
+        finally:
+            self._in_callback.active = False
+
+    def _settle_from(self, outer: _Watched, result: Future[Any]) -> None:
+        """Settle ``outer`` from the future of its Ray task's first output."""
         self._finished(outer)
         if outer.abandoned:
             outer.stopped()
@@ -573,6 +608,24 @@ class RayBackend(Backend):
     def __repr__(self) -> str:
         where = self.address or "local instance"
         return f"<RayBackend {where} max_workers={self.max_workers}>"
+
+
+def _await_io_thread(ray: Any) -> bool:
+    """Wait until Ray's io thread has handled all this process handed it so far.
+
+    ``.remote()`` queues a task for the io thread, which resolves its inputs
+    later. ``ray.cancel`` of a task whose inputs are ready but which the io
+    thread has not reached yet kills the whole process (Ray 2.60: "Check failed:
+    it->second.submitted_task_ref_count > 0", reference_counter.cc): the cancel
+    releases the task's references, then the queued submission releases them
+    again. Ray runs an object's completion callbacks on that same thread, after
+    what was queued before: the callback of a fresh object marks the point.
+
+    Returns:
+        False if the io thread did not get there in ``_IO_TIMEOUT`` seconds.
+    """
+    done, _ = wait_for_futures([ray.put(None).future()], timeout=_IO_TIMEOUT)
+    return bool(done)
 
 
 def _ray_resources(needs: Mapping[str, float]) -> dict[str, Any]:
