@@ -195,25 +195,30 @@ class _Flusher:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._running: dict[int, _Flushable] = {}
+        self._running: set[_Flushable] = set()
         self._idle = True
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def add(self, ctx: _Flushable) -> None:
-        self._running[id(ctx)] = ctx
+        self._running.add(ctx)
         # Stored before the check, and the flusher marks itself idle before it
-        # re-checks the dict: a wake-up cannot be lost.
-        if self._idle or self._pid != os.getpid():
+        # re-checks the set: a wake-up cannot be lost.
+        if self._idle:
             self._wake()
 
     def remove(self, ctx: _Flushable) -> None:
-        self._running.pop(id(ctx), None)
+        self._running.discard(ctx)
+
+    def forked(self) -> None:
+        """In a forked child: the thread stayed in the parent, start afresh when needed."""
+        self._cond = threading.Condition()
+        self._running = set()
+        self._idle = True
+        self._thread = None
 
     def _wake(self) -> None:
         with self._cond:
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="daglite-flusher", daemon=True
                 )
@@ -234,7 +239,7 @@ class _Flusher:
                     self._idle = False
             time.sleep(FLUSH_INTERVAL)  # the batching window, not a synchronisation
             now = time.monotonic()
-            running = tuple(self._running.values())
+            running = tuple(self._running)
             if running:
                 quiet_since = now
             for ctx in running:
@@ -252,6 +257,7 @@ _FLUSHER_GRACE: Final = 1.0
 
 
 _flusher: Final = _Flusher()
+os.register_at_fork(after_in_child=_flusher.forked)
 
 
 class _Home:

@@ -90,6 +90,7 @@ class _Job:
         # waits for starts), and a timeout ends this worker: that result must
         # be home first. Otherwise a call that owns its input keeps it here.
         starts_first = not direct and home.wants_start
+        modes = (starts_first, direct)
         try:
             for i, call in enumerate(calls):
                 if home.abort:  # the run gave up on this job (a remote backend may say so too)
@@ -107,16 +108,13 @@ class _Job:
                             held.flush()
                     outcome = _run_call(home, call, direct, where)
                 previous = outcome
-                if i < last:
-                    nxt = calls[i + 1]
-                    keep = nxt.owns_input and not (
-                        starts_first or (not direct and nxt.timeout is not None)
-                    )
-                    held.append(outcome, keep)
-                    if not direct and time.monotonic() - held.started >= _FLUSH:
-                        held.flush()
+                nxt = calls[i + 1] if i < last else None
+                if nxt is not None and nxt.owns_input and _worth_keeping(outcome, nxt, *modes):
+                    held.keep(outcome)
                 else:
-                    held.append(outcome, False)
+                    held.append(outcome)
+                if i < last and not direct and time.monotonic() - held.started >= _FLUSH:
+                    held.flush()
         finally:
             if not direct:
                 channel._flusher.remove(held)
@@ -128,7 +126,22 @@ class _Job:
 
 
 _FLUSH: Final = FLUSH_INTERVAL
+# Results kept home anyway when the next call owns them: holding one back on
+# the worker saves nothing, and costs an outcome more to make.
+_NOT_WORTH_KEEPING: Final = frozenset({int, float, bool, complex, type(None)})
 _NOTHING: Final[frozenset[int]] = frozenset()
+
+
+def _worth_keeping(outcome: Outcome, nxt: _Call, starts_first: bool, direct: bool) -> bool:
+    """Whether to hold back on this worker the result of the call before ``nxt``.
+
+    Only if ``nxt`` owns that result (its only use), the call succeeded and
+    its value is not a number (nothing to save), and the value need not be
+    home before ``nxt`` starts (see ``_Job.__call__``).
+    """
+    if not nxt.owns_input or not outcome[1] or type(outcome[2]) in _NOT_WORTH_KEEPING:
+        return False
+    return not (starts_first or (not direct and nxt.timeout is not None))
 
 
 def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
@@ -162,28 +175,32 @@ class _HeldOutcomes:
         # The outcome whose value the next call owns, as it was, until that call ends.
         self._kept: Outcome | None = None
 
-    def append(self, outcome: Outcome, keep: bool) -> None:
-        """Hold ``outcome``; with ``keep``, hold its value back (gh-14).
-
-        ``keep`` says the next call is the only use of this result: its
-        outcome then waits (``flush`` stops at it) with ``KEPT`` for a value
-        until the next call's outcome is in. If that call fails, the value goes
-        home after all, so that a retry can be fed; if it succeeds, it never does.
-        """
-        ok = outcome[1]
+    def append(self, outcome: Outcome) -> None:
+        """Hold ``outcome`` until the next flush."""
         if self._kept is not None:
-            if ok:
-                self._kept = None  # the call it fed has its own result now
-            else:
-                self._restore_kept()
-        # Appends are atomic under the GIL; ``flush`` drains under the lock.
+            self._fed_call_ended(outcome[1])
+        self._held.append(outcome)  # atomic under the GIL; drained under the lock
+
+    def keep(self, outcome: Outcome) -> None:
+        """Hold ``outcome`` (a success) with its value held back on this worker (gh-14).
+
+        The next call is the only use of this result: the outcome waits
+        (``flush`` stops at it) with ``KEPT`` for a value until the next call's
+        outcome is in. If that call fails, the value goes home after all, so
+        that a retry can be fed; if it succeeds, it never does.
+        """
+        if self._kept is not None:
+            self._fed_call_ended(True)
         # ``_kept`` is set first: a flush that sees the ``KEPT`` outcome waits.
-        if keep and ok:
-            self._kept = outcome
-            o = outcome
-            self._held.append(_new_outcome((o[0], True, KEPT, o[3], o[4], o[5], o[6], o[7], o[8])))
+        self._kept = o = outcome
+        self._held.append(_new_outcome((o[0], True, KEPT, o[3], o[4], o[5], o[6], o[7], o[8])))
+
+    def _fed_call_ended(self, ok: bool) -> None:
+        """The call fed the kept value ended: drop that value, or send it if the call failed."""
+        if ok:
+            self._kept = None  # the call it fed has its own result now
         else:
-            self._held.append(outcome)
+            self._restore_kept()
 
     def _restore_kept(self) -> None:
         """The call fed a kept value failed: that value goes home after all."""
@@ -279,8 +296,21 @@ def _dumps_calls(
             except Exception as exc:
                 rows.append(_Poisoned(call.token, f"task {call.name!r} cannot be pickled: {exc}"))
                 continue
-        row = (call.token, call.name, call.key, fid, call.kwargs, call.timeout, call.style)
-        rows.append((*row, call.elems, call.follows, call.owns_input, call.memory))
+        rows.append(
+            (
+                call.token,
+                call.name,
+                call.key,
+                fid,
+                call.kwargs,
+                call.timeout,
+                call.style,
+                call.elems,
+                call.follows,
+                call.owns_input,
+                call.memory,
+            )
+        )
     try:
         body = shared.dumps(rows, settings)
     except Exception:
@@ -353,6 +383,6 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: _Body) -> list[_Call]:
         else:
             token, name, key, fid, kwargs, timeout, style, elems, follows, owns, memory = row
             func = funcs[fid]
-            fields = (token, name, key, func, kwargs, timeout, style, elems, follows)
-            calls.append(_new_call((*fields, owns, memory)))
+            fields = (token, name, key, func, kwargs, timeout, style, elems, follows, owns, memory)
+            calls.append(_new_call(fields))
     return calls
