@@ -132,7 +132,9 @@ _NOT_WORTH_KEEPING: Final = frozenset({int, float, bool, complex, type(None)})
 _NOTHING: Final[frozenset[int]] = frozenset()
 
 
-def _worth_keeping(outcome: Outcome, nxt: _Call, starts_first: bool, direct: bool) -> bool:
+def _worth_keeping(
+    outcome: Outcome, nxt: _Call | _Poisoned, starts_first: bool, direct: bool
+) -> bool:
     """Whether to hold back on this worker the result of the call before ``nxt``.
 
     Only if ``nxt`` owns that result (its only use), the call succeeded and
