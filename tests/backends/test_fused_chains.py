@@ -12,7 +12,7 @@ import time
 import pytest
 
 from daglite import EvaluationError, TaskError, WorkerLostError, evaluate, task
-from daglite.backends import ProcessBackend
+from daglite.backends import ProcessBackend, ThreadBackend
 from daglite.plugins.hooks import hook_impl
 from daglite.plugins.reporters import get_reporter
 
@@ -61,6 +61,44 @@ class Order:
 
 def test_long_chain_gives_the_right_result(concurrent_backend):
     assert evaluate(_chain(600), backend=concurrent_backend) == 600
+
+
+class _CountingThreads(ThreadBackend):
+    """Threads that record how many calls each job carries."""
+
+    def __init__(self, max_chain: int | None) -> None:
+        super().__init__(max_workers=2)
+        self.max_chain = max_chain  # type: ignore[misc] - per instance, for the test
+        self.jobs: list[int] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.jobs.append(len(fn.calls))
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize(("max_chain", "jobs"), [(4, [4, 4, 2]), (None, [10]), (1, [1] * 10)])
+def test_a_chain_goes_in_jobs_of_at_most_max_chain_calls(max_chain, jobs):
+    # None: max_batch (32 on threads), which holds the whole chain here.
+    with _CountingThreads(max_chain) as backend:
+        assert evaluate(_chain(10), backend=backend) == 10
+    assert backend.jobs == jobs
+
+
+class _CountingProcesses(ProcessBackend):
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.jobs: list[int] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.jobs.append(len(fn.calls))
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_chain_longer_than_a_batch_goes_in_one_job_on_processes():
+    assert _CountingProcesses.max_batch < 600
+    with _CountingProcesses() as backend:
+        assert evaluate(_chain(600), backend=backend) == 600
+    assert backend.jobs == [600]
 
 
 def test_hooks_see_each_edge_in_order_with_resolved_inputs(backend):

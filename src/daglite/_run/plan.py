@@ -176,14 +176,16 @@ class _Planning:
         in the same worker right after the call before it, with no round trip
         through the caller per hop. Hooks and events keep their order: a
         follower's messages are held until the call before it is done in the
-        caller. A chain stops at the backend's batch size or at a node that
+        caller. A chain stops at the backend's ``max_chain`` or at a node that
         already failed (``on_error="continue"``).
         """
         links = self._links
         if links is None:
             links = self._links = fusable_links(self.graph, self._fusing_backend)
         graph, failed, length, unit = self.graph, self.state.failed, 1, head
-        while length < unit.backend.max_batch:
+        limit = head.backend.max_chain or head.backend.max_batch
+        may_own, roots, claim = self._may_own(), self.state.roots, self.state.claim
+        while length < limit:
             link = links.get(unit.node)
             if link is None or link[0] in failed:
                 break
@@ -194,22 +196,21 @@ class _Planning:
                 d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
             )
             follower.follows, follower.upstreams, follower.waiting = names, [unit], 1
-            follower.owns_input = self._owns(unit.node)
-            self.state.claim(d)
+            follower.owns_input = may_own and unit.node not in roots
+            claim(d)
             unit.follower = follower
-            unit.downstream = [*(unit.downstream or ()), follower]
+            downstream = unit.downstream
+            unit.downstream = [follower] if downstream is None else [*downstream, follower]
             unit = follower
             length += 1
 
-    def _owns(self, node: int) -> bool:
-        """Whether node's sole consumer may keep its result on the worker (gh-14).
+    def _may_own(self) -> bool:
+        """Whether a fused call may keep the result it is fed on the worker (gh-14).
 
-        Nobody in the caller needs that result then: it is not returned, no
-        hook looks at values, and ``on_error="continue"`` keeps no partials.
+        If that result is not a root: nobody in the caller needs it then, as
+        no hook looks at values and ``on_error="continue"`` keeps no partials.
         """
-        return not (
-            self._keep_all or self._sees_inputs or self._sees_result or node in self.state.roots
-        )
+        return not (self._keep_all or self._sees_inputs or self._sees_result)
 
     def _fusing_backend(self, task: Task[Any, Any]) -> Backend | None:
         """The backend ``task`` runs on if it fuses chains (``_fuses``)."""

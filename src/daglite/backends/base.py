@@ -84,6 +84,10 @@ class Backend(ABC):
         max_workers: How many tasks run at once (None: unknown). Used to size batches.
         max_batch: Most task calls daglite packs into one ``submit``. Batching
             ready tasks amortises per-submit costs; 1 turns it off.
+        max_chain: Most calls of a dependency chain (each the only consumer of
+            the one before) daglite sends in one ``submit``, to run one after
+            another where it lands, without a round trip through the caller
+            per call. None (the default): ``max_batch``.
         runs_in_caller: True only for a backend whose ``submit`` would run the
             call right away on the calling thread (inline); the engine then runs
             the call itself and skips the executor round trip.
@@ -109,6 +113,7 @@ class Backend(ABC):
 
     name: ClassVar[str] = "custom"
     max_batch: ClassVar[int] = 64
+    max_chain: ClassVar[int | None] = None
     runs_in_caller: ClassVar[bool] = False
     accepts_pending_inputs: ClassVar[bool] = False
     max_workers: int | None = None

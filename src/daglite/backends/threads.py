@@ -83,6 +83,8 @@ class ThreadBackend(Backend):
 
     name: ClassVar[str] = "threads"
     max_batch: ClassVar[int] = 32
+    # A chain runs call after call anyway: in one job it costs no hop per call.
+    max_chain: ClassVar[int | None] = 1024
 
     def __init__(
         self,
