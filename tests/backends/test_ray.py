@@ -787,7 +787,9 @@ def test_gh18_fail_fast_cancels_the_graph_handed_to_ray(unfused, manager, tmp_pa
 def test_gh18_a_cancel_waits_until_ray_has_taken_in_what_was_submitted():
     # Cancelling a task whose input is ready before Ray's io thread has taken
     # its submission in kills the process (a Ray 2.60 check); without the wait
-    # this loop does so within a few rounds on a 2-core machine.
+    # this loop does so within a few rounds on a 2-core machine. The tasks ask
+    # for a resource no node has, so none ever reaches a worker: a cancel that
+    # races a task's reply is another Ray check, not this one.
     result = _run_python(
         """
         import ray
@@ -799,7 +801,7 @@ def test_gh18_a_cancel_waits_until_ray_has_taken_in_what_was_submitted():
         def boom():
             raise ValueError("boom")
 
-        @ray.remote(max_retries=0)
+        @ray.remote(max_retries=0, resources={"daglite_test_nowhere": 1})
         def echo(x):
             return x
 
@@ -815,6 +817,27 @@ def test_gh18_a_cancel_waits_until_ray_has_taken_in_what_was_submitted():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "survived" in result.stdout
+
+
+def test_gh18_a_task_whose_input_failed_is_left_to_fail_by_itself():
+    # Ray fails such a task without running it; cancelling it races that
+    # failure's reply, which Ray 2.60 can answer by aborting the process.
+    def watched(*sources: Any) -> Any:
+        outer = ray_backend._Watched(None, "key", lambda: [])  # type: ignore[arg-type]
+        outer.sources = tuple(weakref.ref(s) for s in sources)
+        return outer
+
+    failed, cancelled, ok, running = (watched() for _ in range(4))
+    failed.set_exception(ValueError("boom"))
+    cancelled.stopped()
+    ok.set_result([])
+    assert ray_backend._an_input_failed(watched(ok, failed))
+    assert ray_backend._an_input_failed(watched(running, cancelled))
+    assert not ray_backend._an_input_failed(watched(ok, running))
+    assert not ray_backend._an_input_failed(watched())
+    gone = watched(watched())  # its source is gone: done long ago, outcome unknown
+    gc.collect()
+    assert not ray_backend._an_input_failed(gone)
 
 
 def test_gh18_a_cancelled_task_waits_for_ray_to_take_in_submissions(

@@ -174,13 +174,21 @@ _caller_directory: Final = _CallerDirectory()
 def for_run(run_id: str, threshold: int) -> SharedMemory:
     """The shared-memory settings of run ``run_id`` (its directory made now)."""
     directory = os.path.join(_caller_directory.path(), run_id)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(directory, mode=0o700)
+    except FileNotFoundError:  # the process's directory was removed under it
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        pass
     return SharedMemory(directory, threshold)
 
 
 def end_run(shared: SharedMemory) -> None:
     """Remove the run's directory and every segment still in it."""
-    shutil.rmtree(shared.directory, ignore_errors=True)
+    try:
+        os.rmdir(shared.directory)  # the usual case: nothing is left in it
+    except OSError:
+        shutil.rmtree(shared.directory, ignore_errors=True)
     _warned_full.discard(shared.directory)
 
 

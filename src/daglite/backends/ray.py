@@ -52,6 +52,7 @@ import pickle
 import sys
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
@@ -122,6 +123,9 @@ class _Watched(Future[Any]):
         self.keep_remote: frozenset[int] = frozenset()
         self.abandoned = False
         self.overdue: int | None = None  # token of a call that timed out
+        # The tasks whose results this one takes (weakly: a chain's futures
+        # must not keep each other alive), for ``RayBackend._cancel``.
+        self.sources: tuple[weakref.ref[_Watched], ...] = ()
 
     def cancel(self) -> bool:
         """Cancel a queued task; force-cancel a launched one and return False."""
@@ -435,13 +439,15 @@ class RayBackend(Backend):
         from daglite._job.job import _Job
 
         key = uuid.uuid4().hex
+        sources: list[_Watched] = []
         if isinstance(fn, _Job):
-            launch = self._job_launcher(fn, key)
+            launch, sources = self._job_launcher(fn, key)
         else:
             launch = partial(lambda: [self._remote_plain.remote(fn, args, kwargs)])
         outer = _Watched(self, key, launch)
         if isinstance(fn, _Job):
             outer.keep_remote = fn.keep_remote
+            outer.sources = tuple(weakref.ref(source) for source in sources)
         with self._lock:
             self._in_flight[key] = outer
             if self._limit is not None and self._launched >= self._limit:
@@ -451,7 +457,8 @@ class RayBackend(Backend):
         self._launch(outer)
         return outer
 
-    def _job_launcher(self, job: Any, key: str) -> Callable[[], list[Any]]:
+    def _job_launcher(self, job: Any, key: str) -> tuple[Callable[[], list[Any]], list[_Watched]]:
+        """How to launch ``job``'s Ray task, and the tasks whose results it takes."""
         kept = _kept_inputs(job)
         sources, pending = self._pending_inputs(job)
         payload = pickle.dumps(job, protocol=_PICKLE_PROTOCOL)
@@ -466,7 +473,7 @@ class RayBackend(Backend):
             refs: list[Any] = remote.remote(key, payload, threshold, authkey, wiring, *inputs)
             return refs
 
-        return launch
+        return launch, list(sources.values())
 
     def _pending_inputs(self, job: Any) -> tuple[dict[str, _Watched], dict[int, str]]:
         """The jobs this job's pending inputs come from, by key, and each marker's job key.
@@ -512,14 +519,15 @@ class RayBackend(Backend):
         launch, outer.launch = outer.launch, None
         try:
             assert launch is not None
-            outer.refs = outer.outputs = launch()
+            refs = launch()
         except BaseException as exc:  # never leave the engine waiting
             self._finished(outer)
             outer.settle(False, exc)
             return
-        with self._lock:
+        with self._lock:  # counted before a cancel can see the refs
             self._launches += 1
-        outer.refs[0].future().add_done_callback(partial(self._relay_result, outer))
+        outer.refs = outer.outputs = refs
+        refs[0].future().add_done_callback(partial(self._relay_result, outer))
 
     def _cancel(self, outer: _Watched) -> bool:
         """The engine gave up on ``outer``: forget it if queued, else force-cancel it."""
@@ -532,6 +540,11 @@ class RayBackend(Backend):
         if queued:
             outer.stopped()
             return True
+        if _an_input_failed(outer):
+            # Ray fails it without running it, and a cancel racing that
+            # failure's reply can kill this process (Ray 2.60: "Tried to
+            # complete task that was not pending"): it ends on its own.
+            return False
         try:
             self._before_cancel()
             _import_ray().cancel(outer.refs[0], force=True)
@@ -608,6 +621,20 @@ class RayBackend(Backend):
     def __repr__(self) -> str:
         where = self.address or "local instance"
         return f"<RayBackend {where} max_workers={self.max_workers}>"
+
+
+def _an_input_failed(outer: _Watched) -> bool:
+    """Whether a Ray task ``outer`` takes a result from failed or was cancelled.
+
+    Then Ray fails ``outer``'s task too, without running any of its calls.
+    """
+    for ref in outer.sources:
+        source = ref()
+        if source is None or not source.done():
+            continue
+        if source.cancelled() or source.exception() is not None:
+            return True
+    return False
 
 
 def _await_io_thread(ray: Any) -> bool:
