@@ -466,3 +466,38 @@ def test_hooks_see_ordinary_values_of_fan_out_elements(pool):
     elements = [s for s in plugin.seen if s[0].startswith("echo[")]
     assert len(elements) == 6
     assert all(inp is np.ndarray and res is np.ndarray for _, inp, res in elements), elements
+
+
+@task
+def make_arrays(n: int) -> list:
+    return [np.full(n, float(i)) for i in range(4)]
+
+
+@pytest.mark.parametrize("source", ["one result", "a list of results", "nested in lists"])
+def test_hooks_see_ordinary_inputs_of_fan_outs_over_shared_memory(pool, source):
+    # The bulk path: each element's input is a handle into a segment in the
+    # caller (from one list result, or one result per element, or inside a
+    # container); a hook that names inputs gets arrays all the same.
+    if source == "one result":
+        values = make_arrays(n=5000)
+    elif source == "a list of results":
+        values = [make(n=5000) for _ in range(4)]
+    else:
+        values = [[make(n=5000)] for _ in range(4)]
+    plugin = SeesElementInputs()
+    evaluate(echo.product(value=values), backend=pool, plugins=[plugin])
+    assert sorted(plugin.seen) == [f"echo[{i}]" for i in range(4)]
+    assert all(type(v) is np.ndarray for v in plugin.seen.values()), plugin.seen
+
+
+class SeesElementInputs:
+    """Records each fan-out element's input (the array, or the one inside a list)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, object] = {}
+
+    @hook_impl
+    def after_node_execute(self, key, inputs):
+        if key.startswith("echo["):
+            value = inputs["value"]
+            self.seen[key] = value[0] if type(value) is list else value

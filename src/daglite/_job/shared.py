@@ -31,8 +31,10 @@ import pickle
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, final
+
+from daglite.graph.walk import CONTAINERS, find, replace
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -554,22 +556,31 @@ def _value_in_worker(data: bytes, segment: _Segment) -> Any:
 
 def resolve(value: Any) -> Any:
     """``value``, with the values handles in it stand for (containers walked)."""
-    from daglite.graph.walk import find, replace
-
     if isinstance(value, _Handle):
         return value.value()
-    if next(find(value, _Handle), None) is None:
+    if not isinstance(value, CONTAINERS) or next(find(value, _Handle), None) is None:
         return value
     return replace(value, _Handle, _value_of)
 
 
 def resolve_all(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (arguments by name) with every handle in them resolved."""
-    from daglite.graph.walk import find, replace
-
-    if all(next(find(v, _Handle), None) is None for v in values.values()):
+    if not any_handle(values.values()):
         return values
     return {k: replace(v, _Handle, _value_of) for k, v in values.items()}
+
+
+def any_handle(values: Iterable[Any]) -> bool:
+    """Whether any of ``values`` is or holds a handle (containers walked).
+
+    One pass at C speed over the values' types decides when none is a handle
+    or a container, as with the elements of a fan-out over plain values.
+    """
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    scanned = (_Handle, *CONTAINERS)
+    if not any(issubclass(t, scanned) for t in set(map(type, values))):
+        return False
+    return any(next(find(v, _Handle), None) is not None for v in values)
 
 
 # A worker process writes the results of the job it runs with the settings

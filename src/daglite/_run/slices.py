@@ -11,6 +11,7 @@ path.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -153,15 +154,25 @@ class _Slicing:
         key, meta, base, first = piece.key, piece.meta, piece.kwargs, piece.elem
         call, reporter, sees_inputs = self._call_after, self.reporter, self._sees_inputs
         durations, worker = outcome.value.durations, outcome.worker
-        handles = self._any_shared  # hooks see values, not shared-memory handles (gh-14)
+        # Hooks see values, not shared-memory handles (gh-14): looked for once
+        # per slice, resolved per element only if there are any.
+        resolve_inputs = resolve_values = False
+        if self._any_shared:
+            # One value per element for one name, else a tuple per element.
+            row_values = rows if len(names) == 1 else itertools.chain.from_iterable(rows)
+            resolve_inputs = sees_inputs and (
+                shared.any_handle(base.values()) or shared.any_handle(row_values)
+            )
+            resolve_values = self._sees_result and shared.any_handle(values)
         for e, value in enumerate(values):
             if e in errors:
                 continue
             # No implementation names ``inputs``: the element's own dict is not made.
             inputs = _element_kwargs(base, names, rows[e]) if sees_inputs else base
-            if handles:
-                inputs = shared.resolve_all(inputs) if sees_inputs else inputs
-                value = shared.resolve(value) if self._sees_result else value
+            if resolve_inputs:
+                inputs = shared.resolve_all(inputs)
+            if resolve_values:
+                value = shared.resolve(value)
             call(
                 f"{key}[{first + e}]",
                 meta,
