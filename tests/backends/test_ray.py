@@ -19,6 +19,8 @@ import textwrap
 import threading
 import time
 import weakref
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
 from pathlib import Path
 from typing import Any
 
@@ -616,6 +618,62 @@ def test_ctrl_c_stops_the_running_task_before_evaluate_raises(cluster, manager):
         signal.signal(signal.SIGINT, previous)
         stop.set()
     assert evaluate(double(8), backend=cluster) == 16
+
+
+@task
+def own_title() -> str:
+    return str(psutil.Process().cmdline()[0].split()[0])
+
+
+def test_a_worker_shows_the_key_of_the_task_it_runs_in_its_title(cluster):
+    # The caller finds the worker it force-cancels by this title.
+    assert evaluate(own_title(), backend=cluster).startswith(_ray_worker.TITLE_PREFIX)
+
+
+@pytest.fixture
+def killed_worker():
+    """A process standing in for a force-cancelled Ray worker: exits when stdin closes."""
+    process = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
+    yield process
+    process.kill()
+    process.wait()
+    if process.stdin is not None:
+        process.stdin.close()
+
+
+def _ended(exc: BaseException | None) -> Future[Any]:
+    end: Future[Any] = Future()
+    if exc is None:
+        end.set_result([])
+    else:
+        end.set_exception(exc)
+    return end
+
+
+def test_a_force_cancelled_task_reads_as_over_once_its_worker_exited(killed_worker):
+    # Ray reports a force-cancelled task over while its worker may still be
+    # exiting; evaluate must not return before it is gone.
+    backend = RayBackend()
+    backend._nodes_here = True
+    outer = ray_backend._Watched(backend, "k", list)
+    outer.abandoned = True
+    outer.killed = [psutil.Process(killed_worker.pid)]
+    backend._settle_from(outer, _ended(ray.exceptions.TaskCancelledError()))
+    assert not outer.done()  # its worker is alive: blocked on it, not on time
+    killed_worker.stdin.close()
+    assert wait_for_futures([outer], timeout=30).done == {outer}
+    assert outer.cancelled()
+
+
+def test_a_task_that_ended_by_itself_as_it_was_cancelled_is_not_waited_for(killed_worker):
+    # Found running, then returned before the kill landed: its worker lives on.
+    backend = RayBackend()
+    backend._nodes_here = True
+    outer = ray_backend._Watched(backend, "k", list)
+    outer.abandoned = True
+    outer.killed = [psutil.Process(killed_worker.pid)]
+    backend._settle_from(outer, _ended(None))
+    assert outer.cancelled()
 
 
 # -- gh-18: chains handed to Ray ahead, intermediates stay there ---------------------------

@@ -36,6 +36,10 @@ _INSTALL_HINT: Final = (
     "the 'ray' backend needs the 'ray' package; install it with `pip install daglite[ray]`"
 )
 _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
+# A Ray worker running a daglite job shows this title and the job's key (ps,
+# top), so the caller can find the process it force-cancelled and wait for it
+# to be gone (``RayBackend._after_exit``). Ray sets its own title back after.
+TITLE_PREFIX: Final = "ray::daglite-"
 # Seconds a worker whose call timed out waits for the caller to kill it
 # (``ray.cancel(force=True)``) before it ends itself. Only reached when the
 # caller is gone or unreachable; the job then reads as a lost worker.
@@ -190,6 +194,7 @@ def _run_job(
     """
     from daglite._job import call
 
+    _show_key(job_key)
     if not call.process_label:
         ray = _import_ray()
         call.process_label = f"ray {ray.util.get_node_ip_address()} pid {os.getpid()}"
@@ -328,9 +333,19 @@ def _pickling_problem(value: Any) -> Exception | None:
     return None
 
 
-def _run_plain(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_plain(
+    key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Run a callable that is not a daglite job (``Backend.submit``'s general contract)."""
+    _show_key(key)
     return fn(*args, **kwargs)
+
+
+def _show_key(key: str) -> None:
+    """Title this worker process with ``key`` while it runs that Ray task."""
+    set_title = getattr(_import_ray()._raylet, "setproctitle", None)
+    if set_title is not None:  # Ray's own helper; absent, the caller does not wait
+        set_title(TITLE_PREFIX + key)
 
 
 # -- events: the channel home ----------------------------------------------------------------

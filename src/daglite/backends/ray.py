@@ -62,8 +62,10 @@ from typing import Any, ClassVar, Final, final
 
 from daglite._job.records import PendingResult
 from daglite._job.transport import Transport
+from daglite.backends._exits import processes_titled, wait_exited
 from daglite.backends._ray_worker import (
     _PICKLE_PROTOCOL,
+    TITLE_PREFIX,
     RemoteResult,
     _import_ray,
     _Overdue,
@@ -97,6 +99,9 @@ _STOP_TIMEOUT: Final = 30.0
 # Upper bound (seconds) on the wait for Ray's io thread before a cancel (see
 # ``_await_io_thread``): past it the cancel goes ahead, with a warning.
 _IO_TIMEOUT: Final = 30.0
+# Upper bound (seconds) on the wait for the worker process of a task daglite
+# force-cancelled to exit (see ``_after_exit``): past it, a warning.
+_EXIT_TIMEOUT: Final = 30.0
 
 
 # -- the futures the engine holds --------------------------------------------------------------
@@ -126,6 +131,9 @@ class _Watched(Future[Any]):
         # The tasks whose results this one takes (weakly: a chain's futures
         # must not keep each other alive), for ``RayBackend._cancel``.
         self.sources: tuple[weakref.ref[_Watched], ...] = ()
+        # Worker processes of this machine found running it when daglite
+        # force-cancelled it (``psutil.Process``): it is over once they exit.
+        self.killed: list[Any] = []
 
     def cancel(self) -> bool:
         """Cancel a queued task; force-cancel a launched one and return False."""
@@ -275,6 +283,11 @@ class RayBackend(Backend):
         self._launches = 0
         self._launches_taken = 0
         self._in_callback = threading.local()
+        self._nodes_here = False  # every node runs on this machine (at start)
+        # Force-cancelled tasks whose worker processes must exit before they
+        # read as over: (processes, what to do then), and whether a thread waits.
+        self._exiting: list[tuple[list[Any], Callable[[], None]]] = []
+        self._reaping = False
         self._routes: dict[str, Callable[[Any], None]] = {}
         self._remote_job: Any = None
         self._remote_plain: Any = None
@@ -295,7 +308,7 @@ class RayBackend(Backend):
         if self.max_workers is None:
             cpus = ray.cluster_resources().get("CPU")
             self.max_workers = max(1, int(cpus)) if cpus else None
-        here = _all_nodes_here(ray)
+        here = self._nodes_here = _all_nodes_here(ray)
         if here:
             self._authkey = bytes(multiprocessing.current_process().authkey)
         if self._needs_relay(here):
@@ -425,7 +438,7 @@ class RayBackend(Backend):
         if outer is None or not outer.refs:
             return
         outer.overdue = message.token
-        _import_ray().cancel(outer.refs[0], force=True)
+        self._force_cancel(outer)
 
     # -- submit ------------------------------------------------------------------
 
@@ -443,7 +456,7 @@ class RayBackend(Backend):
         if isinstance(fn, _Job):
             launch, sources = self._job_launcher(fn, key)
         else:
-            launch = partial(lambda: [self._remote_plain.remote(fn, args, kwargs)])
+            launch = partial(lambda: [self._remote_plain.remote(key, fn, args, kwargs)])
         outer = _Watched(self, key, launch)
         if isinstance(fn, _Job):
             outer.keep_remote = fn.keep_remote
@@ -547,10 +560,18 @@ class RayBackend(Backend):
             return False
         try:
             self._before_cancel()
-            _import_ray().cancel(outer.refs[0], force=True)
+            self._force_cancel(outer)
         except Exception:  # over already, or Ray is gone: its result will tell
             logger.debug("could not cancel a Ray task", exc_info=True)
         return False
+
+    def _force_cancel(self, outer: _Watched) -> None:
+        """``ray.cancel(force=True)``, noting first which local worker runs the task."""
+        if self._nodes_here:
+            # Added to, not replaced: a worker being killed has its title reset.
+            found = processes_titled({TITLE_PREFIX + outer.key})
+            outer.killed = outer.killed + [p for p in found if p not in outer.killed]
+        _import_ray().cancel(outer.refs[0], force=True)
 
     def _before_cancel(self) -> None:
         """Wait until Ray has taken in every task launched so far, unless it has already."""
@@ -577,8 +598,50 @@ class RayBackend(Backend):
             self._in_callback.active = False
 
     def _settle_from(self, outer: _Watched, result: Future[Any]) -> None:
-        """Settle ``outer`` from the future of its Ray task's first output."""
+        """Settle ``outer`` from its Ray task's end, once its worker is gone if killed."""
         self._finished(outer)
+        killed, outer.killed = outer.killed, []
+        if killed and _ended_by_a_kill(result.exception()):
+            self._after_exit(killed, partial(self._settle_now, outer, result))
+        else:
+            self._settle_now(outer, result)
+
+    def _after_exit(self, processes: list[Any], then: Callable[[], None]) -> None:
+        """Call ``then`` once ``processes`` (killed workers of this machine) have exited.
+
+        Ray reports a force-cancelled task over once the kill is under way; its
+        worker process can still be there for a moment. The wait is on a
+        thread of its own, not Ray's callback thread.
+        """
+        with self._lock:
+            self._exiting.append((processes, then))
+            if self._reaping:
+                return
+            self._reaping = True
+        threading.Thread(target=self._reap, name="daglite-ray-exits", daemon=True).start()
+
+    def _reap(self) -> None:
+        """Wait for the killed workers of the tasks in ``_exiting``, then settle them."""
+        while True:
+            with self._lock:
+                batch, self._exiting = self._exiting, []
+                if not batch:
+                    self._reaping = False
+                    return
+            try:
+                processes = [process for killed, _ in batch for process in killed]
+                if wait_exited(processes, _EXIT_TIMEOUT):
+                    logger.warning("a killed Ray worker did not exit in %.0f s", _EXIT_TIMEOUT)
+            except Exception:  # never leave the engine waiting
+                logger.debug("could not wait for killed Ray workers", exc_info=True)
+            for _, then in batch:
+                try:
+                    then()
+                except Exception:  # one bad settle must not strand the others
+                    logger.exception("could not settle a cancelled Ray task")
+
+    def _settle_now(self, outer: _Watched, result: Future[Any]) -> None:
+        """Settle ``outer`` from the future of its Ray task's first output."""
         if outer.abandoned:
             outer.stopped()
             return
@@ -737,6 +800,15 @@ def _worker_death_errors(rex: Any) -> tuple[type[BaseException], ...]:
         rex.ObjectLostError,
         rex.RaySystemError,
     )
+
+
+def _ended_by_a_kill(exc: BaseException | None) -> bool:
+    """Whether a Ray task's end says its worker was killed (not: it returned or raised)."""
+    if exc is None:
+        return False
+    from ray import exceptions as rex
+
+    return isinstance(exc, (rex.TaskCancelledError, *_worker_death_errors(rex)))
 
 
 def _map_error(exc: BaseException, overdue: int | None) -> BaseException:
