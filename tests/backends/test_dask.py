@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing
 import os
 import pickle
@@ -18,6 +17,20 @@ import psutil
 import pytest
 
 pytest.importorskip("distributed")
+
+from tests.backends._cluster_tasks import (
+    UNPICKLED,
+    Blob,
+    die,
+    die_at,
+    double,
+    explode,
+    flaky,
+    inc,
+    stuck,
+    total,
+    where,
+)
 
 from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, evaluate_async, task
 from daglite.backends import dask as dask_backend
@@ -70,28 +83,8 @@ def _alive(pid: int) -> bool:
 
 
 @task
-def where(x: int) -> int:
-    return os.getpid()
-
-
-@task
 async def where_async(x: int) -> int:
     return os.getpid()
-
-
-@task
-def double(x: int) -> int:
-    return 2 * x
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
-
-
-@task
-def explode(x: int) -> int:
-    raise ValueError(f"boom {x}")
 
 
 @task
@@ -107,26 +100,6 @@ def chatty(i: int, n: int, gate) -> bool:
     return seen
 
 
-@task
-def flaky(directory: str) -> int:
-    attempt = len(os.listdir(directory))
-    open(os.path.join(directory, str(attempt)), "w").close()
-    if attempt < 2:
-        raise ValueError(f"attempt {attempt} fails")
-    return attempt
-
-
-@task(timeout=0.5)
-def stuck(gate) -> int:
-    gate.wait(60)
-    return 1
-
-
-@task
-def die() -> int:
-    os._exit(1)
-
-
 @task(retries=1)
 def die_once(marker: str) -> str:
     try:
@@ -134,20 +107,6 @@ def die_once(marker: str) -> str:
     except FileExistsError:
         return "survived"
     os._exit(1)
-
-
-# The payload of the locality test counts, per process, how often it was unpickled.
-UNPICKLED: list[int] = []
-
-
-def _rebuild_blob(data: bytes) -> Blob:
-    UNPICKLED.append(len(data))
-    return Blob(data)
-
-
-class Blob(bytes):
-    def __reduce__(self):
-        return (_rebuild_blob, (bytes(self),))
 
 
 @task
@@ -326,13 +285,6 @@ def test_worker_death_raises_worker_lost_error(cluster):
     assert info.value.task_name == "die"
     assert [type(e) for e in plugin.errors] == [WorkerLostError]
     assert evaluate(total(double.product(x=[1, 2])), backend=cluster) == 6  # cluster recovers
-
-
-@task
-def die_at(i: int, fatal: int) -> int:
-    if i == fatal:
-        os._exit(1)
-    return i
 
 
 def test_worker_death_in_a_batched_job_blames_only_the_dying_call(cluster):
@@ -589,76 +541,6 @@ def test_remote_result_copy_is_detached():
 # -- gh-17: the graph runs on the cluster, data stays there ---------------------------------
 
 
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def tail_of_chain(x: int, ran) -> int:
-    ran.set()
-    return x
-
-
-class HoldsTheCaller:
-    """Blocks the engine thread in the head's after hook until the chain's tail ran."""
-
-    def __init__(self, tail_ran) -> None:
-        self.tail_ran = tail_ran
-        self.tail_ran_while_held: bool | None = None
-
-    @hook_impl
-    def after_node_execute(self, key) -> None:
-        if key == "inc":
-            self.tail_ran_while_held = self.tail_ran.wait(60)
-
-
-def test_gh17_a_chain_runs_on_the_cluster_while_the_caller_is_busy(cluster, manager):
-    # The caller stays in a hook of the chain's first task until its last one
-    # has run: only a chain handed to Dask ahead (futures as arguments) can.
-    tail_ran = manager.Event()
-    dag = inc(0)
-    for _ in range(6):
-        dag = inc(dag)
-    plugin = HoldsTheCaller(tail_ran)
-    assert evaluate(tail_of_chain(dag, tail_ran), backend=cluster, plugins=[plugin]) == 7
-    assert plugin.tail_ran_while_held is True
-
-
-class Inputs(Recorder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inputs: dict[str, dict] = {}
-
-    @hook_impl
-    def before_node_execute(self, key, inputs) -> None:
-        super().before_node_execute(key)
-        self.inputs[key] = dict(inputs)
-
-
-def test_gh17_hooks_keep_their_order_and_see_real_inputs_on_a_chained_dag(cluster):
-    plugin = Inputs()
-    a = double(1)
-    dag = total([inc(a), inc(double(a)), a])
-    assert evaluate(dag, backend=cluster, plugins=[plugin]) == 3 + 5 + 2
-    edges = [
-        ("double", "inc"),
-        ("double", "double-2"),
-        ("double-2", "inc-2"),
-        ("inc", "total"),
-        ("inc-2", "total"),
-        ("double", "total"),
-    ]
-    for u, v in edges:
-        assert plugin.order.index(("after", u)) < plugin.order.index(("before", v))
-    for key in plugin.timings:
-        assert plugin.order.index(("before", key)) < plugin.order.index(("after", key))
-    assert plugin.inputs["total"] == {"xs": [3, 5, 2]}
-    assert plugin.inputs["inc-2"] == {"x": 4}
-    assert plugin.results["total"] == 10
-    assert plugin.places == {(CALLER_PID, threading.get_ident())}
-
-
 def _bytes_sent_to_clients(client) -> int:
     """Bytes the workers sent to anything but another worker (a client's gather)."""
 
@@ -703,53 +585,6 @@ def test_gh17_an_intermediate_never_reaches_the_caller(cluster, nbytes, shape):
     assert _bytes_sent_to_clients(cluster.client) - before >= nbytes
 
 
-def test_gh17_intermediates_a_plugin_asks_for_come_home(cluster):
-    plugin = Recorder()  # after_node_execute declares ``result``
-    assert evaluate(length(sized(1000)), backend=cluster, plugins=[plugin]) == 1000
-    assert plugin.results["sized"] == b"x" * 1000
-
-
-@task
-def marks(directory: str, i: int) -> int:
-    open(os.path.join(directory, str(i)), "w").close()
-    return i
-
-
-def test_gh17_fail_fast_cancels_the_graph_handed_to_the_cluster(cluster, manager, tmp_path):
-    # The chain after the gate is on the cluster, waiting for its input, when
-    # a sibling fails: none of it may run.
-    gate = manager.Event()
-    chain = gated(gate, str(tmp_path), 0)
-    for i in range(1, 6):
-        chain = marks.partial(directory=str(tmp_path))(i=inc(chain))
-    try:
-        with pytest.raises(TaskError, match="boom 1"):
-            evaluate([explode(1), chain], backend=cluster)
-    finally:
-        gate.set()
-    cluster.client.run(lambda: None)  # the workers are there again
-    assert evaluate(double(5), backend=cluster) == 10
-    assert sorted(os.listdir(tmp_path)) in ([], ["0"])
-
-
-def test_gh17_a_retried_input_reruns_only_what_depends_on_it(cluster, tmp_path):
-    plugin = Recorder()
-    first = flaky.with_options(retries=2)(str(tmp_path))
-    assert evaluate(double(inc(first)), backend=cluster, plugins=[plugin]) == 6
-    assert plugin.retries == [2, 3]
-    assert [k for k in plugin.order if k[0] == "before"].count(("before", "inc")) == 1
-
-
-def test_gh17_on_error_continue_skips_what_went_to_the_cluster_after_a_failure(cluster):
-    dag = [inc(inc(explode(1))), inc(double(2))]
-    with pytest.raises(EvaluationError) as info:
-        evaluate(dag, backend=cluster, on_error="continue")
-    assert list(info.value.errors) == ["explode"]
-    assert sorted(info.value.skipped) == ["inc", "inc-2"]
-    assert info.value.results["inc-3"] == 5
-    assert info.value.results["double"] == 4  # values, not stand-ins
-
-
 def test_gh17_a_chain_whose_task_kills_its_worker_fails_naming_it():
     # A cluster of its own: while the killed worker is replaced, a job can land on
     # it and fail, and that must not spill into the module's other tests.
@@ -768,52 +603,6 @@ def test_gh17_a_chain_whose_task_kills_its_worker_fails_naming_it():
             assert time.monotonic() < deadline, workers
             time.sleep(0.1)
         assert evaluate(inc(inc(1)), backend=backend) == 3  # the cluster recovers
-
-
-@task
-def tick(x: int) -> int:
-    get_reporter().report("tick", {"x": x})
-    logging.getLogger("gh17.tick").warning("tick %d", x)
-    return x + 1
-
-
-def test_gh17_events_and_log_records_of_a_chained_dag_arrive_before_evaluate_returns(
-    cluster, caplog
-):
-    seen: list[int] = []
-
-    class Ticks:
-        def register_event_handlers(self, registry):
-            registry.on("tick", lambda e: seen.append(e["x"]))
-
-    dag = tick(0)
-    for _ in range(5):
-        dag = tick(dag)
-    fork = tick(dag)
-    with caplog.at_level(logging.WARNING, logger="gh17.tick"):
-        assert evaluate([tick(fork), tick(fork)], backend=cluster, plugins=[Ticks()]) == [8, 8]
-        assert seen[:7] == list(range(7)) and sorted(seen[7:]) == [7, 7]
-        ticks = [r.getMessage() for r in caplog.records if r.name == "gh17.tick"]
-    assert ticks[:7] == [f"tick {i}" for i in range(7)] and len(ticks) == 9
-
-
-def test_gh17_a_timed_out_task_skips_what_went_to_the_cluster_after_it(cluster, manager):
-    gate = manager.Event()
-    plugin = Recorder()
-    try:
-        with pytest.raises(TaskTimeoutError, match="'stuck'"):
-            evaluate(inc(inc(stuck(gate))), backend=cluster, plugins=[plugin])
-    finally:
-        gate.set()
-    assert not any(key.startswith("inc") for _, key in plugin.order)
-
-
-def test_gh17_a_dag_mixing_processes_and_dask(cluster):
-    local = double.with_options(backend="processes")
-    dag = inc(local(inc(local(inc(1)))))
-    plugin = Recorder()
-    assert evaluate(dag, backend=cluster, plugins=[plugin]) == 11
-    assert plugin.results["double"] == 4
 
 
 # -- connecting to a cluster -------------------------------------------------------------

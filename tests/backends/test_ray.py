@@ -30,6 +30,18 @@ import pytest
 pytest.importorskip("ray")
 
 import ray
+from tests.backends._cluster_tasks import (
+    UNPICKLED,
+    Blob,
+    Order,
+    die,
+    die_at,
+    double,
+    explode,
+    inc,
+    total,
+    where,
+)
 
 from daglite import TaskError, TaskTimeoutError, WorkerLostError, evaluate, evaluate_async, task
 from daglite.backends import _ray_worker, get_backend
@@ -98,38 +110,6 @@ def _assert_exited(pids: list[int], deadline: float = 30.0) -> None:
 
 
 # -- tasks (module level: the workers import this module) --------------------------------
-
-
-@task
-def where(x: int) -> int:
-    return os.getpid()
-
-
-@task
-def double(x: int) -> int:
-    return 2 * x
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
-
-
-@task
-def explode(x: int) -> int:
-    raise ValueError(f"boom {x}")
-
-
-@task
-def die() -> int:
-    os._exit(1)
-
-
-@task
-def die_at(i: int, fatal: int) -> int:
-    if i == fatal:
-        os._exit(1)
-    return i
 
 
 @task
@@ -558,7 +538,8 @@ def test_timeout_kills_the_worker_of_the_task(cluster, manager):
         with pytest.raises(TaskTimeoutError, match="'stuck'") as info:
             evaluate(stuck(pids, stop), backend=cluster)
         assert isinstance(info.value.error, TimeoutError)
-        _assert_exited([pids.get(timeout=10)])  # ray.cancel(force=True) ended it
+        # ray.cancel(force=True) ended it, and evaluate waited for its process.
+        assert not _alive(pids.get(timeout=10))
     finally:
         stop.set()
     assert evaluate(double(4), backend=cluster) == 8
@@ -589,8 +570,8 @@ def test_cancelled_evaluate_async_stops_its_task(cluster, manager):
         return pid
 
     try:
-        # Ray's force-cancel sends the kill; the worker may take a moment to exit.
-        _assert_exited([asyncio.run(cancel_once_running())], deadline=10.0)
+        # Ray reports the task over while its worker exits: daglite waits for it.
+        assert not _alive(asyncio.run(cancel_once_running()))
     finally:
         stop.set()
     assert evaluate(double(21), backend=cluster) == 42
@@ -650,126 +631,25 @@ def _ended(exc: BaseException | None) -> Future[Any]:
     return end
 
 
-def test_a_force_cancelled_task_reads_as_over_once_its_worker_exited(killed_worker):
+@pytest.mark.parametrize("killed", [True, False], ids=["killed", "returned-meanwhile"])
+def test_a_force_cancelled_task_reads_as_over_once_its_worker_exited(killed_worker, killed):
     # Ray reports a force-cancelled task over while its worker may still be
-    # exiting; evaluate must not return before it is gone.
+    # exiting: evaluate must not return before it is gone. A task found running
+    # that returned before the kill landed leaves its worker alive: no wait.
     backend = RayBackend()
     backend._nodes_here = True
     outer = ray_backend._Watched(backend, "k", list)
     outer.abandoned = True
     outer.killed = [psutil.Process(killed_worker.pid)]
-    backend._settle_from(outer, _ended(ray.exceptions.TaskCancelledError()))
-    assert not outer.done()  # its worker is alive: blocked on it, not on time
-    killed_worker.stdin.close()
-    assert wait_for_futures([outer], timeout=30).done == {outer}
-    assert outer.cancelled()
-
-
-def test_a_task_that_ended_by_itself_as_it_was_cancelled_is_not_waited_for(killed_worker):
-    # Found running, then returned before the kill landed: its worker lives on.
-    backend = RayBackend()
-    backend._nodes_here = True
-    outer = ray_backend._Watched(backend, "k", list)
-    outer.abandoned = True
-    outer.killed = [psutil.Process(killed_worker.pid)]
-    backend._settle_from(outer, _ended(None))
+    backend._settle_from(outer, _ended(ray.exceptions.TaskCancelledError() if killed else None))
+    if killed:
+        assert not outer.done()  # its worker is alive: blocked on it, not on time
+        killed_worker.stdin.close()
+        assert wait_for_futures([outer], timeout=30).done == {outer}
     assert outer.cancelled()
 
 
 # -- gh-18: chains handed to Ray ahead, intermediates stay there ---------------------------
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def tail_of_chain(x: int, ran) -> int:
-    ran.set()
-    return x
-
-
-class HoldsTheCaller:
-    """Blocks the engine thread in the head's after hook until the chain's tail ran."""
-
-    def __init__(self, tail_ran) -> None:
-        self.tail_ran = tail_ran
-        self.tail_ran_while_held: bool | None = None
-
-    @hook_impl
-    def after_node_execute(self, key) -> None:
-        if key == "inc":
-            self.tail_ran_while_held = self.tail_ran.wait(30)
-
-
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "one-call-per-task"])
-def test_gh18_a_chain_runs_on_the_cluster_while_the_caller_is_busy(
-    cluster, unfused, manager, fused
-):
-    # The caller stays in a hook of the chain's first task until its last one
-    # has run: only a chain handed to Ray ahead (or fused into one task) can.
-    tail_ran = manager.Event()
-    dag = inc(0)
-    for _ in range(6):
-        dag = inc(dag)
-    plugin = HoldsTheCaller(tail_ran)
-    backend = cluster if fused else unfused
-    assert evaluate(tail_of_chain(dag, tail_ran), backend=backend, plugins=[plugin]) == 7
-    assert plugin.tail_ran_while_held is True
-
-
-class Order(Recorder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.order: list[tuple[str, str]] = []
-        self.inputs: dict[str, dict[str, Any]] = {}
-        self.places: set[tuple[int, int]] = set()
-
-    @hook_impl
-    def before_node_execute(self, key, inputs) -> None:
-        self.order.append(("before", key))
-        self.inputs[key] = dict(inputs)
-        self.places.add((os.getpid(), threading.get_ident()))
-
-    @hook_impl
-    def after_node_execute(self, key, result):
-        self.order.append(("after", key))
-        super().after_node_execute(key, result)
-
-
-def test_gh18_hooks_keep_their_order_and_see_real_inputs_on_a_chained_dag(unfused):
-    plugin = Order()
-    a = double(1)
-    dag = total([inc(a), inc(double(a)), a])
-    assert evaluate(dag, backend=unfused, plugins=[plugin]) == 3 + 5 + 2
-    edges = [
-        ("double", "inc"),
-        ("double", "double-2"),
-        ("double-2", "inc-2"),
-        ("inc", "total"),
-        ("inc-2", "total"),
-        ("double", "total"),
-    ]
-    for u, v in edges:
-        assert plugin.order.index(("after", u)) < plugin.order.index(("before", v))
-    assert plugin.inputs["total"] == {"xs": [3, 5, 2]}
-    assert plugin.inputs["inc-2"] == {"x": 4}
-    assert plugin.results["total"] == 10
-    assert plugin.places == {(os.getpid(), threading.get_ident())}
-
-
-UNPICKLED: list[int] = []  # sizes of Blobs unpickled in this process (the caller)
-
-
-def _rebuild_blob(data: bytes) -> Blob:
-    UNPICKLED.append(len(data))
-    return Blob(data)
-
-
-class Blob(bytes):
-    def __reduce__(self):
-        return (_rebuild_blob, (bytes(self),))
 
 
 @task
@@ -807,39 +687,11 @@ def test_gh18_an_intermediate_never_reaches_the_caller(cluster, unfused, nbytes,
     assert UNPICKLED == [nbytes]
 
 
-def test_gh18_intermediates_a_plugin_asks_for_come_home(unfused):
-    plugin = Recorder()  # after_node_execute declares ``result``
-    assert evaluate(length(sized(1000)), backend=unfused, plugins=[plugin]) == 1000
-    assert plugin.results["sized"] == b"x" * 1000
-
-
 @task
 def gated(gate, directory: str, i: int) -> int:
     open(os.path.join(directory, str(i)), "w").close()
     gate.wait(60)
     return i
-
-
-@task
-def marks(directory: str, i: int) -> int:
-    open(os.path.join(directory, str(i)), "w").close()
-    return i
-
-
-def test_gh18_fail_fast_cancels_the_graph_handed_to_ray(unfused, manager, tmp_path):
-    # The chain after the gate is on Ray, waiting for its input, when a
-    # sibling fails: none of it may run.
-    gate = manager.Event()
-    chain = gated(gate, str(tmp_path), 0)
-    for i in range(1, 6):
-        chain = marks.partial(directory=str(tmp_path))(i=inc(chain))
-    try:
-        with pytest.raises(TaskError, match="boom 1"):
-            evaluate([explode(1), chain], backend=unfused)
-    finally:
-        gate.set()
-    assert evaluate(double(5), backend=unfused) == 10
-    assert sorted(os.listdir(tmp_path)) in ([], ["0"])
 
 
 def test_gh18_a_cancel_waits_until_ray_has_taken_in_what_was_submitted():
@@ -913,33 +765,6 @@ def test_gh18_a_cancelled_task_waits_for_ray_to_take_in_submissions(
     assert waited
 
 
-@task
-def flaky(directory: str) -> int:
-    attempt = len(os.listdir(directory))
-    open(os.path.join(directory, str(attempt)), "w").close()
-    if attempt < 2:
-        raise ValueError(f"attempt {attempt} fails")
-    return attempt
-
-
-def test_gh18_a_retried_input_reruns_only_what_depends_on_it(unfused, tmp_path):
-    plugin = Order()
-    first = flaky.with_options(retries=2)(str(tmp_path))
-    assert evaluate(double(inc(first)), backend=unfused, plugins=[plugin]) == 6
-    assert plugin.order.count(("before", "inc")) == 1
-    assert plugin.order.count(("before", "flaky")) == 3  # one per attempt
-
-
-def test_gh18_on_error_continue_skips_what_went_to_ray_after_a_failure(unfused):
-    dag = [inc(inc(explode(1))), inc(double(2))]
-    with pytest.raises(EvaluationError) as info:
-        evaluate(dag, backend=unfused, on_error="continue")
-    assert list(info.value.errors) == ["explode"]
-    assert sorted(info.value.skipped) == ["inc", "inc-2"]
-    assert info.value.results["inc-3"] == 5
-    assert info.value.results["double"] == 4  # values, not stand-ins
-
-
 def test_gh18_a_chain_whose_task_kills_its_worker_fails_naming_it(unfused):
     plugin = Order()
     with pytest.raises(WorkerLostError, match=r"task 'die_at' \(key 'die_at'\)"):
@@ -947,50 +772,6 @@ def test_gh18_a_chain_whose_task_kills_its_worker_fails_naming_it(unfused):
     assert [type(e) for e in plugin.errors] == [WorkerLostError]
     assert ("after", "inc") in plugin.order and ("before", "inc-2") not in plugin.order
     assert evaluate(inc(inc(1)), backend=unfused) == 3  # the cluster recovers
-
-
-@task
-def tick(x: int) -> int:
-    get_reporter().report("tick", {"x": x})
-    logging.getLogger("gh18.tick").warning("tick %d", x)
-    return x + 1
-
-
-def test_gh18_events_and_log_records_of_a_chained_dag_arrive_before_evaluate_returns(
-    unfused, caplog
-):
-    seen: list[int] = []
-
-    class Ticks:
-        def register_event_handlers(self, registry):
-            registry.on("tick", lambda e: seen.append(e["x"]))
-
-    dag = tick(0)
-    for _ in range(5):
-        dag = tick(dag)
-    fork = tick(dag)
-    with caplog.at_level(logging.WARNING, logger="gh18.tick"):
-        assert evaluate([tick(fork), tick(fork)], backend=unfused, plugins=[Ticks()]) == [8, 8]
-        assert seen[:7] == list(range(7)) and sorted(seen[7:]) == [7, 7]
-        ticks = [r.getMessage() for r in caplog.records if r.name == "gh18.tick"]
-    assert ticks[:7] == [f"tick {i}" for i in range(7)] and len(ticks) == 9
-
-
-def test_gh18_a_timed_out_task_skips_what_went_to_ray_after_it(unfused, manager):
-    pids, stop = manager.Queue(), manager.Event()
-    plugin = Order()
-    try:
-        with pytest.raises(TaskTimeoutError, match="'stuck'"):
-            evaluate(inc(inc(stuck(pids, stop))), backend=unfused, plugins=[plugin])
-    finally:
-        stop.set()
-    assert not any(key.startswith("inc") for _, key in plugin.order)
-
-
-def test_gh18_a_dag_mixing_processes_and_a_ray_chain(unfused):
-    on_processes = inc.with_options(backend="processes")
-    dag = on_processes(inc(inc(on_processes(1))))
-    assert evaluate(dag, backend=unfused) == 5
 
 
 def test_gh18_a_job_skips_a_call_whose_pending_input_failed():
