@@ -649,6 +649,25 @@ def test_a_force_cancelled_task_reads_as_over_once_its_worker_exited(killed_work
     assert outer.cancelled()
 
 
+def test_one_scan_of_the_process_table_serves_a_burst_of_cancels(monkeypatch):
+    scans: list[str] = []
+    monkeypatch.setattr(ray_backend, "processes_by_title", lambda p: scans.append(p) or {})
+    backend = RayBackend()
+    for key in "abc":
+        assert backend._workers_titled(_ray_worker.TITLE_PREFIX + key) == []
+    assert len(scans) == 1
+    # A task cancelled while queued ends without freeing a worker: still true.
+    queued = ray_backend._Watched(backend, "q", list)
+    queued.abandoned = True
+    backend._relay_result(queued, _ended(ray.exceptions.TaskCancelledError()))
+    backend._workers_titled(_ray_worker.TITLE_PREFIX + "a")
+    assert len(scans) == 1
+    # A task that ended by itself freed its worker: Ray may start another there.
+    backend._relay_result(ray_backend._Watched(backend, "r", list), _ended(None))
+    backend._workers_titled(_ray_worker.TITLE_PREFIX + "a")
+    assert len(scans) == 2
+
+
 # -- gh-18: chains handed to Ray ahead, intermediates stay there ---------------------------
 
 

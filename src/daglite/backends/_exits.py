@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Collection
 from typing import Any, Final
 
 # Polling interval bounds (seconds) where pidfds are missing.
@@ -19,16 +18,16 @@ _POLL_FIRST: Final = 0.001
 _POLL_MOST: Final = 0.05
 
 
-def processes_titled(titles: Collection[str]) -> list[Any]:
-    """The running processes whose title (first command-line word) is one of ``titles``."""
+def processes_by_title(prefix: str) -> dict[str, list[Any]]:
+    """The running processes whose title (first command-line word) starts with ``prefix``."""
     import psutil
 
-    found = []
+    found: dict[str, list[Any]] = {}
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info.get("cmdline") or []
         words = cmdline[0].split() if cmdline else []
-        if words and words[0] in titles:
-            found.append(process)
+        if words and words[0].startswith(prefix):
+            found.setdefault(words[0], []).append(process)
     return found
 
 

@@ -62,7 +62,7 @@ from typing import Any, ClassVar, Final, final
 
 from daglite._job.records import PendingResult
 from daglite._job.transport import Transport
-from daglite.backends._exits import processes_titled, wait_exited
+from daglite.backends._exits import processes_by_title, wait_exited
 from daglite.backends._ray_worker import (
     _PICKLE_PROTOCOL,
     TITLE_PREFIX,
@@ -282,6 +282,11 @@ class RayBackend(Backend):
         # taken in at the last ``_await_io_thread`` (see ``_before_cancel``).
         self._launches = 0
         self._launches_taken = 0
+        # Ray tasks reported over that held a worker (Ray may start another on it).
+        self._ends = 0
+        # The titled worker processes of this machine, by title, and the
+        # (launches, ends) they were found at: still true until either moves.
+        self._titled: tuple[tuple[int, int], dict[str, list[Any]]] | None = None
         self._in_callback = threading.local()
         self._nodes_here = False  # every node runs on this machine (at start)
         # Force-cancelled tasks whose worker processes must exit before they
@@ -569,7 +574,7 @@ class RayBackend(Backend):
         """``ray.cancel(force=True)``, noting first which local worker runs the task."""
         if self._nodes_here:
             # Added to, not replaced: a worker being killed has its title reset.
-            found = processes_titled({TITLE_PREFIX + outer.key})
+            found = self._workers_titled(TITLE_PREFIX + outer.key)
             outer.killed = outer.killed + [p for p in found if p not in outer.killed]
         _import_ray().cancel(outer.refs[0], force=True)
 
@@ -592,6 +597,9 @@ class RayBackend(Backend):
     def _relay_result(self, outer: _Watched, result: Future[Any]) -> None:
         """The Ray task is over (Ray's callback thread): settle ``outer`` from it."""
         self._in_callback.active = True
+        if outer.killed or not outer.abandoned:  # it held a worker: Ray may start another
+            with self._lock:
+                self._ends += 1
         try:
             self._settle_from(outer, result)
         finally:
@@ -605,6 +613,21 @@ class RayBackend(Backend):
             self._after_exit(killed, partial(self._settle_now, outer, result))
         else:
             self._settle_now(outer, result)
+
+    def _workers_titled(self, title: str) -> list[Any]:
+        """The worker processes of this machine titled ``title`` (running that task).
+
+        One scan of the process table serves a burst of cancels: which task
+        runs where changes only when a task is launched or one ends (freeing
+        a worker for the next), so a scan is reused until either happens.
+        """
+        with self._lock:
+            seen, titled = (self._launches, self._ends), self._titled
+        if titled is None or titled[0] != seen:
+            titled = (seen, processes_by_title(TITLE_PREFIX))
+            with self._lock:
+                self._titled = titled
+        return titled[1].get(title, [])
 
     def _after_exit(self, processes: list[Any], then: Callable[[], None]) -> None:
         """Call ``then`` once ``processes`` (killed workers of this machine) have exited.
