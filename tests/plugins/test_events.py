@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+from tests.plugins._records import daglite_records
 
 from daglite import TaskError, evaluate, task
 from daglite.plugins.hooks import hook_impl
@@ -245,7 +246,7 @@ def test_unpicklable_event_is_dropped_with_warning_on_processes(
     result = evaluate(report_unpicklable(kind, gate), backend="processes", plugins=plugins)
     assert result == "finished"
     assert [e["i"] for e in collector.events] == [0, 1]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r for r in daglite_records(caplog, logging.WARNING) if r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "'unpicklable'" in warnings[0].getMessage()
     assert "report_unpicklable" in warnings[0].getMessage()

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+from tests.plugins._records import daglite_errors
 
 from daglite.plugins.hooks import hook_impl
 from daglite.plugins.manager import HookDispatcher, dispatcher_for
@@ -20,7 +21,7 @@ def _dispatcher(*plugins: object) -> HookDispatcher:
 
 
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    return [r.getMessage() for r in daglite_errors(caplog)]
 
 
 def test_spec_default_after_a_non_spec_default_is_passed_by_keyword():

@@ -18,6 +18,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from tests.plugins._records import daglite_errors
 
 from daglite import TaskError, evaluate, task
 from daglite.graph.base import GraphMetadata
@@ -378,7 +379,7 @@ def test_raising_hook_is_logged_once_and_run_goes_on(backend, caplog):
     assert evaluate(dag, backend=backend, plugins=[faulty, rec]) == 22
     assert faulty.calls == 3
     assert len(rec.keys("after_node_execute")) == 3  # the other plugin still saw everything
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = daglite_errors(caplog)
     assert len(errors) == 1, [r.getMessage() for r in errors]
     message = errors[0].getMessage()
     assert "after_node_execute" in message

@@ -8,6 +8,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from tests.plugins._records import daglite_errors
 
 from daglite import evaluate, task
 from daglite.plugins.hooks import CachedResult, hook_impl, specs
@@ -231,7 +232,7 @@ def test_raising_wrapper_is_logged_once_and_plain_hooks_still_run(backend, faili
     assert evaluate(diamond(), backend=backend, plugins=plugins) == 22
     # The plain implementation ran on every node; the wrapper around the failing one was resumed.
     assert log.per_key() == {key: ["outer>", "inner", "<outer"] for key in KEYS}
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = daglite_errors(caplog)
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert failing.__name__ in errors[0].getMessage()
     assert "after_node_execute" in errors[0].getMessage()
@@ -277,7 +278,7 @@ def test_plain_error_is_thrown_into_wrapper_and_logged_once(backend, caplog):
     assert evaluate(diamond(), backend=backend, plugins=plugins) == 22
     assert sorted(str(e) for e in catcher.caught) == sorted(KEYS)
     assert log.per_key() == {key: ["outer>", "other", "<outer"] for key in KEYS}
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = daglite_errors(caplog)
     assert len(errors) == 1 and "PlainFails" in errors[0].getMessage()
 
 
