@@ -33,6 +33,13 @@ small relay actor the caller drains (``_relay``). The same channel carries
 Ray task with ``force=True``, which kills the worker process, so the runaway
 really stops; the job then fails with ``WorkersLost`` blaming that call.
 
+Ray reports a force-cancelled task over while its worker may still be
+exiting. On a cluster whose nodes all run on this machine, a worker titles
+itself ``ray::daglite-<job key>`` while it runs a job; daglite notes the
+titled process before it force-cancels (one scan of the process table per
+burst of cancels), and the task reads as over only once that process has
+exited, so nothing of a cancelled run is left when ``evaluate`` raises.
+
 A worker that dies fails its job with ``WorkersLost`` naming no call (Ray does
 not say which call of the job was running): the engine reruns the job's calls
 alone (quarantine) and blames one that loses its worker there. Ray's own task
