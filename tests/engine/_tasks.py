@@ -1,4 +1,4 @@
-"""Small tasks the engine's state tests build graphs from (never run here)."""
+"""Small tasks the engine's state tests build graphs from; the cluster tests run some."""
 
 from __future__ import annotations
 
