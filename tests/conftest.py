@@ -84,6 +84,12 @@ def concurrent_backend(request: pytest.FixtureRequest) -> str:
     return _named_backend(request)
 
 
+@pytest.fixture(params=[b for b in BACKENDS if b not in ("inline", "threads")])
+def process_backend(request: pytest.FixtureRequest) -> str:
+    """Name of a built-in backend that runs tasks in other processes (values are pickled)."""
+    return _named_backend(request)
+
+
 @pytest.fixture(autouse=True)
 def _clean_global_plugins():
     """Each test starts and ends with no globally registered plugins."""

@@ -55,6 +55,30 @@ def test_a_follower_after_a_failed_call_does_not_run():
     assert not outcomes[0].ok and ran == []
 
 
+def test_a_failed_call_skips_only_its_own_chain_in_a_job_of_several():
+    # Element-wise fusion packs one chain per element into a job (gh-14).
+    home, _ = _home()
+    ran: list[int] = []
+
+    def follower(y: int) -> int:
+        ran.append(y)
+        return y
+
+    job = _Job(
+        home,
+        [
+            _call(1, boom, {"x": 1}),
+            _call(2, follower, {"y": None}, ("y",)),
+            _call(3, follower, {"y": None}, ("y",)),
+            _call(4, inc, {"x": 10}),
+            _call(5, follower, {"y": None}, ("y",)),
+        ],
+    )
+    outcomes = job()
+    assert [(o.token, o.ok) for o in outcomes] == [(1, False), (4, True), (5, True)]
+    assert ran == [11]
+
+
 def test_the_records_a_job_runs_are_not_changed_by_running_it():
     home, _ = _home()
     head, follower = _call(1, inc, {"x": 1}), _call(2, inc, {"x": None}, ("x",))

@@ -102,7 +102,10 @@ class _Job:
                     follows = call.follows
                     if follows is not None:
                         if previous is None or not previous.ok:
-                            break  # its input failed: the caller reschedules it
+                            # Its input failed: the caller reschedules it. So
+                            # do the calls fused after it (``previous`` stays);
+                            # another chain of the job runs on.
+                            continue
                         call = _fed(call, follows, previous.value)
                         if starts_first or (not direct and call.timeout is not None):
                             held.flush()

@@ -58,6 +58,7 @@ class _Ahead:
     _fuse_ok: bool
     _keep_all: bool
     _missing: dict[int, int]
+    _orphans: dict[tuple[int, int], int]
     _needed_home: dict[int, bool]
     _values_watched: bool | None
     graph: Graph
@@ -167,6 +168,9 @@ class _Ahead:
 
         Each is forgotten (its messages, if any come, are dropped) and
         unclaimed: its node is scheduled as usual once its inputs are done.
+        An element of a map fused after the element it maps stays claimed
+        (the map's other elements run on): it is an orphan, queued alone once
+        the element it maps is done (``_adopt``).
         """
         stack = [unit]
         while stack:
@@ -176,9 +180,12 @@ class _Ahead:
                     up.downstream.remove(unit)
                 if up.follower is unit:
                     up.follower = None
+                if unit.elem >= 0:  # a map's element: it runs once the one it maps is done
+                    self._orphans[(up.node, unit.elem)] = unit.node
+            if unit.elem < 0:
+                self.state.unclaim(unit.node)
             unit.upstreams = unit.follows = unit.stash = None
             unit.waiting = 0
-            self.state.unclaim(unit.node)
             self._forget(unit)
             self._not_out(unit)
             downstream, unit.downstream = unit.downstream, None

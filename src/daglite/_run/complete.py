@@ -52,6 +52,7 @@ class _Completing:
     inbox: Inbox
     kept: dict[str, Any]
     on_error: OnError
+    _orphans: dict[tuple[int, int], int]
     out_ahead: dict[int, tuple[_Unit, Future[Any]]]
     quarantined_job: int
     reporter: _CallerReporter
@@ -236,6 +237,8 @@ class _Completing:
             unit.downstream = unit.follower = None
             for follower in downstream:
                 self._input_done(follower, value)
+        elif self._orphans and unit.elem >= 0:
+            self._adopt(unit, value)
 
     def _call_succeeded(
         self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float, at: At
@@ -259,6 +262,12 @@ class _Completing:
         follower.waiting -= 1
         if follower.waiting:
             return
+        if follower.elem >= 0:  # an element fused after the element it maps
+            follower.kwargs[follower.follows[0]] = value  # type: ignore[index]
+            follower.upstreams = follower.follows = None
+            self._element_fed(follower.node)
+            self.inbox.upstream_done(follower)
+            return
         if follower.follows is not None:  # fused: fed by the call before it
             for name in follower.follows:
                 follower.kwargs[name] = value
@@ -268,6 +277,32 @@ class _Completing:
         self.state.release_inputs(follower.node)
         self.state.unclaim(follower.node)
         self.inbox.upstream_done(follower)
+
+    def _element_fed(self, d: int) -> None:
+        """An element of map ``d`` (claimed element-wise) took its input.
+
+        Once the fan-out it maps is done, nothing needs that fan-out's
+        results any more: they are released.
+        """
+        if self.graph.deps[d][0] not in self.state.elements_left:
+            self.state.release_inputs(d)
+
+    def _adopt(self, unit: _Unit, value: Any) -> None:
+        """Queue the element fused after ``unit`` whose job lost it (``_orphans``).
+
+        Its input is done now: it runs as a plain call, fed ``value``.
+        """
+        d = self._orphans.pop((unit.node, unit.elem), None)
+        if d is None or d in self.state.failed or self.state.aborting:
+            return
+        graph, e = self.graph, unit.elem
+        future = graph.futures[d]
+        assert future.iterated is not None
+        (name,) = future.iterated
+        kwargs = {**future.kwargs, name: value}
+        key = f"{graph.keys[d]}[{e}]"
+        self._element_fed(d)
+        self._requeue(_Unit(d, e, key, kwargs, future.task, graph.metadata[d], unit.backend))
 
     def _unfuse(self, unit: _Unit) -> bool:
         """Detach ``unit`` from the calls it went out ahead of: its job failed or skipped it.

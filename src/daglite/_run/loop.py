@@ -140,6 +140,13 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
         # then, and in-caller calls all go as units.
         self._fuse_ok = self._lane_ok = not self._has_lookup
         self._links: dict[int, Link] | None = None  # chain fusion, found on first use
+        # Element-wise fusion (``_Planning._element_chain``): its links (found
+        # on first use), the maps claimed to run fused after the elements they
+        # map, and per element ``(node, e)`` whose fused follower was taken
+        # back, the map whose element ``e`` waits for it (``_adopt``).
+        self._element_links: dict[int, Link] | None = None
+        self._elementwise: set[int] = set()
+        self._orphans: dict[tuple[int, int], int] = {}
         # Calls handed out ahead of their inputs (``ahead``): nodes whose call is
         # out on a backend that takes pending inputs, and per consumer how many
         # inputs are neither done nor out.

@@ -3,7 +3,9 @@
 A ready node becomes one call (a unit, or a plain call of the inline lane),
 one call per element of a fan-out, a few slices of elements (the bulk path,
 when nobody watches single elements), or the head of a fused chain (the
-links come from ``graph.fuse``). Arguments are filled in from the inputs'
+links come from ``graph.fuse``). The elements of a map over a fan-out
+(``load.product(...).map(etl)``) are fused after the elements they take, one
+chain per element. Arguments are filled in from the inputs'
 results here, and the inputs released.
 """
 
@@ -27,7 +29,7 @@ from daglite.exceptions import (
     GraphError,
 )
 from daglite.graph.base import Graph
-from daglite.graph.fuse import Link, fusable_links
+from daglite.graph.fuse import Link, elementwise_links, fusable_links
 from daglite.graph.walk import CONTAINERS, replace
 from daglite.plugins.manager import HookDispatcher
 from daglite.tasks import Task, TaskFuture
@@ -47,6 +49,8 @@ class _Planning:
     _sees_inputs: bool
     _sees_result: bool
     _links: dict[int, Link] | None
+    _element_links: dict[int, Link] | None
+    _elementwise: set[int]
     _remote_kind: dict[int, bool]
     _routes: dict[int, tuple[Backend, bool]]
     backend_of: Callable[[Task[Any, Any]], Backend]
@@ -61,6 +65,8 @@ class _Planning:
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
 
         def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool: ...
+
+        def _slice_size(self, backend: Backend, width: int) -> int: ...
 
         def _slices(
             self,
@@ -139,7 +145,8 @@ class _Planning:
             self._ready(self.state.fan_out(i, 0))
             return
         self.state.fan_out(i, len(rows))
-        if self._sliceable(task, backend, len(rows)):
+        chain = self._element_chain(i, task, backend, len(rows))
+        if not chain and self._sliceable(task, backend, len(rows)):
             self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
         elif self._route(task)[1]:
             self.lane.extend(
@@ -151,7 +158,67 @@ class _Planning:
                 _Unit(i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), task, meta, backend)
                 for e, row in enumerate(rows)
             ]
+            if chain:
+                self._claim_elementwise(chain, len(rows))
+                for unit in units:
+                    self._follow_elementwise(unit)
             self._queue_units(backend, units)
+
+    def _element_chain(
+        self, i: int, task: Task[Any, Any], backend: Backend, width: int
+    ) -> list[Link]:
+        """The maps whose elements run in the jobs of fan-out ``i``'s elements (gh-14).
+
+        ``load.product(...).map(etl).map(save)``: element ``e`` of each map
+        runs right after element ``e`` of the step before it, in one job on
+        one worker, so a shard never travels home between the steps. Not when
+        the fan-out is wide enough to travel in slices of several elements (the
+        bulk path saves more then), nor under ``on_error="continue"`` (a map is
+        skipped as a whole there when an element it maps failed).
+        """
+        if not self._fuse_ok or self._keep_all or not self._fuses(backend):
+            return []
+        if self._sliceable(task, backend, width) and self._slice_size(backend, width) > 1:
+            return []
+        links = self._element_links
+        if links is None:
+            links = self._element_links = elementwise_links(self.graph, self._fusing_backend)
+        chain: list[Link] = []
+        limit, node, failed = (backend.max_chain or backend.max_batch) - 1, i, self.state.failed
+        while len(chain) < limit:
+            link = links.get(node)
+            if link is None or link[0] in failed:
+                break
+            chain.append(link)
+            node = link[0]
+        return chain
+
+    def _claim_elementwise(self, chain: list[Link], width: int) -> None:
+        """The maps of ``chain`` fan out now, each element fused after the one it maps."""
+        state = self.state
+        for d, _ in chain:
+            state.fan_out(d, width)
+            state.claim(d)
+            self._elementwise.add(d)
+            self._expanded(d, width)
+
+    def _follow_elementwise(self, head: _Unit) -> None:
+        """Fuse after element ``head`` the elements of the maps claimed to follow it."""
+        assert self._element_links is not None
+        links, claimed, graph, e = self._element_links, self._elementwise, self.graph, head.elem
+        owning, roots, unit = self._may_own(), self.state.roots, head
+        while True:
+            link = links.get(unit.node)
+            if link is None or link[0] not in claimed:
+                return
+            d, names = link
+            future = graph.futures[d]
+            kwargs = {**future.kwargs, names[0]: None}
+            follower = _Unit(
+                d, e, f"{graph.keys[d]}[{e}]", kwargs, future.task, graph.metadata[d], unit.backend
+            )
+            _link_follower(unit, follower, names, owning and unit.node not in roots)
+            unit = follower
 
     def _fuse_if_fusing(self, head: _Unit) -> None:
         """Fuse the chain hanging off ``head`` if its backend's jobs carry chains."""
@@ -195,12 +262,8 @@ class _Planning:
             follower = _Unit(
                 d, -1, graph.keys[d], kwargs, future.task, graph.metadata[d], unit.backend
             )
-            follower.follows, follower.upstreams, follower.waiting = names, [unit], 1
-            follower.owns_input = may_own and unit.node not in roots
+            _link_follower(unit, follower, names, may_own and unit.node not in roots)
             claim(d)
-            unit.follower = follower
-            downstream = unit.downstream
-            unit.downstream = [follower] if downstream is None else [*downstream, follower]
             unit = follower
             length += 1
 
@@ -314,15 +377,28 @@ class _Planning:
         else:
             rows = seqs[0] if len(names) == 1 else list(itertools.product(*seqs))
         if dynamic:
-            self.node_count += len(rows)
-            self.hooks.call(
-                "on_graph_expand",
-                root_id=self.run_id,
-                key=self.graph.keys[i],
-                added=len(rows),
-                node_count=self.node_count,
-            )
+            self._expanded(i, len(rows))
         return tuple(names), rows
+
+    def _expanded(self, i: int, width: int) -> None:
+        """Fan-out ``i``, whose width was not known when the graph was built, has ``width``."""
+        self.node_count += width
+        self.hooks.call(
+            "on_graph_expand",
+            root_id=self.run_id,
+            key=self.graph.keys[i],
+            added=width,
+            node_count=self.node_count,
+        )
+
+
+def _link_follower(unit: _Unit, follower: _Unit, names: tuple[str, ...], owns: bool) -> None:
+    """``follower`` runs in ``unit``'s job right after it, fed its result as ``names``."""
+    follower.follows, follower.upstreams, follower.waiting = names, [unit], 1
+    follower.owns_input = owns
+    unit.follower = follower
+    downstream = unit.downstream
+    unit.downstream = [follower] if downstream is None else [*downstream, follower]
 
 
 def _rows_of(value: Any, consumer: Backend) -> Any:

@@ -91,8 +91,7 @@ class _Slicing:
         (retries, ``on_node_error``, its key in the error).
         """
         task, meta, key = self.graph.futures[i].task, self.graph.metadata[i], self.graph.keys[i]
-        parts = 1 if backend.runs_in_caller else 4 * (backend.max_workers or 1)
-        size = math.ceil(len(rows) / parts)
+        size = self._slice_size(backend, len(rows))
         # A slice may end at its first failure only if that fails the run.
         stop = not self._keep_all and task.retries == 0
         sig = task._sig
@@ -105,6 +104,11 @@ class _Slicing:
             )
             units.append(unit)
         return units
+
+    def _slice_size(self, backend: Backend, width: int) -> int:
+        """How many elements of a ``width``-wide fan-out each slice takes."""
+        parts = 1 if backend.runs_in_caller else 4 * (backend.max_workers or 1)
+        return math.ceil(width / parts)
 
     def _element_unit(self, piece: _Unit, e: int) -> _Unit:
         """Element ``e`` of slice ``piece`` as a unit of its own."""

@@ -108,16 +108,43 @@ class _Submitting:
         if not any(u.isolate or u.elems is not None or u.follower for u in units):
             return units
         plain = []
+        elements: list[list[_Unit]] = []
         for unit in units:
             if unit.isolate:
                 self.quarantine.append(unit)
             elif unit.elems is not None:
                 self._submit_job(backend, [unit])
+            elif unit.follower and unit.elem >= 0:
+                elements.append(_chain_of(unit))
             elif unit.follower:
                 self._submit_job(backend, _chain_of(unit))
             else:
                 plain.append(unit)
+        if elements:
+            self._submit_chains(backend, elements)
         return plain
+
+    def _submit_chains(self, backend: Backend, chains: list[list[_Unit]]) -> None:
+        """Pack the fused chains of a fan-out's elements into jobs, like plain calls.
+
+        About two jobs per worker, ``max_batch`` calls at most (a chain is never
+        split). A job runs its chains one after another; a chain whose call
+        fails skips the rest of that chain only.
+        """
+        workers = backend.max_workers or 1
+        per_job = max(1, math.ceil(len(chains) / (2 * workers)))
+        limit = backend.max_batch
+        job: list[_Unit] = []
+        count = 0
+        for chain in chains:
+            if job and (count == per_job or len(job) + len(chain) > limit):
+                self._submit_job(backend, job)
+                if self.state.aborting:
+                    return
+                job, count = [], 0
+            job.extend(chain)
+            count += 1
+        self._submit_job(backend, job)
 
     def _submit_batches(self, backend: Backend, units: list[_Unit]) -> None:
         """Pack plain calls into jobs: about two per worker, ``max_batch`` at most."""

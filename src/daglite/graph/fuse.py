@@ -7,6 +7,11 @@ the caller resolves), it is a single call (not a fan-out), and both run in the
 same place (the caller says which pairs do). Like Dask's ``fuse_linear``, the
 pass only finds the links; the engine decides at run time how far to follow
 them (batch size, failures).
+
+Element-wise links are the same idea one level down: a map over a fan-out
+(``load.product(...).map(etl)``) whose only input is that fan-out, and which
+is its only consumer, takes element ``e`` of it as element ``e`` of its own.
+Each element of the map can then run in the job of the element it takes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from daglite.graph.base import Graph
 from daglite.graph.walk import CONTAINERS, find
 from daglite.tasks import Task, TaskFuture
 
-__all__ = ["Link", "fusable_links"]
+__all__ = ["Link", "elementwise_links", "fusable_links"]
 
 # The consumer fused after a node, and the parameters that take the node's result.
 Link = tuple[int, tuple[str, ...]]
@@ -35,6 +40,30 @@ def fusable_links(graph: Graph, place_of: Callable[[Task[Any, Any]], object]) ->
     Returns:
         ``{node: (consumer, parameter names)}`` for each fusable link.
     """
+    return _links(graph, place_of, _link)
+
+
+def elementwise_links(
+    graph: Graph, place_of: Callable[[Task[Any, Any]], object]
+) -> dict[int, Link]:
+    """Every fan-out each of whose elements can be followed in its job by the map over it.
+
+    Args:
+        graph: The built graph.
+        place_of: As for ``fusable_links``.
+
+    Returns:
+        ``{fan-out: (map, (the map's fanned-out parameter,))}`` for each link.
+    """
+    return _links(graph, place_of, _element_link)
+
+
+def _links(
+    graph: Graph,
+    place_of: Callable[[Task[Any, Any]], object],
+    link_of: Callable[[Graph, int, int], Link | None],
+) -> dict[int, Link]:
+    """The links ``link_of`` finds between a node and its sole consumer, both in one place."""
     links: dict[int, Link] = {}
     places: dict[int, object] = {}
     deps, dependents, futures = graph.deps, graph.dependents, graph.futures
@@ -53,7 +82,7 @@ def fusable_links(graph: Graph, place_of: Callable[[Task[Any, Any]], object]) ->
                 other = places[id(there)] = place_of(there)
             if other is not place:
                 continue
-        link = _link(graph, i, d)
+        link = link_of(graph, i, d)
         if link is not None:
             links[i] = link
     return links
@@ -75,3 +104,23 @@ def _link(graph: Graph, i: int, d: int) -> Link | None:
         if isinstance(value, CONTAINERS) and next(find(value, TaskFuture), None) is not None:
             return None  # the result is nested in an argument: resolved in the caller
     return d, names
+
+
+def _element_link(graph: Graph, i: int, d: int) -> Link | None:
+    """The element-wise link ``i`` -> ``d``, or None.
+
+    None unless ``i`` is a fan-out, ``d`` fans out over ``i``'s result alone
+    (one fanned-out parameter), and no other argument of ``d`` holds a future.
+    """
+    upstream, consumer = graph.futures[i], graph.futures[d]
+    if upstream.iterated is None or consumer.iterated is None or len(consumer.iterated) != 1:
+        return None
+    ((name, over),) = consumer.iterated.items()
+    if over is not upstream:
+        return None
+    for value in consumer.kwargs.values():
+        if isinstance(value, TaskFuture) or (
+            isinstance(value, CONTAINERS) and next(find(value, TaskFuture), None) is not None
+        ):
+            return None
+    return d, (name,)
