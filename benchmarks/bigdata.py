@@ -228,6 +228,33 @@ WORKLOADS = {
         dag = lambda rows: both.product(i=range(8), rows=[rows])
         run(lambda: evaluate(dag(250_000), backend=pool), lambda: evaluate(dag(10), backend=pool))
     """,
+    # -- the same 100 MB array taken by 16 calls (a parameter sweep) ------------------
+    "sweep:daglite": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        X = np.random.rand(100 * 2**20 // 8)
+        @task
+        def score(k: int, X) -> float: return float(X[k::97].sum())
+        pool = ProcessBackend(max_workers=2)
+        run(lambda: evaluate(score.product(k=range(16), X=X), backend=pool),
+            lambda: evaluate(score.product(k=range(16), X=X[:10]), backend=pool))
+    """,
+    "sweep:joblib": """
+        from joblib import Parallel, delayed
+        X = np.random.rand(100 * 2**20 // 8)
+        def score(k, X): return float(X[k::97].sum())
+        par = Parallel(n_jobs=2, max_nbytes="1M")
+        run(lambda: par(delayed(score)(k, X) for k in range(16)),
+            lambda: par(delayed(score)(k, X[:10]) for k in range(16)))
+    """,
+    "sweep:futures": """
+        from concurrent.futures import ProcessPoolExecutor
+        X = np.random.rand(100 * 2**20 // 8)
+        def score(k, X): return float(X[k::97].sum())
+        pool = ProcessPoolExecutor(2)
+        run(lambda: [f.result() for f in [pool.submit(score, k, X) for k in range(16)]],
+            lambda: [f.result() for f in [pool.submit(score, k, X[:10]) for k in range(16)]])
+    """,
     # -- 1 GB in and out of one task --------------------------------------------------
     "gig:daglite": """
         from daglite import task, evaluate

@@ -169,6 +169,79 @@ def test_results_are_ordinary_values(pool):
     assert (pickle.loads(pickle.dumps(result)) == result).all()
 
 
+# -- a value of the caller that many calls take -----------------------------------------
+
+
+@task
+def head_sum(k: int, a: np.ndarray) -> float:
+    return float(a[:100].sum()) + k
+
+
+def _count_writes(monkeypatch) -> list[int]:
+    """Sizes of the segments the caller writes from now on."""
+    written: list[int] = []
+    real = shared._write_segment
+
+    def spy(settings, buffers):
+        written.append(sum(b.nbytes for b in buffers))
+        return real(settings, buffers)
+
+    monkeypatch.setattr(shared, "_write_segment", spy)
+    return written
+
+
+@pytest.mark.parametrize("watched", [False, True], ids=["slices", "per-element"])
+def test_an_array_every_element_of_a_fan_out_takes_is_written_once(pool, monkeypatch, watched):
+    data = np.ones(50_000)  # 400 kB, far above the pool's 1 KiB threshold
+    written = _count_writes(monkeypatch)
+    plugins = [SeesStarts()] if watched else []
+    out = evaluate(head_sum.product(k=range(12), a=data), backend=pool, plugins=plugins)
+    assert out == [100.0 + k for k in range(12)]
+    assert written == [data.nbytes]  # one segment, not one per job
+    _assert_no_run_segments()
+
+
+def test_an_array_several_nodes_take_is_written_once_from_the_second(pool, monkeypatch):
+    data = np.ones(50_000)
+    written = _count_writes(monkeypatch)
+    # Batched two jobs per worker: the first node's job writes its own copy
+    # (its worker owns it); every later one maps one shared segment.
+    out = evaluate([head_sum(k=k, a=data) for k in range(8)], backend=pool)
+    assert out == [100.0 + k for k in range(8)]
+    assert written == [data.nbytes, data.nbytes]
+
+
+def test_a_task_writing_to_a_shared_argument_changes_its_own_copy_only(pool):
+    data = np.ones(50_000)
+    out = evaluate([scribble(a=data) for _ in range(4)] + [total(a=data)], backend=pool)
+    assert out == [350_000.0] * 4 + [50_000.0]
+    assert (data == 1.0).all()
+
+
+class SeesStarts:
+    """Watches single elements start: a fan-out then goes element by element."""
+
+    @hook_impl
+    def before_node_execute(self, key):
+        pass
+
+
+class SeesInputs:
+    def __init__(self) -> None:
+        self.inputs: list[object] = []
+
+    @hook_impl
+    def before_node_execute(self, inputs):
+        self.inputs.append(inputs["a"])
+
+
+def test_hooks_that_look_at_inputs_see_the_callers_own_array(pool):
+    data = np.ones(50_000)
+    plugin = SeesInputs()
+    evaluate(head_sum.product(k=range(4), a=data), backend=pool, plugins=[plugin])
+    assert len(plugin.inputs) == 4 and all(a is data for a in plugin.inputs)
+
+
 # -- what goes home, and when -----------------------------------------------------------
 
 

@@ -40,9 +40,11 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "SharedMemory",
     "SharedValue",
+    "buffer_bytes",
     "dumps",
     "loads",
     "resolve",
+    "share",
 ]
 
 logger = logging.getLogger("daglite.shared")
@@ -321,6 +323,43 @@ def dumps(
         _warn_full(shared, sum(v.nbytes for v in views), exc)
         return _plain_dumps(value, pickler)
     return data, _Segment(path, offsets, [v.nbytes for v in views])
+
+
+def share(value: Any, shared: SharedMemory) -> Any:
+    """``value`` written once into a segment of its own, as a handle, if it is large.
+
+    For a value of the caller that many jobs take (the same array in every
+    element of a fan-out): each worker process that runs one of them maps
+    the one segment (copy on write), where otherwise every job would carry
+    its own copy. Returns ``value`` itself when it holds no buffer of
+    ``shared.threshold`` bytes or more, or cannot be written.
+    """
+    if buffer_bytes(value) < shared.threshold:
+        return value
+    try:
+        made = dumps(value, shared)
+    except Exception:  # pickled with the job instead, which reports it
+        return value
+    return SharedValue(*made) if isinstance(made, tuple) else value
+
+
+def buffer_bytes(value: Any) -> int:
+    """About how many bytes of buffers ``value`` holds, for the types ``share`` takes.
+
+    bytes, bytearray, numpy arrays, pandas frames and series, pyarrow arrays
+    and tables; 0 for anything else.
+    """
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    if not kind.__module__.startswith(("numpy", "pandas", "pyarrow")):
+        return 0
+    try:
+        if kind.__name__ == "DataFrame":
+            return int(value.memory_usage(index=False, deep=False).sum())
+        return int(getattr(value, "nbytes", 0) or 0)
+    except Exception:
+        return 0
 
 
 def _plain_dumps(value: Any, pickler: Callable[..., Any] | None) -> bytes:

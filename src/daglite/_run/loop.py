@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, final
@@ -140,6 +141,10 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
         # then, and in-caller calls all go as units.
         self._fuse_ok = self._lane_ok = not self._has_lookup
         self._links: dict[int, Link] | None = None  # chain fusion, found on first use
+        # Per (caller's value, backend): its handle in shared memory, made once
+        # when several calls take it (``_share_literals``); weakly, so that the
+        # segment goes when the last call that took it does.
+        self._literal_handles: dict[tuple[int, int], weakref.ref[Any]] = {}
         # Element-wise fusion (``_Planning._element_chain``): its links (found
         # on first use), the maps claimed to run fused after the elements they
         # map, and per element ``(node, e)`` whose fused follower was taken

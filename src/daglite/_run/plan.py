@@ -14,8 +14,9 @@ from __future__ import annotations
 import collections
 import itertools
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from daglite._job import shared
 from daglite._run.state import RunState
@@ -49,6 +50,7 @@ class _Planning:
     _sees_inputs: bool
     _sees_result: bool
     _links: dict[int, Link] | None
+    _literal_handles: dict[tuple[int, int], weakref.ref[Any]]
     _element_links: dict[int, Link] | None
     _elementwise: set[int]
     _remote_kind: dict[int, bool]
@@ -63,6 +65,8 @@ class _Planning:
     state: RunState
 
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _home_for(self, backend: Backend) -> Any: ...
 
         def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool: ...
 
@@ -96,14 +100,54 @@ class _Planning:
                 return
             kwargs, names, rows = inputs
             if future.iterated is not None:
+                if len(rows) > 1 and backend.shared_memory_threshold:
+                    kwargs = self._share_literals(kwargs, future.kwargs, backend, True)
                 self._schedule_elements(i, task, kwargs, names, rows, backend)
                 return
+        if backend.shared_memory_threshold:
+            kwargs = self._share_literals(kwargs, future.kwargs, backend, False)
         if lane:
             self.lane.append((i, -1, kwargs, backend))
             return
         unit = _Unit(i, -1, graph.keys[i], kwargs, task, graph.metadata[i], backend)
         self._fuse_if_fusing(unit)
         self._queue_units(backend, [unit])
+
+    def _share_literals(
+        self, kwargs: dict[str, Any], literals: dict[str, Any], backend: Backend, many: bool
+    ) -> dict[str, Any]:
+        """``kwargs``, with the large arrays and frames the user passed in shared memory once.
+
+        A value of the caller (``literals``: the node's own arguments) that
+        several calls take, the same array in every element of a fan-out
+        (``many``) or in several nodes, is written into one segment the first
+        time and handed to every job as a handle, instead of a copy per job
+        (gh-14). A value one call takes alone is left to its job, whose
+        worker then owns the segment and writes to it in place. Not when a
+        hook looks at inputs (it sees the caller's very objects).
+        """
+        if self._sees_inputs:
+            return kwargs
+        handles, threshold = self._literal_handles, backend.shared_memory_threshold or 0
+        out = None
+        for name, value in literals.items():
+            if shared.buffer_bytes(value) < threshold:
+                continue
+            key = (id(value), id(backend))
+            ref = handles.get(key)
+            handle = None if ref is None else ref()
+            if handle is None:
+                if not many and ref is None:
+                    handles[key] = _dead_ref  # the first call that takes it alone
+                    continue
+                made = shared.share(value, self._home_for(backend).shared)
+                if made is value:
+                    continue
+                handle, handles[key] = made, weakref.ref(made)
+            if out is None:
+                out = dict(kwargs)
+            out[name] = handle
+        return kwargs if out is None else out
 
     def _inputs(
         self, i: int, future: TaskFuture[Any], backend: Backend
@@ -390,6 +434,14 @@ class _Planning:
             added=width,
             node_count=self.node_count,
         )
+
+
+class _Gone:
+    """A value nobody holds any more."""
+
+
+# What a weak reference to a value dropped already returns: None.
+_dead_ref: Final = weakref.ref(_Gone())
 
 
 def _link_follower(unit: _Unit, follower: _Unit, names: tuple[str, ...], owns: bool) -> None:
