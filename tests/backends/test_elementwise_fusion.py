@@ -104,13 +104,34 @@ def test_the_chains_of_a_wide_map_are_packed_into_a_few_jobs():
     assert pool.jobs == [20, 20, 20, 20]
 
 
-def test_a_fan_out_wide_enough_for_slices_is_not_fused():
-    # Nobody watches single elements: 40 elements travel in slices of 5, and
-    # each step's slice is one call (8 + 8 jobs), not 40 chains.
+def test_a_wide_map_goes_in_slices_each_behind_the_slice_it_maps():
+    # Nobody watches single elements: 40 elements travel in 8 slices of 5, and
+    # each slice of ``twice`` runs in the job of the slice of ``inc`` it maps.
     with _CountingProcesses() as pool:
         dag = inc.product(x=range(40)).map(twice)
         assert evaluate(dag, backend=pool) == [2 * (x + 1) for x in range(40)]
-    assert pool.jobs == [1] * 16
+    assert pool.jobs == [2] * 8
+
+
+class Durations:
+    """Watches each element end, with its run time (the bulk path stays on)."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+
+    @hook_impl
+    def after_node_execute(self, key, duration):
+        self.durations[key] = duration
+
+
+def test_shards_of_a_wide_map_never_leave_their_slices_worker(process_backend):
+    # On the bulk path too (processes; Dask and Ray send elements one by one).
+    plugin = Durations()
+    dag = load.product(i=range(40)).map(etl).join(total)
+    assert evaluate(dag, backend=process_backend, plugins=[plugin]) == 10 * sum(range(40))
+    keys = {f"{name}[{e}]" for name in ("load", "etl") for e in range(40)} | {"total"}
+    assert set(plugin.durations) == keys
+    assert all(d >= 0.0 for d in plugin.durations.values())
 
 
 def test_hooks_see_each_element_after_the_one_it_maps(concurrent_backend):
@@ -153,6 +174,27 @@ def test_a_mapped_element_retried_runs_its_follower_once_after_it(concurrent_bac
     dag = flaky_load.product(i=range(5), where=where).map(logged, where=where)
     assert evaluate(dag, backend=concurrent_backend) == [0, 10, 20, 30, 40]
     assert [(tmp_path / f"ran-{x}").read_text() for x in range(5)] == ["x"] * 5
+
+
+@pytest.mark.parametrize("width", [5, 40], ids=["per-element", "slices"])
+def test_a_failed_element_of_a_slice_is_retried_and_its_map_runs_after_it(tmp_path, width):
+    @task(retries=1)
+    def flaky_inc(x: int, where: str) -> int:
+        if x == 3 and _fails_once(os.path.join(where, "inc")):
+            raise RuntimeError("first attempt fails")
+        return x + 1
+
+    @task(retries=1)
+    def flaky_twice(x: int, where: str) -> int:
+        if x == 2 and _fails_once(os.path.join(where, "twice")):
+            raise RuntimeError("first attempt fails")
+        return 2 * x
+
+    where = str(tmp_path)
+    dag = flaky_inc.product(x=range(width), where=where).map(flaky_twice, where=where).map(inc)
+    with ProcessBackend(max_workers=2) as pool:
+        assert evaluate(dag, backend=pool) == [2 * (x + 1) + 1 for x in range(width)]
+    assert (tmp_path / "inc").exists() and (tmp_path / "twice").exists()
 
 
 def test_a_follower_retried_in_the_middle_of_a_map_chain(concurrent_backend, tmp_path):

@@ -10,7 +10,7 @@ from typing import Any
 
 from daglite._job.channel import _Home
 from daglite._job.job import _Job
-from daglite._job.records import Elements, _Call
+from daglite._job.records import KEPT, Elements, _Call
 
 
 def _home() -> tuple[_Home, list[Any]]:
@@ -77,6 +77,38 @@ def test_a_failed_call_skips_only_its_own_chain_in_a_job_of_several():
     outcomes = job()
     assert [(o.token, o.ok) for o in outcomes] == [(1, False), (4, True), (5, True)]
     assert ran == [11]
+
+
+def _slice(token: int, rows: list, follows: Any = None) -> _Call:
+    elems = Elements(("x",), rows, 0, False, True, True)
+    return _Call(token, "inc", f"inc-{token}", inc, {}, None, None, elems, follows, True)
+
+
+def test_a_slice_fused_after_a_slice_takes_its_values_as_rows():
+    # Element-wise fusion on the bulk path (gh-14); the values fed stay here.
+    home, _ = _home()
+    outcomes = _Job(home, [_slice(1, [1, 2, 3]), _slice(2, [None] * 3, ("x",))])()
+    assert [o.token for o in outcomes] == [1, 2]
+    head, follower = outcomes
+    assert head.value.values == [KEPT] * 3  # held back: the follower owned them
+    assert len(head.value.durations) == 3  # each element's run time is not
+    assert follower.value.values == [3, 4, 5]
+
+
+def test_a_slice_with_a_failed_element_skips_the_slice_fused_after_it():
+    home, _ = _home()
+    outcomes = _Job(home, [_slice(1, [1, "x", 3]), _slice(2, [None] * 3, ("x",))])()
+    assert [o.token for o in outcomes] == [1]  # the follower is left to the caller
+    assert outcomes[0].value.values[::2] == [2, 4]  # sent home: the caller feeds them on
+    assert list(outcomes[0].value.errors) == [1]
+
+
+def test_a_slice_whose_follower_has_a_failed_element_sends_its_values_home():
+    home, _ = _home()
+    failing = _slice(2, [None] * 3, ("x",))._replace(func=boom)
+    head, follower = _Job(home, [_slice(1, [1, 2, 3]), failing])()
+    assert head.value.values == [2, 3, 4]  # for the follower's retries
+    assert sorted(follower.value.errors) == [0, 1, 2]
 
 
 def test_the_records_a_job_runs_are_not_changed_by_running_it():

@@ -28,6 +28,7 @@ from daglite._job.records import (
     KEPT,
     Outcome,
     Outcomes,
+    SliceValues,
     _Call,
     _new_call,
     _new_outcome,
@@ -101,7 +102,7 @@ class _Job:
                 else:
                     follows = call.follows
                     if follows is not None:
-                        if previous is None or not previous.ok:
+                        if previous is None or not _whole(previous):
                             # Its input failed: the caller reschedules it. So
                             # do the calls fused after it (``previous`` stays);
                             # another chain of the job runs on.
@@ -144,13 +145,29 @@ def _worth_keeping(
     its value is not a number (nothing to save), and the value need not be
     home before ``nxt`` starts (see ``_Job.__call__``).
     """
-    if not nxt.owns_input or not outcome[1] or type(outcome[2]) in _NOT_WORTH_KEEPING:
+    if not nxt.owns_input or not _whole(outcome) or type(outcome[2]) in _NOT_WORTH_KEEPING:
         return False
     return not (starts_first or (not direct and nxt.timeout is not None))
 
 
+def _whole(outcome: Outcome) -> bool:
+    """Whether a call succeeded in full: for a slice, every one of its elements."""
+    if not outcome[1]:
+        return False
+    value = outcome[2]
+    return type(value) is not SliceValues or not value.errors
+
+
 def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
-    """A fused call with the previous call's result in its ``follows`` parameters."""
+    """A fused call with the previous call's result in its ``follows`` parameters.
+
+    A slice fused after a slice (element-wise) takes that slice's values as
+    its rows: element ``e`` of the one is fed element ``e`` of the other.
+    """
+    if call.elems is not None:
+        head = (call.token, call.name, call.key, call.func, call.kwargs, call.timeout)
+        elems = call.elems._replace(rows=value.values)
+        return _new_call((*head, call.style, elems, None, False, call.memory))
     kwargs = dict(call.kwargs)
     for name in follows:
         kwargs[name] = value
@@ -183,7 +200,7 @@ class _HeldOutcomes:
     def append(self, outcome: Outcome) -> None:
         """Hold ``outcome`` until the next flush."""
         if self._kept is not None:
-            self._fed_call_ended(outcome[1])
+            self._fed_call_ended(_whole(outcome))
         self._held.append(outcome)  # atomic under the GIL; drained under the lock
 
     def keep(self, outcome: Outcome) -> None:
@@ -195,10 +212,15 @@ class _HeldOutcomes:
         that a retry can be fed; if it succeeds, it never does.
         """
         if self._kept is not None:
-            self._fed_call_ended(True)
+            self._fed_call_ended(_whole(outcome))
         # ``_kept`` is set first: a flush that sees the ``KEPT`` outcome waits.
         self._kept = o = outcome
-        self._held.append(_new_outcome((o[0], True, KEPT, o[3], o[4], o[5], o[6], o[7], o[8])))
+        held = o[2]
+        if type(held) is SliceValues:  # each element's value held back, its run time not
+            held = SliceValues([KEPT] * len(held.values), {}, held.durations)
+        else:
+            held = KEPT
+        self._held.append(_new_outcome((o[0], True, held, o[3], o[4], o[5], o[6], o[7], o[8])))
 
     def _fed_call_ended(self, ok: bool) -> None:
         """The call fed the kept value ended: drop that value, or send it if the call failed."""
@@ -223,8 +245,9 @@ class _HeldOutcomes:
             held = self._held
             sent = 0
             for outcome in held:
-                if self._kept is not None and outcome.value is KEPT:
-                    break  # waits for the call it feeds (``keep_last``)
+                kept = self._kept
+                if kept is not None and outcome.token == kept.token:
+                    break  # waits for the call it feeds (``keep``)
                 if early is not None and not early(outcome):
                     break  # this one goes with the job's result, and so do the rest
                 try:

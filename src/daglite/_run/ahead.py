@@ -180,8 +180,10 @@ class _Ahead:
                     up.downstream.remove(unit)
                 if up.follower is unit:
                     up.follower = None
-                if unit.elem >= 0:  # a map's element: it runs once the one it maps is done
-                    self._orphans[(up.node, unit.elem)] = unit.node
+                if unit.elem >= 0:  # a map's elements: each runs once the one it maps is done
+                    count = 1 if unit.elems is None else len(unit.elems.rows)
+                    for e in range(unit.elem, unit.elem + count):
+                        self._orphans[(up.node, e)] = unit.node
             if unit.elem < 0:
                 self.state.unclaim(unit.node)
             unit.upstreams = unit.follows = unit.stash = None

@@ -238,7 +238,7 @@ class _Completing:
             for follower in downstream:
                 self._input_done(follower, value)
         elif self._orphans and unit.elem >= 0:
-            self._adopt(unit, value)
+            self._adopt(unit.node, unit.elem, value, unit.backend)
 
     def _call_succeeded(
         self, i: int, e: int, kwargs: dict[str, Any], value: Any, duration: float, at: At
@@ -287,22 +287,23 @@ class _Completing:
         if self.graph.deps[d][0] not in self.state.elements_left:
             self.state.release_inputs(d)
 
-    def _adopt(self, unit: _Unit, value: Any) -> None:
-        """Queue the element fused after ``unit`` whose job lost it (``_orphans``).
+    def _adopt(self, i: int, e: int, value: Any, backend: Backend) -> None:
+        """Queue the element fused after element ``e`` of ``i`` that its job lost (``_orphans``).
 
-        Its input is done now: it runs as a plain call, fed ``value``.
+        Element ``e`` of ``i`` is done now with ``value``: the element that
+        maps it runs as a plain call, fed that value.
         """
-        d = self._orphans.pop((unit.node, unit.elem), None)
+        d = self._orphans.pop((i, e), None)
         if d is None or d in self.state.failed or self.state.aborting:
             return
-        graph, e = self.graph, unit.elem
+        graph = self.graph
         future = graph.futures[d]
         assert future.iterated is not None
         (name,) = future.iterated
         kwargs = {**future.kwargs, name: value}
         key = f"{graph.keys[d]}[{e}]"
         self._element_fed(d)
-        self._requeue(_Unit(d, e, key, kwargs, future.task, graph.metadata[d], unit.backend))
+        self._requeue(_Unit(d, e, key, kwargs, future.task, graph.metadata[d], backend))
 
     def _unfuse(self, unit: _Unit) -> bool:
         """Detach ``unit`` from the calls it went out ahead of: its job failed or skipped it.

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from daglite._job import shared
+from daglite._job.records import Elements
 from daglite._run.state import RunState
 from daglite._run.unit import (
     _element_kwargs,
@@ -71,6 +72,10 @@ class _Planning:
         def _sliceable(self, task: Task[Any, Any], backend: Backend, width: int) -> bool: ...
 
         def _slice_size(self, backend: Backend, width: int) -> int: ...
+
+        def _elements(
+            self, task: Task[Any, Any], names: tuple[str, ...], rows: list[Any], first: int
+        ) -> Elements: ...
 
         def _slices(
             self,
@@ -189,9 +194,15 @@ class _Planning:
             self._ready(self.state.fan_out(i, 0))
             return
         self.state.fan_out(i, len(rows))
-        chain = self._element_chain(i, task, backend, len(rows))
-        if not chain and self._sliceable(task, backend, len(rows)):
-            self._queue_units(backend, self._slices(i, kwargs, names, rows, backend))
+        sliced = self._sliceable(task, backend, len(rows))
+        chain = self._element_chain(i, backend, sliced)
+        if chain:
+            self._claim_elementwise(chain, len(rows))
+        if sliced:
+            units = self._slices(i, kwargs, names, rows, backend)
+            for unit in units if chain else ():
+                self._follow_elementwise(unit)
+            self._queue_units(backend, units)
         elif self._route(task)[1]:
             self.lane.extend(
                 (i, e, _element_kwargs(kwargs, names, row), backend) for e, row in enumerate(rows)
@@ -202,37 +213,34 @@ class _Planning:
                 _Unit(i, e, f"{key}[{e}]", _element_kwargs(kwargs, names, row), task, meta, backend)
                 for e, row in enumerate(rows)
             ]
-            if chain:
-                self._claim_elementwise(chain, len(rows))
-                for unit in units:
-                    self._follow_elementwise(unit)
+            for unit in units if chain else ():
+                self._follow_elementwise(unit)
             self._queue_units(backend, units)
 
-    def _element_chain(
-        self, i: int, task: Task[Any, Any], backend: Backend, width: int
-    ) -> list[Link]:
+    def _element_chain(self, i: int, backend: Backend, sliced: bool) -> list[Link]:
         """The maps whose elements run in the jobs of fan-out ``i``'s elements (gh-14).
 
         ``load.product(...).map(etl).map(save)``: element ``e`` of each map
         runs right after element ``e`` of the step before it, in one job on
-        one worker, so a shard never travels home between the steps. Not when
-        the fan-out is wide enough to travel in slices of several elements (the
-        bulk path saves more then), nor under ``on_error="continue"`` (a map is
-        skipped as a whole there when an element it maps failed).
+        one worker, so a shard never travels home between the steps. On the
+        bulk path (``sliced``) a slice of each map follows the same slice of
+        the step before it. Not under ``on_error="continue"``: a map is
+        skipped as a whole there when an element it maps failed.
         """
         if not self._fuse_ok or self._keep_all or not self._fuses(backend):
-            return []
-        if self._sliceable(task, backend, width) and self._slice_size(backend, width) > 1:
             return []
         links = self._element_links
         if links is None:
             links = self._element_links = elementwise_links(self.graph, self._fusing_backend)
         chain: list[Link] = []
         limit, node, failed = (backend.max_chain or backend.max_batch) - 1, i, self.state.failed
+        futures = self.graph.futures
         while len(chain) < limit:
             link = links.get(node)
             if link is None or link[0] in failed:
                 break
+            if sliced and futures[link[0]].task.timeout is not None:
+                break  # a slice runs without a deadline of its own
             chain.append(link)
             node = link[0]
         return chain
@@ -257,10 +265,13 @@ class _Planning:
                 return
             d, names = link
             future = graph.futures[d]
-            kwargs = {**future.kwargs, names[0]: None}
-            follower = _Unit(
-                d, e, f"{graph.keys[d]}[{e}]", kwargs, future.task, graph.metadata[d], unit.backend
-            )
+            task, meta = future.task, graph.metadata[d]
+            if unit.elems is None:
+                kwargs = {**future.kwargs, names[0]: None}
+                follower = _Unit(d, e, f"{graph.keys[d]}[{e}]", kwargs, task, meta, unit.backend)
+            else:  # a slice of the map, fed the values of this slice as its rows
+                follower = _Unit(d, e, graph.keys[d], future.kwargs, task, meta, unit.backend)
+                follower.elems = self._elements(task, names, [None] * len(unit.elems.rows), e)
             _link_follower(unit, follower, names, owning and unit.node not in roots)
             unit = follower
 

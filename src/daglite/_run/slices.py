@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from daglite._job import shared
 from daglite._job.records import Elements
+from daglite._run.inbox import Inbox
 from daglite._run.state import RunState
 from daglite._run.unit import NOWHERE, At, _element_kwargs, _Unit
 from daglite.backends.base import Backend
@@ -36,13 +37,21 @@ class _Slicing:
     _sees_result: bool
     _has_after: bool
     _keep_all: bool
+    _orphans: dict[tuple[int, int], int]
     _sees_inputs: bool
     graph: Graph
+    inbox: Inbox
     kept: dict[str, Any]
     reporter: _CallerReporter
     state: RunState
 
     if TYPE_CHECKING:  # provided by the other parts of ``_Run``
+
+        def _adopt(self, i: int, e: int, value: Any, backend: Backend) -> None: ...
+
+        def _back_in(self, unit: _Unit) -> None: ...
+
+        def _element_fed(self, d: int) -> None: ...
 
         def _attempt_failed(
             self,
@@ -92,18 +101,22 @@ class _Slicing:
         """
         task, meta, key = self.graph.futures[i].task, self.graph.metadata[i], self.graph.keys[i]
         size = self._slice_size(backend, len(rows))
+        units = []
+        for first in range(0, len(rows), size):
+            unit = _Unit(i, first, key, base, task, meta, backend)
+            unit.elems = self._elements(task, names, rows[first : first + size], first)
+            units.append(unit)
+        return units
+
+    def _elements(
+        self, task: Task[Any, Any], names: tuple[str, ...], rows: list[Any], first: int
+    ) -> Elements:
+        """The record of a slice of ``task``'s elements ``first``... with these ``rows``."""
         # A slice may end at its first failure only if that fails the run.
         stop = not self._keep_all and task.retries == 0
         sig = task._sig
         positional = len(names) == 1 and sig.call_style is None and sig.positional[:1] == names
-        units = []
-        for first in range(0, len(rows), size):
-            unit = _Unit(i, first, key, base, task, meta, backend)
-            unit.elems = Elements(
-                names, rows[first : first + size], first, stop, positional, self._has_after
-            )
-            units.append(unit)
-        return units
+        return Elements(names, rows, first, stop, positional, self._has_after)
 
     def _slice_size(self, backend: Backend, width: int) -> int:
         """How many elements of a ``width``-wide fan-out each slice takes."""
@@ -119,6 +132,11 @@ class _Slicing:
         return _Unit(piece.node, e, key, kwargs, piece.task, piece.meta, piece.backend)
 
     def _slice_finished(self, piece: _Unit, outcome: Any) -> None:
+        whole = outcome.ok and not outcome.value.errors
+        if piece.downstream and not whole:
+            # The slices fused after it did not run: their elements run alone,
+            # each once the element it maps is done (``_adopt``).
+            self._back_in(piece)
         if not outcome.ok:  # the slice could not run (say, an element would not pickle)
             self._split(piece, isolate=False)
             return
@@ -139,6 +157,28 @@ class _Slicing:
             for e in range(first + len(values), first + len(piece.elems.rows)):
                 self._requeue(self._element_unit(piece, e))
         self._ready(self.state.slice_done(i, first, values, len(errors)))
+        if piece.downstream or self._orphans:
+            self._hand_on(piece, values, errors)
+
+    def _hand_on(self, piece: _Unit, values: list[Any], errors: dict[int, Any]) -> None:
+        """Pass a finished slice's values to what maps its elements, fused or not."""
+        if piece.downstream:
+            downstream, piece.downstream, piece.follower = piece.downstream, None, None
+            for follower in downstream:
+                self._slice_fed(follower, values)
+            return
+        for e, value in enumerate(values):
+            if e not in errors:
+                self._adopt(piece.node, piece.elem + e, value, piece.backend)
+
+    def _slice_fed(self, follower: _Unit, values: list[Any]) -> None:
+        """Slice ``follower``, fused after a slice that succeeded whole, is fed its values."""
+        assert follower.elems is not None
+        follower.elems = follower.elems._replace(rows=list(values))
+        follower.upstreams = follower.follows = None
+        follower.waiting = 0
+        self._element_fed(follower.node)
+        self.inbox.upstream_done(follower)
 
     def _elements_returned(
         self,

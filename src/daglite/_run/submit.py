@@ -112,8 +112,8 @@ class _Submitting:
         for unit in units:
             if unit.isolate:
                 self.quarantine.append(unit)
-            elif unit.elems is not None:
-                self._submit_job(backend, [unit])
+            elif unit.elems is not None:  # with the slices fused after it, if any
+                self._submit_job(backend, _chain_of(unit))
             elif unit.follower and unit.elem >= 0:
                 elements.append(_chain_of(unit))
             elif unit.follower:
