@@ -228,6 +228,27 @@ WORKLOADS = {
         dag = lambda rows: both.product(i=range(8), rows=[rows])
         run(lambda: evaluate(dag(250_000), backend=pool), lambda: evaluate(dag(10), backend=pool))
     """,
+    # -- 40 shards of 8 MB, made then summed: a map over a fan-out, on the bulk path ---
+    "wide:map-chain": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        @task
+        def load(i: int, n: int): return np.full(n, float(i))
+        @task
+        def summ(a) -> float: return float(a.sum())
+        pool = ProcessBackend(max_workers=2)
+        dag = lambda n: load.product(i=range(40), n=[n]).map(summ)
+        run(lambda: evaluate(dag(2**20), backend=pool), lambda: evaluate(dag(10), backend=pool))
+    """,
+    "wide:one-task": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        @task
+        def both(i: int, n: int) -> float: return float(np.full(n, float(i)).sum())
+        pool = ProcessBackend(max_workers=2)
+        dag = lambda n: both.product(i=range(40), n=[n])
+        run(lambda: evaluate(dag(2**20), backend=pool), lambda: evaluate(dag(10), backend=pool))
+    """,
     # -- the same 100 MB array taken by 16 calls (a parameter sweep) ------------------
     "sweep:daglite": """
         from daglite import task, evaluate
