@@ -125,3 +125,60 @@ def test_memory_limit_is_not_enforced_in_process(backend: str) -> None:
         return len(b"x" * 1_000_000) + x
 
     assert evaluate(big(1), backend=backend) == 1_000_001
+
+
+# -- the watch's wake-up pipe ---------------------------------------------------------
+
+
+def _wake_forever(waker) -> None:
+    from daglite.backends._process_worker import poke
+
+    while True:
+        poke(waker.fileno())
+
+
+def test_a_worker_killed_while_waking_the_watch_leaves_nothing_held() -> None:
+    # A worker killed while waking the watch (stopped for memory, or
+    # terminated with its broken pool) must hold nothing that the caller or
+    # the other workers then wait for: a multiprocessing.Event's lock did,
+    # and hung the start of the next pool.
+    import multiprocessing
+    import select
+
+    from daglite.backends._memory import MemoryWatch
+    from daglite.backends._process_worker import poke
+
+    ctx = multiprocessing.get_context("spawn")
+    wake, waker = ctx.Pipe(duplex=False)
+    os.set_blocking(wake.fileno(), False)
+    os.set_blocking(waker.fileno(), False)
+    for _ in range(3):
+        child = ctx.Process(target=_wake_forever, args=(waker,), daemon=True)
+        child.start()
+        select.select([wake.fileno()], [], [], 60)  # it is waking, again and again
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(30)
+    poke(waker.fileno())  # the pipe may be full: this returns at once all the same
+    watch = MemoryWatch([0] * 12, wake, waker)
+    done = threading.Event()
+
+    def stop() -> None:
+        watch.stop()
+        done.set()
+
+    threading.Thread(target=stop, daemon=True).start()
+    assert done.wait(30), "stopping the watch blocked"
+    assert not watch._thread.is_alive()
+    assert wake.closed and waker.closed
+
+
+def test_a_limited_call_after_a_pool_was_replaced_is_still_watched(pool: ProcessBackend) -> None:
+    # The first pool breaks (a worker stopped for memory); the next pool's
+    # watch wakes on its own pipe.
+    @task(memory=LIMIT)
+    def hog() -> None:
+        _hog()
+
+    for _ in range(2):
+        with pytest.raises(TaskMemoryError):
+            evaluate(hog(), backend=pool)

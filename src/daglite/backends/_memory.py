@@ -1,22 +1,28 @@
 """The caller's watch over pool workers' memory: per-task limits (gh-15).
 
 A worker that starts a call with ``memory=`` writes the limit beside the
-call's token in its slot (``_process_worker``) and sets a shared event. This
-thread, in the caller, then polls the RSS of each worker running a limited
-call (psutil) and stops one that passes its limit with ``SIGKILL``, after
-writing the token and the peak it saw in the slot. The pool breaks as for
+call's token in its slot (``_process_worker``) and writes a byte into the
+watch's wake-up pipe. This thread, in the caller, then polls the RSS of each
+worker running a limited call (psutil) and stops one that passes its limit
+with ``SIGKILL``, after writing the token and the peak it saw in the slot. The pool breaks as for
 any dead worker; the backend reads the slot and the engine fails only that
 call, with ``TaskMemoryError``.
 
 Watching from outside, not from a thread in the worker: a task that holds
 the GIL while it allocates (one big ``bytes`` join) cannot starve the watch,
 and a worker too busy to answer is stopped all the same. While no limited
-call runs the thread sleeps on the event: a run without limits pays nothing.
+call runs the thread sleeps on the pipe: a run without limits pays nothing.
+
+A pipe, not a ``multiprocessing.Event``: such an event's lock is held by
+whoever sets it, and a worker killed while setting it (stopped here, or
+terminated with its broken pool) would leave it held forever, hanging the
+next ``set`` in the caller. A byte written to a pipe holds nothing.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 from typing import Any, Final, final
@@ -28,6 +34,7 @@ from daglite.backends._process_worker import (
     PID,
     SLOT_WIDTH,
     TOKEN,
+    poke,
 )
 
 __all__ = ["MemoryWatch"]
@@ -44,12 +51,16 @@ class MemoryWatch:
 
     Args:
         slots: The pool's shared slot array.
-        wake: A multiprocessing event workers set when a limited call starts.
+        wake: The read end of the pipe workers write to when a limited call
+            starts (a ``Connection``; its bytes are read raw).
+        waker: The write end: the caller keeps it to wake the thread when it
+            stops, and hands it to the pool's workers.
     """
 
-    def __init__(self, slots: Any, wake: Any) -> None:
+    def __init__(self, slots: Any, wake: Any, waker: Any) -> None:
         self._slots = slots
         self._wake = wake
+        self._waker = waker
         self._stop = threading.Event()
         self._peaks: dict[int, tuple[int, int]] = {}  # slot base -> (token, peak RSS)
         self._processes: dict[int, Any] = {}  # pid -> psutil.Process
@@ -57,21 +68,24 @@ class MemoryWatch:
         self._thread.start()
 
     def stop(self, wait: bool = True) -> None:
-        """End the thread (``wait``: until it has ended)."""
+        """End the thread (``wait``: until it has ended). Never blocks otherwise."""
         self._stop.set()
-        self._wake.set()
+        poke(self._waker.fileno())
         if wait:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        wake, stop = self._wake, self._stop
-        while not stop.is_set():
-            wake.wait()
-            while not stop.is_set() and self._check():
-                stop.wait(POLL_INTERVAL)
-            wake.clear()
-            if self._check():  # a limited call started between the last look and clear()
-                wake.set()
+        stop, fd = self._stop, self._wake.fileno()
+        try:
+            while not stop.is_set():
+                select.select([fd], [], [])
+                if not _drain(fd):
+                    return  # every write end is closed
+                while not stop.is_set() and self._check():
+                    stop.wait(POLL_INTERVAL)
+        finally:
+            self._wake.close()
+            self._waker.close()
 
     def _check(self) -> bool:
         """Look at every worker running a limited call; True if there is one."""
@@ -115,3 +129,11 @@ class MemoryWatch:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:  # it ended meanwhile
             pass
+
+
+def _drain(fd: int) -> bool:
+    """Read what the pipe holds; False once no writer is left (end of file)."""
+    try:
+        return bool(os.read(fd, 65536))
+    except BlockingIOError:
+        return True

@@ -46,7 +46,8 @@ class _WorkerState:
         self.slots: Any = None
         self.base = -1  # index of this worker's slot's first field
         self.limited = False  # whether the call running now has a memory limit
-        self.watched: Any = None  # the caller's memory watch's wake-up event
+        # The write end of the caller's memory watch's wake-up pipe (``_memory``).
+        self.watched: Any = None
 
     def attach(self, slots: Any, lock: Any, watched: Any = None) -> None:
         with lock:
@@ -70,7 +71,7 @@ class _WorkerState:
             self.limited = bool(memory)
         self.slots[base + TOKEN] = token
         if memory and self.watched is not None:
-            self.watched.set()
+            poke(self.watched.fileno())
 
     def timed_out(self, token: int) -> NoReturn:
         if self.base >= 0:
@@ -122,3 +123,15 @@ def _pid_exists(pid: int) -> bool:
     import psutil  # here, not at import: pool workers start faster without it
 
     return bool(psutil.pid_exists(pid))
+
+
+def poke(fd: int) -> None:
+    """Write a byte to a watch's wake-up pipe without ever blocking.
+
+    A full pipe already wakes the watch, and a closed one has no watch left
+    to wake: both are fine.
+    """
+    try:
+        os.write(fd, b"\0")
+    except OSError:  # BlockingIOError (full), BrokenPipeError, EBADF (closed)
+        pass

@@ -208,10 +208,12 @@ class ProcessBackend(Backend):
     def _new_pool(self) -> None:
         ctx = self._context
         slots = ctx.RawArray("q", SLOT_WIDTH * (self._workers * 2 + 2))
-        wake = ctx.Event()
+        wake, waker = ctx.Pipe(duplex=False)
+        os.set_blocking(wake.fileno(), False)
+        os.set_blocking(waker.fileno(), False)
         if self._watch is not None:
             self._watch.stop(wait=False)  # it watched the pool this one replaces
-        self._watch = MemoryWatch(slots, wake)
+        self._watch = MemoryWatch(slots, wake, waker)
         self._slots = slots
         self._generation += 1
         # The previous generation stays: its manager thread may report the
@@ -229,7 +231,7 @@ class ProcessBackend(Backend):
                 ctx.Lock(),
                 os.getpid(),
                 worker_limits(self.native_threads, self._workers),
-                wake,
+                waker,
             ),
         )
         self._pools_by_generation[self._generation] = (self._pool, slots)
