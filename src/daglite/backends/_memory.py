@@ -21,6 +21,7 @@ next ``set`` in the caller. A byte written to a pipe holds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -70,7 +71,8 @@ class MemoryWatch:
     def stop(self, wait: bool = True) -> None:
         """End the thread (``wait``: until it has ended). Never blocks otherwise."""
         self._stop.set()
-        poke(self._waker.fileno())
+        with contextlib.suppress(OSError):  # the thread ended already, and closed it
+            poke(self._waker.fileno())
         if wait:
             self._thread.join(timeout=5)
 
