@@ -7,6 +7,9 @@ daglite's shared-memory segments, mapped or not). Run::
 
     python benchmarks/bigdata.py            # every case, median of 3
     python benchmarks/bigdata.py --rounds 1 --only chain
+
+It runs the daglite of the checkout it is in (that ``src`` goes first on
+``PYTHONPATH``): for a before/after figure, run each checkout's own copy.
 """
 
 from __future__ import annotations
