@@ -14,6 +14,7 @@ import threading
 import weakref
 
 import pytest
+from tests.backends._counting import CountingProcesses
 
 from daglite import EvaluationError, TaskError, evaluate, task
 from daglite.backends import ProcessBackend, ThreadBackend
@@ -64,18 +65,6 @@ def test_a_map_of_a_map_runs_element_by_element_in_one_chain(concurrent_backend)
     assert evaluate(dag, backend=concurrent_backend) == [2 * (10 * i + 1) for i in range(5)]
 
 
-class _CountingProcesses(ProcessBackend):
-    """Processes that record how many calls each job carries."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=2)
-        self.jobs: list[int] = []
-
-    def submit(self, fn, /, *args, **kwargs):
-        self.jobs.append(len(fn.calls))
-        return super().submit(fn, *args, **kwargs)
-
-
 class Watch:
     """Watches each node start, so a wide fan-out goes element by element, not in slices."""
 
@@ -98,7 +87,7 @@ class Watch:
 
 def test_the_chains_of_a_wide_map_are_packed_into_a_few_jobs():
     # 40 chains of two calls on two workers: about two jobs per worker.
-    with _CountingProcesses() as pool:
+    with CountingProcesses() as pool:
         dag = inc.product(x=range(40)).map(twice)
         assert evaluate(dag, backend=pool, plugins=[Watch()]) == [2 * (x + 1) for x in range(40)]
     assert pool.jobs == [20, 20, 20, 20]
@@ -107,7 +96,7 @@ def test_the_chains_of_a_wide_map_are_packed_into_a_few_jobs():
 def test_a_wide_map_goes_in_slices_each_behind_the_slice_it_maps():
     # Nobody watches single elements: 40 elements travel in 8 slices of 5, and
     # each slice of ``twice`` runs in the job of the slice of ``inc`` it maps.
-    with _CountingProcesses() as pool:
+    with CountingProcesses() as pool:
         dag = inc.product(x=range(40)).map(twice)
         assert evaluate(dag, backend=pool) == [2 * (x + 1) for x in range(40)]
     assert pool.jobs == [2] * 8

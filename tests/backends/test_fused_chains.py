@@ -10,6 +10,7 @@ import os
 import time
 
 import pytest
+from tests.backends._counting import CountingProcesses
 
 from daglite import EvaluationError, TaskError, WorkerLostError, evaluate, task
 from daglite.backends import ProcessBackend, ThreadBackend
@@ -84,19 +85,9 @@ def test_a_chain_goes_in_jobs_of_at_most_max_chain_calls(max_chain, jobs):
     assert backend.jobs == jobs
 
 
-class _CountingProcesses(ProcessBackend):
-    def __init__(self) -> None:
-        super().__init__(max_workers=2)
-        self.jobs: list[int] = []
-
-    def submit(self, fn, /, *args, **kwargs):
-        self.jobs.append(len(fn.calls))
-        return super().submit(fn, *args, **kwargs)
-
-
 def test_a_chain_longer_than_a_batch_goes_in_one_job_on_processes():
-    assert _CountingProcesses.max_batch < 600
-    with _CountingProcesses() as backend:
+    assert CountingProcesses.max_batch < 600
+    with CountingProcesses() as backend:
         assert evaluate(_chain(600), backend=backend) == 600
     assert backend.jobs == [600]
 

@@ -65,6 +65,8 @@ class _Completing:
 
         def _back_in(self, unit: _Unit) -> None: ...
 
+        def _map_element(self, d: int, e: int, value: Any, backend: Backend) -> _Unit: ...
+
         def _drop(self, unit: _Unit) -> None: ...
 
         def _landed(self, unit: _Unit) -> None: ...
@@ -296,14 +298,8 @@ class _Completing:
         d = self._orphans.pop((i, e), None)
         if d is None or d in self.state.failed or self.state.aborting:
             return
-        graph = self.graph
-        future = graph.futures[d]
-        assert future.iterated is not None
-        (name,) = future.iterated
-        kwargs = {**future.kwargs, name: value}
-        key = f"{graph.keys[d]}[{e}]"
         self._element_fed(d)
-        self._requeue(_Unit(d, e, key, kwargs, future.task, graph.metadata[d], backend))
+        self._requeue(self._map_element(d, e, value, backend))
 
     def _unfuse(self, unit: _Unit) -> bool:
         """Detach ``unit`` from the calls it went out ahead of: its job failed or skipped it.

@@ -143,8 +143,9 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
         self._links: dict[int, Link] | None = None  # chain fusion, found on first use
         # Per (caller's value, backend): its handle in shared memory, made once
         # when several calls take it (``_share_literals``); weakly, so that the
-        # segment goes when the last call that took it does.
-        self._literal_handles: dict[tuple[int, int], weakref.ref[Any]] = {}
+        # segment goes when the last call that took it does. None: one call
+        # took it so far.
+        self._literal_handles: dict[tuple[int, int], weakref.ref[Any] | None] = {}
         # Element-wise fusion (``_Planning._element_chain``): its links (found
         # on first use), the maps claimed to run fused after the elements they
         # map, and per element ``(node, e)`` whose fused follower was taken

@@ -16,7 +16,7 @@ import itertools
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from daglite._job import shared
 from daglite._job.records import Elements
@@ -51,7 +51,7 @@ class _Planning:
     _sees_inputs: bool
     _sees_result: bool
     _links: dict[int, Link] | None
-    _literal_handles: dict[tuple[int, int], weakref.ref[Any]]
+    _literal_handles: dict[tuple[int, int], weakref.ref[Any] | None]
     _element_links: dict[int, Link] | None
     _elementwise: set[int]
     _remote_kind: dict[int, bool]
@@ -139,12 +139,12 @@ class _Planning:
             if shared.buffer_bytes(value) < threshold:
                 continue
             key = (id(value), id(backend))
+            if key not in handles and not many:
+                handles[key] = None  # the first call that takes it, alone
+                continue
             ref = handles.get(key)
             handle = None if ref is None else ref()
             if handle is None:
-                if not many and ref is None:
-                    handles[key] = _dead_ref  # the first call that takes it alone
-                    continue
                 made = shared.share(value, self._home_for(backend).shared)
                 if made is value:
                     continue
@@ -267,13 +267,21 @@ class _Planning:
             future = graph.futures[d]
             task, meta = future.task, graph.metadata[d]
             if unit.elems is None:
-                kwargs = {**future.kwargs, names[0]: None}
-                follower = _Unit(d, e, f"{graph.keys[d]}[{e}]", kwargs, task, meta, unit.backend)
+                follower = self._map_element(d, e, None, unit.backend)
             else:  # a slice of the map, fed the values of this slice as its rows
                 follower = _Unit(d, e, graph.keys[d], future.kwargs, task, meta, unit.backend)
                 follower.elems = self._elements(task, names, [None] * len(unit.elems.rows), e)
             _link_follower(unit, follower, names, owning and unit.node not in roots)
             unit = follower
+
+    def _map_element(self, d: int, e: int, value: Any, backend: Backend) -> _Unit:
+        """Element ``e`` of map ``d``, taking ``value`` (None: fed in its job)."""
+        graph = self.graph
+        future = graph.futures[d]
+        assert future.iterated is not None
+        (name,) = future.iterated
+        kwargs = {**future.kwargs, name: value}
+        return _Unit(d, e, f"{graph.keys[d]}[{e}]", kwargs, future.task, graph.metadata[d], backend)
 
     def _fuse_if_fusing(self, head: _Unit) -> None:
         """Fuse the chain hanging off ``head`` if its backend's jobs carry chains."""
@@ -445,14 +453,6 @@ class _Planning:
             added=width,
             node_count=self.node_count,
         )
-
-
-class _Gone:
-    """A value nobody holds any more."""
-
-
-# What a weak reference to a value dropped already returns: None.
-_dead_ref: Final = weakref.ref(_Gone())
 
 
 def _link_follower(unit: _Unit, follower: _Unit, names: tuple[str, ...], owns: bool) -> None:
