@@ -48,7 +48,7 @@ class _Job:
     there whatever their size (see ``Backend.materialize``).
     """
 
-    __slots__ = ("calls", "home", "keep_remote", "resources")
+    __slots__ = ("calls", "home", "keep_remote", "lent", "resources")
 
     def __init__(
         self,
@@ -63,8 +63,38 @@ class _Job:
         # backend that schedules resources itself (Dask); never pickled.
         self.resources = resources
         self.keep_remote: frozenset[int] = _NOTHING
+        # The pool's segments this job's pickles were written to (caller side).
+        self.lent: list[str] | None = None
 
     def __call__(self) -> Outcomes:
+        """Run the calls; in a worker, then say which of the caller's segments it let go of.
+
+        Returns:
+            The outcomes (see ``_run``), with ``released`` listing the pool's
+            segments this worker has unmapped, for the caller to reuse.
+        """
+        try:
+            outcomes = self._run()
+        except BaseException:
+            shared.forget_borrowed()
+            raise
+        if shared.borrowing():
+            self.calls = ()  # the arguments: nothing here may hold a mapping any more
+            outcomes.released = shared.release_borrowed()
+        return outcomes
+
+    def settle(self, outcomes: Any) -> None:
+        """In the caller, once the job is over: give its lent segments back to the pool.
+
+        Args:
+            outcomes: What the job returned, or None if it failed as a whole.
+        """
+        lent, self.lent = self.lent, None
+        pool = self.home.shared.pool if self.home.shared is not None else None
+        if lent and pool is not None:
+            pool.settle(lent, frozenset(getattr(outcomes, "released", ())))
+
+    def _run(self) -> Outcomes:
         """Run the calls in order.
 
         Returns:
@@ -125,8 +155,10 @@ class _Job:
         return held.finish()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        calls = _dumps_calls(self.calls, self.home.shared)
-        return (_load_job, (self.home, *calls, self.keep_remote))
+        funcs, body = _dumps_calls(self.calls, self.home.shared, lend=True)
+        if isinstance(body, tuple) and body[1].pooled:
+            self.lent = [*(self.lent or ()), body[1].path]
+        return (_load_job, (self.home, funcs, body, self.keep_remote))
 
 
 _FLUSH: Final = FLUSH_INTERVAL
@@ -300,14 +332,18 @@ _Body = bytes | tuple[bytes, Any]
 
 
 def _dumps_calls(
-    calls: Sequence[_Call | _Poisoned], settings: shared.SharedMemory | None = None
+    calls: Sequence[_Call | _Poisoned],
+    settings: shared.SharedMemory | None = None,
+    *,
+    lend: bool = False,
 ) -> tuple[dict[int, bytes], _Body]:
     """Serialise calls: the functions (each once) and the call rows.
 
     A call that cannot be pickled becomes ``_Poisoned``. The two parts are
     handed to the executor's pickler as they are, not pickled once more, so a
     large argument is copied as few times as possible: with ``settings``,
-    large buffers go into a shared-memory segment the worker maps.
+    large buffers go into a shared-memory segment the worker maps (one of
+    the pool's, if ``lend`` and the run has one: see ``_Job.settle``).
     """
     import cloudpickle
 
@@ -340,10 +376,10 @@ def _dumps_calls(
             )
         )
     try:
-        body = shared.dumps(rows, settings)
+        body = shared.dumps(rows, settings, lend=lend)
     except Exception:
         rows = [_poison_if_unpicklable(row) for row in rows]
-        body = shared.dumps(rows, settings, cloudpickle.CloudPickler)
+        body = shared.dumps(rows, settings, cloudpickle.CloudPickler, lend=lend)
     return funcs, body
 
 
@@ -401,10 +437,9 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: _Body) -> list[_Call]:
             _loaded_functions[data] = func
         funcs[fid] = func
     calls: list[Any] = []
-    # A segment is read once, by this worker: it is unlinked once mapped.
-    rows = (
-        shared.load_segment(*body, unlink=True) if isinstance(body, tuple) else pickle.loads(body)
-    )
+    # A segment is read once, by this worker: it is unlinked once mapped, or
+    # borrowed from the caller's pool until the job ends.
+    rows = shared.load_segment(*body, own=True) if isinstance(body, tuple) else pickle.loads(body)
     for row in rows:
         if isinstance(row, _Poisoned):
             calls.append(row)

@@ -313,15 +313,17 @@ class Outcomes(list[Outcome]):
     def __init__(self, items: list[Outcome] | None = None) -> None:
         super().__init__(items or ())
         self.sent_early: list[int] = []
+        # Segments of the caller's pool the worker unmapped (``_Job.settle``).
+        self.released: list[str] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
-        tokens = [o.token for o in self]
+        tokens, tail = [o.token for o in self], (self.sent_early, self.released)
         try:
             rows = [_fast_row(o) for o in self]
             payload = _dumps_rows(rows)
         except Exception:
-            return (_load_outcomes, (tokens, None, list(self), self.sent_early))
-        return (_load_outcomes, (tokens, payload, None, self.sent_early))
+            return (_load_outcomes, (tokens, None, list(self), *tail))
+        return (_load_outcomes, (tokens, payload, None, *tail))
 
 
 def _dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
@@ -402,9 +404,11 @@ def _load_outcomes(
     payload: bytes | None,
     fallback: list[Outcome] | None,
     sent_early: list[int],
+    released: list[str] | None = None,
 ) -> Outcomes:
     out = Outcomes()
     out.sent_early = sent_early
+    out.released = released or []
     if payload is None:
         out.extend(fallback or ())
         return out

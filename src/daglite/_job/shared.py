@@ -22,6 +22,7 @@ whole directory if the caller dies without doing so (even by SIGKILL).
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import itertools
 import logging
@@ -32,9 +33,12 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from daglite.graph.walk import CONTAINERS, find, replace
+
+if TYPE_CHECKING:
+    from daglite._job.segment_pool import SegmentPool
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -68,13 +72,17 @@ class SharedMemory:
     Args:
         directory: The run's segment directory (inside the caller's directory).
         threshold: Buffers of this many bytes or more travel out-of-band.
+        pool: The backend's pool of argument segments kept for reuse, if any.
     """
 
-    __slots__ = ("directory", "threshold")
+    __slots__ = ("directory", "pool", "threshold")
 
-    def __init__(self, directory: str, threshold: int) -> None:
+    def __init__(self, directory: str, threshold: int, pool: SegmentPool | None = None) -> None:
         self.directory = directory
         self.threshold = threshold
+        # In the caller only (never pickled): where job arguments' segments
+        # are kept for reuse, or None.
+        self.pool = pool
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SharedMemory, (self.directory, self.threshold))
@@ -175,7 +183,12 @@ def _sweep_dead(base: str) -> None:
 _caller_directory: Final = _CallerDirectory()
 
 
-def for_run(run_id: str, threshold: int) -> SharedMemory:
+def caller_directory() -> str:
+    """This process's segment directory (made, with its janitor, on first use)."""
+    return _caller_directory.path()
+
+
+def for_run(run_id: str, threshold: int, pool: SegmentPool | None = None) -> SharedMemory:
     """The shared-memory settings of run ``run_id`` (its directory made now)."""
     directory = os.path.join(_caller_directory.path(), run_id)
     try:
@@ -184,11 +197,15 @@ def for_run(run_id: str, threshold: int) -> SharedMemory:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     except FileExistsError:
         pass
-    return SharedMemory(directory, threshold)
+    if pool is not None:
+        pool.begin_run(directory)
+    return SharedMemory(directory, threshold, pool)
 
 
 def end_run(shared: SharedMemory) -> None:
-    """Remove the run's directory and every segment still in it."""
+    """Remove the run's directory and every segment still in it, lent ones included."""
+    if shared.pool is not None:
+        shared.pool.end_run(shared.directory)
     try:
         os.rmdir(shared.directory)  # the usual case: nothing is left in it
     except OSError:
@@ -202,22 +219,44 @@ _counter = itertools.count()
 _warned_full: set[str] = set()
 
 
-def _write_segment(shared: SharedMemory, buffers: list[memoryview]) -> tuple[str, list[int]]:
-    """Write ``buffers`` into a new segment; return its path and each buffer's offset.
+def _write_segment(
+    shared: SharedMemory, buffers: list[memoryview], lend: bool = False
+) -> tuple[str, list[int], bool]:
+    """Write ``buffers`` into a segment.
+
+    ``lend``: they are a job's arguments; the segment is then the pool's, if
+    the run has one (see ``SegmentPool``).
+
+    Returns:
+        The segment's path, each buffer's offset, and whether it is the pool's.
 
     Raises:
         OSError: If the segment cannot be written (the caller falls back to
             sending the buffers in-band).
     """
+    offsets, end = layout(buffers)
+    if lend and shared.pool is not None:
+        return shared.pool.write(shared.directory, buffers, offsets, end), offsets, True
+    check_space(shared.directory, end)
+    path = os.path.join(shared.directory, f"{os.getpid()}-{next(_counter)}")
+    write_file(path, buffers, offsets, end)
+    return path, offsets, False
+
+
+def layout(buffers: list[memoryview]) -> tuple[list[int], int]:
+    """Where each buffer starts in a segment (aligned), and the segment's size."""
     offsets, end = [], 0
     for buf in buffers:
         offsets.append(end)
         end += -(-buf.nbytes // _ALIGN) * _ALIGN
-    _check_space(shared.directory, end)
-    path = os.path.join(shared.directory, f"{os.getpid()}-{next(_counter)}")
+    return offsets, end
+
+
+def write_file(path: str, buffers: list[memoryview], offsets: list[int], size: int) -> None:
+    """Create ``path`` (``size`` bytes) with ``buffers`` at ``offsets``; nothing left on error."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.ftruncate(fd, end)
+        os.ftruncate(fd, size)
         for buf, offset in zip(buffers, offsets):
             _pwrite_all(fd, buf, offset)
     except BaseException:
@@ -226,18 +265,23 @@ def _write_segment(shared: SharedMemory, buffers: list[memoryview]) -> tuple[str
             os.unlink(path)
         raise
     os.close(fd)
-    return path, offsets
 
 
 def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
     # pwrite, not a mapping: the kernel fills fresh pages without a fault per page.
-    view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+    view = as_bytes(buf)
     done, size = 0, view.nbytes
     while done < size:
         done += os.pwrite(fd, view[done : done + (256 << 20)], offset + done)
 
 
-def _check_space(directory: str, size: int) -> None:
+def as_bytes(buf: memoryview) -> memoryview:
+    """``buf`` as a flat view of unsigned bytes."""
+    return buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+
+
+def check_space(directory: str, size: int) -> None:
+    """Raise ``OSError`` if writing ``size`` bytes would leave too little free in ``directory``."""
     stat = os.statvfs(directory)
     free = stat.f_bavail * stat.f_frsize
     if free - size < _SPARE_BYTES:
@@ -248,14 +292,31 @@ def _map(path: str, size: int, own: bool) -> mmap.mmap:
     """Map a segment: shared if this reader ``own``s it, else privately.
 
     A job's argument segment has one reader, which may write to its pages
-    in place. A result segment may have several (the caller's handle passes
-    it on): each maps it copy-on-write, so its writes stay its own.
+    in place, and reads them all: they are mapped in one call, not a fault
+    at a time. A result segment may have several (the caller's handle passes
+    it on): each maps it copy-on-write, so its writes stay its own, and
+    touches only the pages it reads (an element of a fan-out).
     """
     fd = os.open(path, os.O_RDWR if own else os.O_RDONLY)
     try:
-        return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if own else mmap.ACCESS_COPY)
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if own else mmap.ACCESS_COPY)
     finally:
         os.close(fd)
+    if own:
+        populate(mapping, _MADV_POPULATE_READ)
+    return mapping
+
+
+# Linux 5.14+: map every page of a range in one call (read or write), no fault per page.
+_MADV_POPULATE_READ: Final = 22
+MADV_POPULATE_WRITE: Final = 23
+
+
+def populate(mapping: mmap.mmap, advice: int) -> None:
+    """Map ``mapping``'s pages now, if this system can (an optimisation only)."""
+    if size := len(mapping):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            mapping.madvise(advice, 0, size)
 
 
 def _views(mapping: mmap.mmap, offsets: list[int], sizes: list[int]) -> list[memoryview]:
@@ -270,20 +331,29 @@ def _views(mapping: mmap.mmap, offsets: list[int], sizes: list[int]) -> list[mem
 class _Segment:
     """Out-of-band buffers of one pickle: where they are and how big."""
 
-    __slots__ = ("offsets", "path", "size", "sizes")
+    __slots__ = ("offsets", "path", "pooled", "size", "sizes")
 
-    def __init__(self, path: str, offsets: list[int], sizes: list[int]) -> None:
+    def __init__(
+        self, path: str, offsets: list[int], sizes: list[int], pooled: bool = False
+    ) -> None:
         self.path = path
         self.offsets = offsets
         self.sizes = sizes
+        # The caller keeps the file for reuse (``SegmentPool``): the reader
+        # does not unlink it, and says when it has let go of it.
+        self.pooled = pooled
         self.size = (offsets[-1] + sizes[-1]) if sizes else 0
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Segment, (self.path, self.offsets, self.sizes))
+        return (_Segment, (self.path, self.offsets, self.sizes, self.pooled))
 
 
 def dumps(
-    value: Any, shared: SharedMemory | None, pickler: Callable[..., Any] | None = None
+    value: Any,
+    shared: SharedMemory | None,
+    pickler: Callable[..., Any] | None = None,
+    *,
+    lend: bool = False,
 ) -> bytes | tuple[bytes, _Segment]:
     """Pickle ``value``; its large buffers into a segment when ``shared`` is set.
 
@@ -292,6 +362,8 @@ def dumps(
         shared: The run's settings, or None (everything in-band).
         pickler: A ``Pickler`` class to use (cloudpickle's, for functions);
             the standard one by default.
+        lend: A job's arguments, read once by its worker: the segment may
+            be one of the pool's, lent to the job.
 
     Returns:
         The pickle, or the pickle and the segment holding its large buffers.
@@ -318,11 +390,11 @@ def dumps(
         return data
     views = [b.raw() for b in found]
     try:
-        path, offsets = _write_segment(shared, views)
+        path, offsets, pooled = _write_segment(shared, views, lend)
     except OSError as exc:
         _warn_full(shared, sum(v.nbytes for v in views), exc)
         return _plain_dumps(value, pickler)
-    return data, _Segment(path, offsets, [v.nbytes for v in views])
+    return data, _Segment(path, offsets, [v.nbytes for v in views], pooled)
 
 
 def share(value: Any, shared: SharedMemory) -> Any:
@@ -476,13 +548,61 @@ class _Unpickler(pickle.Unpickler):
         return _load_persistent(pid)
 
 
-def load_segment(data: bytes, segment: _Segment, *, unlink: bool) -> Any:
-    """Map ``segment`` and unpickle ``data`` over it; unlink the file first if asked."""
-    mapping = _map(segment.path, segment.size, own=unlink)
-    if unlink:
+def load_segment(data: bytes, segment: _Segment, *, own: bool) -> Any:
+    """Map ``segment`` and unpickle ``data`` over it.
+
+    ``own``: this reader is the segment's only one (a job's arguments): it
+    maps it shared, and unlinks it, or, if it is the caller's pool's,
+    borrows it until the job ends (``release_borrowed``).
+    """
+    mapping = _map(segment.path, segment.size, own=own)
+    if own and segment.pooled:
+        _borrowed.append((segment.path, mapping))
+    elif own:
         with contextlib.suppress(OSError):
             os.unlink(segment.path)
     return loads(data, _views(mapping, segment.offsets, segment.sizes))
+
+
+# The pool's segments the job running in this worker process mapped (one job
+# at a time per process), with their mappings.
+_borrowed: list[tuple[str, mmap.mmap]] = []
+
+
+def borrowing() -> bool:
+    """Whether the job running in this process mapped segments of the caller's pool."""
+    return bool(_borrowed)
+
+
+def release_borrowed() -> list[str]:
+    """Unmap the pool's segments nothing uses any more; the paths of those unmapped.
+
+    Called when the job has ended and dropped its calls: a mapping still
+    exported (a value kept in a global, a result that is a view of an
+    argument) stays, and its segment is not reused. One garbage collection
+    frees what only a reference cycle still holds.
+    """
+    released: list[str] = []
+    collected = False
+    for path, mapping in _borrowed:
+        while True:
+            try:
+                mapping.close()
+            except BufferError:
+                if not collected:
+                    collected = True
+                    gc.collect()
+                    continue
+            else:
+                released.append(path)
+            break
+    _borrowed.clear()
+    return released
+
+
+def forget_borrowed() -> None:
+    """Let go of the job's borrowed segments without releasing any (the job failed)."""
+    _borrowed.clear()
 
 
 def _warn_full(shared: SharedMemory, size: int, exc: OSError) -> None:
@@ -543,7 +663,7 @@ class SharedValue(_Handle):
 
     def value(self) -> Any:
         """The value itself: a private (copy-on-write) mapping of the segment."""
-        return load_segment(self.data, self.segment, unlink=False)
+        return load_segment(self.data, self.segment, own=False)
 
     def items(self) -> list[SharedItem]:
         """A handle per element of a list or tuple result."""
@@ -580,7 +700,7 @@ class SharedItem(_Handle):
 
 
 def _item_in_worker(data: bytes, segment: _Segment, index: int) -> Any:
-    return load_segment(data, segment, unlink=False)[index]
+    return load_segment(data, segment, own=False)[index]
 
 
 def _unlink_quietly(path: str) -> None:
@@ -590,7 +710,7 @@ def _unlink_quietly(path: str) -> None:
 
 def _value_in_worker(data: bytes, segment: _Segment) -> Any:
     # The caller's handle owns the file: a worker only maps it.
-    return load_segment(data, segment, unlink=False)
+    return load_segment(data, segment, own=False)
 
 
 def resolve(value: Any) -> Any:

@@ -101,6 +101,9 @@ class _Completing:
 
     def _job_done(self, job: Any, future: Future[Any], tokens: list[int]) -> None:
         """Job ``job`` came home: its calls' outcomes, or how it failed as a whole."""
+        if getattr(job, "lent", None):  # its arguments were in segments of the backend's pool
+            whole = not future.cancelled() and future.exception() is None
+            job.settle(future.result() if whole else None)
         self.in_flight.pop(id(job), None)
         if self.quarantined_job == id(job):
             self.quarantined_job = 0

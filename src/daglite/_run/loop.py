@@ -177,7 +177,8 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
             home.wants_start = self._has_before
             threshold = backend.shared_memory_threshold
             if threshold:
-                home.shared = shared.for_run(str(self.run_id), threshold)
+                pool = backend.segment_pool()
+                home.shared = shared.for_run(str(self.run_id), threshold, pool)
                 self._any_shared = True
             self.homes[id(backend)] = home
         return home

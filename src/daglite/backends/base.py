@@ -13,7 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from daglite._job.segment_pool import SegmentPool
 
 __all__ = ["Backend", "WorkersLost", "mark_pool_thread", "pool_thread_backend"]
 
@@ -96,6 +99,10 @@ class Backend(ABC):
             arguments and results travel through shared memory instead of the
             pipe, and results stay there until needed (see ``docs/data.md``).
             None (the default): off.
+        shared_memory_pool: With ``shared_memory_threshold``: most bytes of
+            job-argument segments kept, mapped, for the next jobs to reuse
+            (a copy into them runs at memory speed) until ``shutdown``.
+            None (the default): none kept.
         accepts_pending_inputs: True for a backend that chains jobs itself
             (Dask, Ray): the engine then submits a call before the calls it
             takes results from are done, as soon as those are submitted to
@@ -118,8 +125,10 @@ class Backend(ABC):
     accepts_pending_inputs: ClassVar[bool] = False
     max_workers: int | None = None
     shared_memory_threshold: int | None = None
+    shared_memory_pool: int | None = None
 
     _started: bool = False
+    _segments: SegmentPool | None = None
     _start_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @abstractmethod
@@ -175,11 +184,32 @@ class Backend(ABC):
                     self._started = True
 
     def shutdown(self) -> None:
-        """Stop the backend if it was started."""
+        """Stop the backend if it was started, and free the segments it keeps for reuse."""
         with self._start_lock:
             if self._started:
                 self._started = False
                 self.stop()
+            segments, self._segments = self._segments, None
+        if segments is not None:
+            segments.close()
+
+    def segment_pool(self) -> SegmentPool | None:
+        """The job-argument segments this backend keeps for reuse (``shared_memory_pool``).
+
+        Made on first use; None when there is nothing to keep. Freed by
+        ``shutdown``, when the backend is garbage-collected, or at exit.
+        """
+        if not self.shared_memory_pool or not self.shared_memory_threshold:
+            return None
+        with self._start_lock:
+            if self._segments is None:
+                import weakref
+
+                from daglite._job.segment_pool import SegmentPool
+
+                self._segments = SegmentPool(self.shared_memory_pool)
+                weakref.finalize(self, self._segments.close)
+            return self._segments
 
     def __enter__(self) -> Backend:
         self.ensure_started()

@@ -157,10 +157,15 @@ class ProcessBackend(Backend):
             buffers, bytes) of this many bytes or more travel through shared
             memory, both ways, and results stay there until needed. Default:
             ``DAGLITE_SHM_THRESHOLD`` if set, else 1 MiB; 0 or None turns it off.
+        shared_memory_pool: Most bytes of job-argument segments kept, mapped,
+            for later jobs to reuse: a copy into memory already mapped runs
+            at memory speed, where fresh shared memory costs a fault per page.
+            Freed by ``shutdown()``. Default: 1 GiB, or an eighth of
+            ``/dev/shm`` if that is less; 0 or None keeps none.
 
     Raises:
         ValueError: If ``max_workers``, ``native_threads`` or
-            ``shared_memory_threshold`` is out of range.
+            ``shared_memory_threshold`` or ``shared_memory_pool`` is out of range.
     """
 
     name: ClassVar[str] = "processes"
@@ -177,10 +182,12 @@ class ProcessBackend(Backend):
         start_method: str | None = None,
         native_threads: int | Literal["auto"] | None = "auto",
         shared_memory_threshold: int | Literal["default"] | None = "default",
+        shared_memory_pool: int | Literal["default"] | None = "default",
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
         self.shared_memory_threshold = _threshold(shared_memory_threshold)
+        self.shared_memory_pool = _pool_limit(shared_memory_pool)
         self.native_threads: NativeThreads = check_native_threads(native_threads)
         self._workers = max_workers or usable_cpu_count()
         self.max_workers = self._workers
@@ -377,6 +384,17 @@ def _threshold(value: int | Literal["default"] | None) -> int | None:
             f"shared_memory_threshold must be a number of bytes >= 0 or None, got {value!r}"
         )
     return value
+
+
+def _pool_limit(value: int | Literal["default"] | None) -> int | None:
+    """The most bytes of argument segments to keep for reuse (None: none)."""
+    if value == "default":
+        from daglite._job.segment_pool import default_limit
+
+        return default_limit() or None
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value or None
+    raise ValueError(f"shared_memory_pool must be a number of bytes >= 0 or None, got {value!r}")
 
 
 def _inspect_broken_pool(pool: Any, slots: Any) -> WorkersLost:

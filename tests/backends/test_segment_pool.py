@@ -1,0 +1,176 @@
+"""Job arguments' segments kept for reuse on the processes backend (gh-14)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from daglite import WorkerLostError, evaluate, task
+from daglite._job import shared
+from daglite.backends import ProcessBackend
+
+KIB = 1024
+N = 50_000  # 400 kB of float64: far above the 1 KiB threshold
+
+
+@task
+def total(a: np.ndarray) -> float:
+    return float(a.sum())
+
+
+@task
+def keep(a: np.ndarray) -> float:
+    import sys
+
+    # This worker holds on to its argument after the call (on a module both
+    # calls find: a function pickled by value brings its own globals).
+    sys.daglite_test_kept = a  # type: ignore[attr-defined]
+    return float(a.sum())
+
+
+@task
+def kept_total() -> float:
+    import sys
+
+    return float(sys.daglite_test_kept.sum())  # type: ignore[attr-defined]
+
+
+@task
+def head(a: np.ndarray) -> np.ndarray:
+    return a[:10]  # a view of the argument: the result holds its mapping
+
+
+@task
+def crash(a: np.ndarray) -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@task
+def fail(a: np.ndarray) -> None:
+    raise ValueError("no")
+
+
+def _count_new_files(monkeypatch) -> list[str]:
+    """Paths of the segment files written from now on (new ones, not reused)."""
+    made: list[str] = []
+    real = shared.write_file
+
+    def spy(path, *rest):
+        made.append(path)
+        return real(path, *rest)
+
+    monkeypatch.setattr(shared, "write_file", spy)
+    return made
+
+
+def _pool_files(backend: ProcessBackend) -> list[str]:
+    pool = backend.segment_pool()
+    assert pool is not None and pool._directory is not None
+    return sorted(os.listdir(pool._directory))
+
+
+@pytest.fixture
+def backend():
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB) as pool:
+        yield pool
+
+
+def test_a_released_segment_is_reused_with_the_new_arguments(backend, monkeypatch):
+    made = _count_new_files(monkeypatch)
+    first = np.ones(N)
+    assert evaluate(total(a=first), backend=backend) == N
+    assert len(made) == 1
+    pool = backend.segment_pool()
+    assert pool is not None and pool.free_bytes() >= first.nbytes  # kept, not removed
+    second = np.arange(N, dtype=np.float64)
+    assert evaluate(total(a=second), backend=backend) == float(second.sum())
+    assert len(made) == 1  # the same file, with the new data copied in
+    assert len(_pool_files(backend)) == 1
+
+
+@pytest.mark.parametrize("holder", [keep, head], ids=["kept-in-a-global", "returned-as-a-view"])
+def test_a_segment_the_worker_still_uses_is_not_reused(backend, monkeypatch, holder):
+    made = _count_new_files(monkeypatch)
+    first = np.ones(N)
+    result = evaluate(holder(a=first), backend=backend)
+    other = np.full(N, 7.0)
+    assert evaluate(total(a=other), backend=backend) == 7.0 * N
+    assert len(made) == 2  # the first file stayed with the worker: a new one was written
+    if holder is keep:
+        assert evaluate(kept_total(), backend=backend) == N  # untouched by the second job
+    else:
+        assert np.array_equal(result, np.ones(10))
+
+
+def test_a_smaller_argument_reuses_a_segment_it_half_fills(backend, monkeypatch):
+    made = _count_new_files(monkeypatch)
+    evaluate(total(a=np.ones(N)), backend=backend)
+    assert evaluate(total(a=np.ones(N * 3 // 4)), backend=backend) == N * 3 // 4
+    assert evaluate(total(a=np.ones(N // 4)), backend=backend) == N // 4
+    assert len(made) == 2  # 3/4 reused the first file; 1/4 is too small for it
+
+
+def test_segments_lent_to_a_run_that_fails_are_removed(backend):
+    with pytest.raises(Exception, match="no"):
+        evaluate([fail(a=np.ones(N)), total(a=np.ones(N))], backend=backend)
+    pool = backend.segment_pool()
+    assert pool is not None
+    assert len(_pool_files(backend)) == len(pool._free)  # free ones only: nothing lent left
+    assert not pool._lent
+
+
+def test_a_segment_lent_to_a_worker_that_dies_is_removed(backend):
+    with pytest.raises(WorkerLostError):
+        evaluate(crash(a=np.ones(N)), backend=backend)
+    pool = backend.segment_pool()
+    assert pool is not None and not pool._lent and _pool_files(backend) == []
+    assert evaluate(total(a=np.ones(N)), backend=backend) == N  # a fresh pool runs on
+
+
+def test_shutdown_removes_the_pool():
+    backend = ProcessBackend(max_workers=1, shared_memory_threshold=KIB)
+    with backend:
+        evaluate(total(a=np.ones(N)), backend=backend)
+        pool = backend.segment_pool()
+        assert pool is not None
+        directory = pool._directory
+        assert directory is not None and os.listdir(directory)
+    assert not os.path.exists(directory)
+
+
+def test_a_segment_over_the_limit_is_not_kept(monkeypatch):
+    made = _count_new_files(monkeypatch)
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB, shared_memory_pool=KIB) as b:
+        evaluate(total(a=np.ones(N)), backend=b)
+        pool = b.segment_pool()
+        assert pool is not None and pool.free_bytes() == 0 and _pool_files(b) == []
+        evaluate(total(a=np.ones(N)), backend=b)
+    assert len(made) == 2
+
+
+def test_no_pool_writes_a_segment_per_job_as_before(monkeypatch):
+    made = _count_new_files(monkeypatch)
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB, shared_memory_pool=0) as b:
+        assert b.segment_pool() is None
+        for _ in range(2):
+            assert evaluate(total(a=np.ones(N)), backend=b) == N
+    assert len(made) == 2
+    assert all(os.path.basename(os.path.dirname(p)) != "pool" for p in made)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "lots"])
+def test_a_bad_pool_size_is_refused(value):
+    with pytest.raises(ValueError, match="shared_memory_pool"):
+        ProcessBackend(max_workers=1, shared_memory_pool=value)
+
+
+def test_the_default_pool_is_at_most_a_gib_and_an_eighth_of_shared_memory():
+    from daglite._job.segment_pool import DEFAULT_LIMIT
+
+    limit = ProcessBackend(max_workers=1).shared_memory_pool
+    stat = os.statvfs(shared._base_directory())
+    assert limit == min(DEFAULT_LIMIT, stat.f_blocks * stat.f_frsize // 8)
