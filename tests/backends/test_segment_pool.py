@@ -106,6 +106,19 @@ def test_a_segment_the_worker_still_uses_is_not_reused(backend, monkeypatch, hol
         assert np.array_equal(result, np.ones(10))
 
 
+@task
+def nested_total(a: np.ndarray) -> list[float]:
+    # Jobs of a run on threads, in this worker, while its own job is running.
+    return evaluate([total(a=a), total(a=a[:10])], backend="threads")
+
+
+def test_a_run_nested_in_a_task_leaves_the_outer_jobs_segment_to_it(backend, monkeypatch):
+    made = _count_new_files(monkeypatch)
+    assert evaluate(nested_total(a=np.ones(N)), backend=backend) == [N, 10]
+    assert evaluate(nested_total(a=np.full(N, 2.0)), backend=backend) == [2 * N, 20]
+    assert len(made) == 1  # released by the outer job once over, then reused
+
+
 def test_a_smaller_argument_reuses_a_segment_it_half_fills(backend, monkeypatch):
     made = _count_new_files(monkeypatch)
     evaluate(total(a=np.ones(N)), backend=backend)

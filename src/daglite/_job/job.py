@@ -73,6 +73,8 @@ class _Job:
             The outcomes (see ``_run``), with ``released`` listing the pool's
             segments this worker has unmapped, for the caller to reuse.
         """
+        if self.home.local():  # not pickled: nothing borrowed (a nested run's job, say)
+            return self._run()
         try:
             outcomes = self._run()
         except BaseException:

@@ -10,7 +10,9 @@ and unpickles over the mapping, so the data is never copied on the way in,
 and a task that writes to an array it received changes its own pages only.
 
 Lifetimes: a job's argument segment is read once, by the worker that runs the
-job, which unlinks it as soon as it has mapped it. A result segment comes home
+job, which unlinks it as soon as it has mapped it, or, if it is one the
+backend keeps for reuse (``segment_pool``), unmaps it when the job is over and
+says so (``release_borrowed``). A result segment comes home
 as a ``SharedValue``, a handle the caller passes on to other workers as it is
 (they map the same file: the data travels once) and turns into the value only
 when something in the caller needs it (``resolve``); the file is unlinked when
