@@ -187,3 +187,100 @@ def test_the_default_pool_is_at_most_a_gib_and_an_eighth_of_shared_memory():
     limit = ProcessBackend(max_workers=1).shared_memory_pool
     stat = os.statvfs(shared._base_directory())
     assert limit == min(DEFAULT_LIMIT, stat.f_blocks * stat.f_frsize // 8)
+
+
+# -- a result that is its argument, written in place, travels in its segment ------------
+
+
+@task
+def double(a: np.ndarray) -> np.ndarray:
+    a *= 2
+    return a
+
+
+@task
+def two_views(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a += 1
+    return a[N // 2 :], a  # the later buffer first: offsets out of order
+
+
+def _mapped_from(value: np.ndarray) -> str:
+    """The file ``value``'s data is mapped from in this process ('' if none)."""
+    address = value.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return fields[5].strip().removesuffix(" (deleted)") if len(fields) > 5 else ""
+    return ""
+
+
+def test_an_argument_written_in_place_and_returned_is_not_copied_back(backend, monkeypatch):
+    made = _count_new_files(monkeypatch)
+    data = np.arange(N, dtype=np.float64)
+    result = evaluate(double(a=data), backend=backend)
+    assert np.array_equal(result, 2 * np.arange(N))
+    assert np.array_equal(data, np.arange(N))  # the caller's array is its own
+    assert len(made) == 1
+    assert _mapped_from(result) == made[0]  # it came home in its argument's segment
+    result[0] = -1.0  # an ordinary, writable array
+    pool = backend.segment_pool()
+    assert pool is not None and not pool._lent and pool.free_bytes() == 0
+    del result
+    import gc
+
+    gc.collect()
+    assert _pool_files(backend) == []  # the handle took the file over, then unlinked it
+
+
+def test_several_buffers_of_one_argument_travel_in_its_segment(backend, monkeypatch):
+    made = _count_new_files(monkeypatch)
+    tail, whole = evaluate(two_views(a=np.zeros(N)), backend=backend)
+    assert np.array_equal(whole, np.ones(N)) and np.array_equal(tail, np.ones(N - N // 2))
+    assert len(made) == 1
+    assert _mapped_from(whole) == _mapped_from(tail) == made[0]
+
+
+def test_elements_of_a_fan_out_written_in_place_come_back_in_their_segments(monkeypatch):
+    made = _count_new_files(monkeypatch)
+    arrays = [np.full(N, float(i)) for i in range(12)]
+    with ProcessBackend(max_workers=2, shared_memory_threshold=KIB) as b:
+        results = evaluate(double.product(a=arrays), backend=b)
+    assert [float(r[0]) for r in results] == [2.0 * i for i in range(12)]
+    assert all(np.array_equal(a, np.full(N, float(i))) for i, a in enumerate(arrays))
+    assert {_mapped_from(r) for r in results} <= set(made)  # each in its job's segment
+
+
+def test_only_a_jobs_last_outcomes_travel_in_its_arguments_segments(tmp_path):
+    settings = shared.SharedMemory(str(tmp_path), KIB)
+    path = tmp_path / "borrowed"
+    path.write_bytes(b"\0" * (8 * N))
+    segment = shared._Segment(str(path), [0], [8 * N], pooled=True)
+    data = pickle_with_buffer(np.zeros(N))
+    value = shared.load_segment(data, segment, own=True)
+    value += 3
+    released, kept = shared.release_borrowed()
+    assert released == [] and [k.path for k in kept] == [str(path)]
+    outside = shared.dumps(value, settings)
+    assert isinstance(outside, tuple) and outside[1].path != str(path)  # copied
+    with shared.handing_over(kept) as handed:
+        inside = shared.dumps(value, settings)
+        half = shared.dumps(value[N // 2 :], settings)
+    assert isinstance(inside, tuple) and inside[1].path == str(path)
+    assert isinstance(half, tuple) and half[1].path == str(path)
+    assert half[1].offsets == [8 * (N // 2)]
+    assert handed == [str(path)]  # once, however many results travel in it
+    assert np.array_equal(shared.load_segment(*inside, own=False), np.full(N, 3.0))
+    # Their handles share the file: it goes with the last of them.
+    first, second = shared.SharedValue(*inside), shared.SharedValue(*half)
+    del first
+    assert path.exists()
+    del second
+    assert not path.exists()
+
+
+def pickle_with_buffer(value: np.ndarray) -> bytes:
+    import pickle
+
+    return pickle.dumps(value, protocol=5, buffer_callback=lambda b: False)

@@ -71,7 +71,8 @@ class _Job:
 
         Returns:
             The outcomes (see ``_run``), with ``released`` listing the pool's
-            segments this worker has unmapped, for the caller to reuse.
+            segments this worker has unmapped, for the caller to reuse, and
+            ``kept`` those still in use (a result may travel in one).
         """
         if self.home.local():  # not pickled: nothing borrowed (a nested run's job, say)
             return self._run()
@@ -82,7 +83,7 @@ class _Job:
             raise
         if shared.borrowing():
             self.calls = ()  # the arguments: nothing here may hold a mapping any more
-            outcomes.released = shared.release_borrowed()
+            outcomes.released, outcomes.kept = shared.release_borrowed()
         return outcomes
 
     def settle(self, outcomes: Any) -> None:
@@ -94,7 +95,8 @@ class _Job:
         lent, self.lent = self.lent, None
         pool = self.home.shared.pool if self.home.shared is not None else None
         if lent and pool is not None:
-            pool.settle(lent, frozenset(getattr(outcomes, "released", ())))
+            released = frozenset(getattr(outcomes, "released", ()))
+            pool.settle(lent, released, frozenset(getattr(outcomes, "handed", ())))
 
     def _run(self) -> Outcomes:
         """Run the calls in order.

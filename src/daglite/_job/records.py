@@ -313,17 +313,29 @@ class Outcomes(list[Outcome]):
     def __init__(self, items: list[Outcome] | None = None) -> None:
         super().__init__(items or ())
         self.sent_early: list[int] = []
-        # Segments of the caller's pool the worker unmapped (``_Job.settle``).
+        # Segments of the caller's pool the worker unmapped, and those it still
+        # uses, which a result may be handed over in (``_Job.settle``).
         self.released: list[str] = []
+        self.kept: list[Any] = []
+        self.handed: list[str] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
-        tokens, tail = [o.token for o in self], (self.sent_early, self.released)
+        tokens = [o.token for o in self]
         try:
             rows = [_fast_row(o) for o in self]
-            payload = _dumps_rows(rows)
-        except Exception:
-            return (_load_outcomes, (tokens, None, list(self), *tail))
-        return (_load_outcomes, (tokens, payload, None, *tail))
+            if self.kept:
+                with shared.handing_over(self.kept) as handed:
+                    payload = _dumps_rows(rows)
+                self.handed = handed
+            else:
+                payload = _dumps_rows(rows)
+        except Exception:  # each outcome pickles itself: nothing is handed over
+            self.handed = []
+            return (_load_outcomes, (tokens, None, list(self), *self._tail()))
+        return (_load_outcomes, (tokens, payload, None, *self._tail()))
+
+    def _tail(self) -> tuple[list[int], list[str], list[str]]:
+        return self.sent_early, self.released, self.handed
 
 
 def _dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
@@ -405,10 +417,12 @@ def _load_outcomes(
     fallback: list[Outcome] | None,
     sent_early: list[int],
     released: list[str] | None = None,
+    handed: list[str] | None = None,
 ) -> Outcomes:
     out = Outcomes()
     out.sent_early = sent_early
     out.released = released or []
+    out.handed = handed or []
     if payload is None:
         out.extend(fallback or ())
         return out

@@ -77,6 +77,10 @@ class _Pooled:
         """Unlink the file and unmap it here (a worker's mapping outlives both)."""
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+        self.give_away()
+
+    def give_away(self) -> None:
+        """Unmap the file here: it is no longer the pool's."""
         if self.mapping is not None:
             with contextlib.suppress(BufferError):  # a copy into it is under way
                 self.mapping.close()
@@ -130,12 +134,19 @@ class SegmentPool:
             self._lent[segment.path] = segment
         return segment.path
 
-    def settle(self, paths: list[str], released: frozenset[str]) -> None:
-        """A job lent ``paths`` ended; those ``released`` by its worker become free."""
+    def settle(self, paths: list[str], released: frozenset[str], handed: frozenset[str]) -> None:
+        """A job lent ``paths`` ended.
+
+        Those ``released`` by its worker become free; those ``handed`` over
+        now belong to the handles of results that travelled in them; the
+        others are removed.
+        """
         with self._lock:
             lent = [s for s in map(self._lent.pop, paths, itertools.repeat(None)) if s]
             for segment in lent:
-                if segment.path in released and not self._closed and segment.size <= self.limit:
+                if segment.path in handed:
+                    segment.give_away()
+                elif segment.path in released and not self._closed and segment.size <= self.limit:
                     self._free.append(segment)
                     self._free_bytes += segment.size
                 else:

@@ -24,18 +24,21 @@ whole directory if the caller dies without doing so (even by SIGKILL).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import io
 import itertools
 import logging
 import mmap
+import operator
 import os
 import pickle
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, final
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 from daglite.graph.walk import CONTAINERS, find, replace
 
@@ -344,7 +347,7 @@ class _Segment:
         # The caller keeps the file for reuse (``SegmentPool``): the reader
         # does not unlink it, and says when it has let go of it.
         self.pooled = pooled
-        self.size = (offsets[-1] + sizes[-1]) if sizes else 0
+        self.size = max(map(operator.add, offsets, sizes), default=0)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_Segment, (self.path, self.offsets, self.sizes, self.pooled))
@@ -391,6 +394,9 @@ def dumps(
     if not found:
         return data
     views = [b.raw() for b in found]
+    inside = _hand_over(views)
+    if inside is not None:
+        return data, _Segment(*inside, [v.nbytes for v in views])
     try:
         path, offsets, pooled = _write_segment(shared, views, lend)
     except OSError as exc:
@@ -559,16 +565,45 @@ def load_segment(data: bytes, segment: _Segment, *, own: bool) -> Any:
     """
     mapping = _map(segment.path, segment.size, own=own)
     if own and segment.pooled:
-        _borrowed.append((segment.path, mapping))
+        _borrowed.append(_Borrowed(segment.path, mapping, segment.size))
     elif own:
         with contextlib.suppress(OSError):
             os.unlink(segment.path)
     return loads(data, _views(mapping, segment.offsets, segment.sizes))
 
 
+@final
+class _Borrowed:
+    """A segment of the caller's pool the job running in this worker mapped."""
+
+    __slots__ = ("handed", "mapping", "path", "size", "start")
+
+    def __init__(self, path: str, mapping: mmap.mmap, size: int) -> None:
+        self.path = path
+        self.mapping = mapping
+        self.size = size
+        self.start = _address(mapping)
+        self.handed = False
+
+    def holds(self, address: int, size: int) -> bool:
+        """Whether ``size`` bytes at ``address`` lie in this mapping."""
+        return self.start is not None and self.start <= address <= self.start + self.size - size
+
+
+def _address(buf: Any) -> int | None:
+    """Where writable buffer ``buf`` starts in memory (None if read-only or empty)."""
+    try:
+        view = ctypes.c_char.from_buffer(buf)
+    except (TypeError, ValueError):
+        return None
+    address = ctypes.addressof(view)
+    del view  # lets the buffer go (a mapping with a view on it cannot be closed)
+    return address
+
+
 # The pool's segments the job running in this worker process mapped (one job
-# at a time per process), with their mappings.
-_borrowed: list[tuple[str, mmap.mmap]] = []
+# at a time per process).
+_borrowed: list[_Borrowed] = []
 
 
 def borrowing() -> bool:
@@ -576,30 +611,77 @@ def borrowing() -> bool:
     return bool(_borrowed)
 
 
-def release_borrowed() -> list[str]:
-    """Unmap the pool's segments nothing uses any more; the paths of those unmapped.
+def release_borrowed() -> tuple[list[str], list[_Borrowed]]:
+    """Unmap the pool's segments nothing uses any more.
 
     Called when the job has ended and dropped its calls: a mapping still
     exported (a value kept in a global, a result that is a view of an
-    argument) stays, and its segment is not reused. One garbage collection
-    frees what only a reference cycle still holds.
+    argument) stays. One garbage collection frees what only a reference
+    cycle still holds.
+
+    Returns:
+        The paths of the segments unmapped (the caller may reuse them), and
+        the segments still in use (a result in one may be handed over in it:
+        ``handing_over``).
     """
     released: list[str] = []
+    kept: list[_Borrowed] = []
     collected = False
-    for path, mapping in _borrowed:
+    for borrowed in _borrowed:
         while True:
             try:
-                mapping.close()
+                borrowed.mapping.close()
             except BufferError:
                 if not collected:
                     collected = True
                     gc.collect()
                     continue
+                kept.append(borrowed)
             else:
-                released.append(path)
+                released.append(borrowed.path)
             break
     _borrowed.clear()
-    return released
+    return released, kept
+
+
+_handover = threading.local()
+
+
+@contextlib.contextmanager
+def handing_over(kept: list[_Borrowed]) -> Iterator[list[str]]:
+    """While a job's last outcomes are pickled: results may travel in its arguments' segments.
+
+    A result whose large buffers all lie in one segment the job borrowed and
+    still uses (a task that wrote to its argument in place and returned it)
+    is sent as that segment, not copied into a new one: the caller's handles
+    take the file over (``_File``: several results may share one, the
+    elements of a slice). The paths handed over are collected in the list
+    this yields. Only the last outcomes: the job's later calls could still
+    write to what early ones sent.
+    """
+    handed: list[str] = []
+    _handover.kept, _handover.handed = kept, handed
+    try:
+        yield handed
+    finally:
+        _handover.kept = _handover.handed = None
+
+
+def _hand_over(views: list[memoryview]) -> tuple[str, list[int]] | None:
+    """The borrowed segment all of ``views`` lie in, and their offsets in it, if any."""
+    kept: list[_Borrowed] | None = getattr(_handover, "kept", None)
+    if not kept:
+        return None
+    addresses = [_address(v) for v in views]
+    for borrowed in kept:
+        if all(a is not None and borrowed.holds(a, v.nbytes) for a, v in zip(addresses, views)):
+            if not borrowed.handed:
+                borrowed.handed = True
+                _handover.handed.append(borrowed.path)
+            start = borrowed.start
+            assert start is not None
+            return borrowed.path, [a - start for a in addresses if a is not None]
+    return None
 
 
 def forget_borrowed() -> None:
@@ -648,15 +730,13 @@ class SharedValue(_Handle):
     fan-out over it needs no more than that in the caller (``items``).
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "data", "length", "segment")
+    __slots__ = ("__weakref__", "_file", "data", "length", "segment")
 
     def __init__(self, data: bytes, segment: _Segment, length: int | None = None) -> None:
-        import weakref
-
         self.data = data
         self.segment = segment
         self.length = length
-        self._finalizer = weakref.finalize(self, _unlink_quietly, segment.path)
+        self._file = _File.of(segment.path)
 
     @property
     def nbytes(self) -> int:
@@ -699,6 +779,32 @@ class SharedItem(_Handle):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_item_in_worker, (self.handle.data, self.handle.segment, self.index))
+
+
+@final
+class _File:
+    """A result segment's file, unlinked when the last handle holding it is dropped.
+
+    Several results handed over in one job's argument segment
+    (``handing_over``) share it.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer")
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _live: ClassVar[weakref.WeakValueDictionary[str, _File]] = weakref.WeakValueDictionary()
+
+    def __init__(self, path: str) -> None:
+        self._finalizer = weakref.finalize(self, _unlink_quietly, path)
+
+    @classmethod
+    def of(cls, path: str) -> _File:
+        """The file at ``path``, shared with the handles that already hold it."""
+        with cls._lock:
+            found = cls._live.get(path)
+            if found is None:
+                found = cls._live[path] = cls(path)
+            return found
 
 
 def _item_in_worker(data: bytes, segment: _Segment, index: int) -> Any:
