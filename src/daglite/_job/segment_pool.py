@@ -117,9 +117,13 @@ class SegmentPool:
             OSError: If no segment can be written (the job's arguments then
                 travel through the pipe).
         """
+        if self._closed:
+            raise OSError("the backend's segment pool is closed")
         segment = self._take(size)
         if segment is not None:
             try:
+                if not os.path.exists(segment.path):  # removed under us: a worker could not open it
+                    raise FileNotFoundError(segment.path)
                 segment.copy_in(buffers, offsets)
             except (OSError, ValueError):
                 segment.remove()
