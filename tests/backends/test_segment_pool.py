@@ -302,3 +302,85 @@ def pickle_with_buffer(value: np.ndarray) -> bytes:
     import pickle
 
     return pickle.dumps(value, protocol=5, buffer_callback=lambda b: False)
+
+
+@task
+def double_and_keep(a: np.ndarray) -> np.ndarray:
+    import sys
+
+    a *= 2
+    sys.daglite_test_cache = a  # type: ignore[attr-defined]  # e.g. a memo cache
+    return a
+
+
+@task
+def scribble_on_kept() -> int:
+    import sys
+
+    sys.daglite_test_cache[:] = -1.0  # type: ignore[attr-defined]
+    return 0
+
+
+def test_a_handed_over_result_does_not_change_when_the_worker_writes_to_its_argument(backend):
+    result = evaluate(double_and_keep(a=np.ones(N)), backend=backend)
+    assert evaluate(scribble_on_kept(), backend=backend) == 0  # same worker, later job
+    assert np.array_equal(result, np.full(N, 2.0))
+
+
+@task
+def double_then_mark(a: np.ndarray, mark: str) -> np.ndarray:
+    a *= 2
+    open(mark, "w").close()
+    return a
+
+
+@task
+def fail_after(mark: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(mark):  # bounded wait for the other task to finish
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    raise ValueError("late")
+
+
+@task
+def pair(a: object, b: object) -> int:
+    return 0
+
+
+def test_a_handed_over_file_goes_when_its_run_ends_even_if_the_run_is_kept(tmp_path):
+    mark = str(tmp_path / "doubled")
+    with ProcessBackend(max_workers=2, shared_memory_threshold=KIB) as b:
+        dag = pair(a=double_then_mark(a=np.ones(N), mark=mark), b=fail_after(mark=mark))
+        with pytest.raises(Exception, match="late") as failed:
+            evaluate(dag, backend=b)
+        # The exception keeps the run's frames, and with them the result's handle.
+        assert failed.value is not None
+        assert _pool_files(b) == []
+
+
+def test_a_settled_job_is_not_lent_a_segment_when_pickled_late(tmp_path):
+    import pickle
+
+    from daglite._job.channel import _Home
+    from daglite._job.job import _Job
+    from daglite._job.records import _new_call
+    from daglite._job.segment_pool import SegmentPool
+
+    pool = SegmentPool(1 << 30)
+    home = _Home("run", lambda message: None)
+    home.shared = shared.for_run("late-run", KIB, pool)
+    fields = (1, "total", "total", total.func, {"a": np.ones(N)}, None, None, None, None)
+    job = _Job(home, [_new_call((*fields, False, None))])
+    try:
+        pickle.dumps(job)
+        assert job.lent and len(pool._lent) == 1
+        job.settle(None)  # it failed: the segment is removed
+        assert not pool._lent
+        pickle.dumps(job)  # a broken pool's feeder pickles it anyway
+        assert not pool._lent  # written to a segment of its own, not lent
+    finally:
+        shared.end_run(home.shared)
+        pool.close()

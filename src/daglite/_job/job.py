@@ -63,8 +63,9 @@ class _Job:
         # backend that schedules resources itself (Dask); never pickled.
         self.resources = resources
         self.keep_remote: frozenset[int] = _NOTHING
-        # The pool's segments this job's pickles were written to (caller side).
-        self.lent: list[str] | None = None
+        # The pool's segments this job's pickles were written to (caller side);
+        # ``_SETTLED`` once the job is over.
+        self.lent: list[str] | tuple[()] | None = None
 
     def __call__(self) -> Outcomes:
         """Run the calls; in a worker, then say which of the caller's segments it let go of.
@@ -92,7 +93,7 @@ class _Job:
         Args:
             outcomes: What the job returned, or None if it failed as a whole.
         """
-        lent, self.lent = self.lent, None
+        lent, self.lent = self.lent, _SETTLED
         pool = self.home.shared.pool if self.home.shared is not None else None
         if lent and pool is not None:
             released = frozenset(getattr(outcomes, "released", ()))
@@ -159,12 +160,16 @@ class _Job:
         return held.finish()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        funcs, body = _dumps_calls(self.calls, self.home.shared, lend=True)
+        # Not lent once settled: a broken pool's feeder may pickle a job that
+        # has already failed, and nobody would give the segment back.
+        lend = self.lent is not _SETTLED
+        funcs, body = _dumps_calls(self.calls, self.home.shared, lend=lend)
         if isinstance(body, tuple) and body[1].pooled:
             self.lent = [*(self.lent or ()), body[1].path]
         return (_load_job, (self.home, funcs, body, self.keep_remote))
 
 
+_SETTLED: Final[tuple[()]] = ()
 _FLUSH: Final = FLUSH_INTERVAL
 # Results kept home anyway when the next call owns them: holding one back on
 # the worker saves nothing, and costs an outcome more to make.

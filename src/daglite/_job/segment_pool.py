@@ -104,6 +104,9 @@ class SegmentPool:
         self._free_bytes = 0
         self._lent: dict[str, _Pooled] = {}
         self._runs: set[str] = set()  # the runs under way, by directory
+        # Files handed over to results' handles, by run: removed when it ends,
+        # as result segments in the run's directory are.
+        self._handed: dict[str, list[str]] = {}
         self._directory: str | None = None
         self._closed = False
 
@@ -150,6 +153,7 @@ class SegmentPool:
             for segment in lent:
                 if segment.path in handed:
                     segment.give_away()
+                    self._handed.setdefault(segment.run, []).append(segment.path)
                 elif segment.path in released and not self._closed and segment.size <= self.limit:
                     self._free.append(segment)
                     self._free_bytes += segment.size
@@ -164,11 +168,14 @@ class SegmentPool:
                 self._runs.add(run)
 
     def end_run(self, run: str) -> None:
-        """Remove ``run``'s lent segments: its jobs ended, or will be ignored."""
+        """Remove ``run``'s lent segments (its jobs ended, or will be ignored) and handed ones."""
         with self._lock:
             self._runs.discard(run)
             for path in [p for p, s in self._lent.items() if s.run == run]:
                 self._lent.pop(path).remove()
+            for path in self._handed.pop(run, ()):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     def close(self) -> None:
         """Remove every segment and the pool's directory; the pool lends no more."""
@@ -213,6 +220,8 @@ class SegmentPool:
 
     def _directory_path(self) -> str:
         with self._lock:
+            if self._closed:
+                raise OSError("the backend's segment pool is closed")
             if self._directory is None or not os.path.isdir(self._directory):
                 path = os.path.join(shared.caller_directory(), f"pool-{next(_pool_ids)}")
                 os.makedirs(path, mode=0o700, exist_ok=True)

@@ -34,6 +34,7 @@ import operator
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import threading
 import weakref
@@ -297,23 +298,20 @@ def _map(path: str, size: int, own: bool) -> mmap.mmap:
     """Map a segment: shared if this reader ``own``s it, else privately.
 
     A job's argument segment has one reader, which may write to its pages
-    in place, and reads them all: they are mapped in one call, not a fault
-    at a time. A result segment may have several (the caller's handle passes
-    it on): each maps it copy-on-write, so its writes stay its own, and
-    touches only the pages it reads (an element of a fan-out).
+    in place. A result segment may have several (the caller's handle passes
+    it on): each maps it copy-on-write, so its writes stay its own. Pages
+    are mapped as they are touched: a task may read a slice of a large
+    argument only (mapping them all up front saves a third of the faults'
+    cost when every page is read, and costs 0.12 ms per MB when none is).
     """
     fd = os.open(path, os.O_RDWR if own else os.O_RDONLY)
     try:
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if own else mmap.ACCESS_COPY)
+        return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if own else mmap.ACCESS_COPY)
     finally:
         os.close(fd)
-    if own:
-        populate(mapping, _MADV_POPULATE_READ)
-    return mapping
 
 
-# Linux 5.14+: map every page of a range in one call (read or write), no fault per page.
-_MADV_POPULATE_READ: Final = 22
+# Linux 5.14+: map every page of a range in one call, for writing, no fault per page.
 MADV_POPULATE_WRITE: Final = 23
 
 
@@ -589,6 +587,55 @@ class _Borrowed:
         """Whether ``size`` bytes at ``address`` lie in this mapping."""
         return self.start is not None and self.start <= address <= self.start + self.size - size
 
+    def make_private(self) -> bool:
+        """Map the file copy-on-write in place, at the same address; whether that worked.
+
+        Once the file is handed over, it is the caller's result: whatever in
+        this worker still holds the argument (a global, a cache) may write to
+        it, and those writes must stay here, as they did when results were
+        copied. The pages keep their contents (the file's).
+        """
+        if self.start is None or _remap_private is None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return _remap_private(self.start, self.size, fd)
+        finally:
+            os.close(fd)
+
+
+def _private_remapper() -> Callable[[int, int, int], bool] | None:
+    """``remap(address, size, fd)``: ``fd`` mapped copy-on-write over that range (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        native = libc.mmap
+    except (OSError, AttributeError):
+        return None
+    native.restype = ctypes.c_void_p
+    native.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    protection, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED
+
+    def remap(address: int, size: int, fd: int) -> bool:
+        return bool(native(address, size, protection, flags, fd, 0) == address)
+
+    return remap
+
+
+_MAP_FIXED: Final = 0x10  # Linux; the mmap module does not export it
+_remap_private = _private_remapper()
+
 
 def _address(buf: Any) -> int | None:
     """Where writable buffer ``buf`` starts in memory (None if read-only or empty)."""
@@ -677,6 +724,8 @@ def _hand_over(views: list[memoryview]) -> tuple[str, list[int]] | None:
     for borrowed in kept:
         if all(a is not None and borrowed.holds(a, v.nbytes) for a, v in zip(addresses, views)):
             if not borrowed.handed:
+                if not borrowed.make_private():
+                    return None
                 borrowed.handed = True
                 _handover.handed.append(borrowed.path)
             start = borrowed.start

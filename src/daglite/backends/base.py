@@ -129,6 +129,7 @@ class Backend(ABC):
 
     _started: bool = False
     _segments: SegmentPool | None = None
+    _segments_finalizer: Callable[[], Any]
     _start_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @abstractmethod
@@ -191,7 +192,7 @@ class Backend(ABC):
                 self.stop()
             segments, self._segments = self._segments, None
         if segments is not None:
-            segments.close()
+            self._segments_finalizer()  # closes them, once, and is not kept for exit
 
     def segment_pool(self) -> SegmentPool | None:
         """The job-argument segments this backend keeps for reuse (``shared_memory_pool``).
@@ -208,7 +209,7 @@ class Backend(ABC):
                 from daglite._job.segment_pool import SegmentPool
 
                 self._segments = SegmentPool(self.shared_memory_pool)
-                weakref.finalize(self, self._segments.close)
+                self._segments_finalizer = weakref.finalize(self, self._segments.close)
             return self._segments
 
     def __enter__(self) -> Backend:
