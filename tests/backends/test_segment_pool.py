@@ -384,3 +384,38 @@ def test_a_settled_job_is_not_lent_a_segment_when_pickled_late(tmp_path):
     finally:
         shared.end_run(home.shared)
         pool.close()
+
+
+def test_concurrent_runs_on_one_backend_each_get_their_own_data():
+    import threading
+
+    rounds, runs = 6, 3
+    barrier = threading.Barrier(runs)
+    failures: list[str] = []
+
+    def run(k: int) -> None:
+        barrier.wait(timeout=60)
+        for i in range(rounds):
+            value = float(100 * k + i)
+            arrays = [np.full(N, value + j) for j in range(4)]
+            got = evaluate(double.product(a=arrays), backend=b)
+            want = [2 * (value + j) for j in range(4)]
+            if [float(g[0]) for g in got] != want or not all(
+                np.array_equal(g, np.full(N, w)) for g, w in zip(got, want)
+            ):
+                failures.append(f"run {k} round {i}: {[float(g[0]) for g in got]} != {want}")
+            totals = evaluate(total.product(a=arrays), backend=b)
+            if totals != [(value + j) * N for j in range(4)]:
+                failures.append(f"run {k} round {i}: totals {totals}")
+
+    with ProcessBackend(max_workers=2, shared_memory_threshold=KIB) as b:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(runs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+        pool = b.segment_pool()
+        assert pool is not None and not pool._lent
+        assert len(_pool_files(b)) == len(pool._free)  # only free segments are left
+    assert failures == []
