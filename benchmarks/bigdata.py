@@ -27,7 +27,7 @@ MB = 2**20
 
 CASE = textwrap.dedent(
     """
-    import glob, json, os, sys, threading, time
+    import json, os, sys, threading, time
     import numpy as np, psutil
 
     me = psutil.Process()
@@ -82,6 +82,39 @@ CASE = textwrap.dedent(
     """
 )
 
+# A 400 MB array in the caller, mapped as 8 chunks, joined: each peer defines
+# ``go(data)``; the first call in the process (warmed up on a tiny array), and
+# the same call a second time (warm: reused segments, pools).
+_CHUNK_PEERS = {
+    "daglite": """
+        from daglite import task, evaluate
+        from daglite.backends import ProcessBackend
+        @task
+        def part(chunk) -> float: return float(chunk.sum())
+        @task
+        def join(parts: list) -> float: return sum(parts)
+        pool = ProcessBackend(max_workers=2)
+        go = lambda d: evaluate(join(parts=part.product(chunk=np.split(d, 8))), backend=pool)
+    """,
+    "joblib": """
+        from joblib import Parallel, delayed
+        def part(chunk): return float(chunk.sum())
+        par = Parallel(n_jobs=2, max_nbytes="1M")
+        go = lambda d: sum(par(delayed(part)(c) for c in np.split(d, 8)))
+    """,
+    "futures": """
+        from concurrent.futures import ProcessPoolExecutor
+        def part(chunk): return float(chunk.sum())
+        pool = ProcessPoolExecutor(2)
+        go = lambda d: sum(pool.map(part, np.split(d, 8)))
+    """,
+}
+_DATA = "data = np.random.rand(400 * 2**20 // 8)\n"
+_CHUNK_RUNS = {
+    "chunks": _DATA + "run(lambda: go(data), lambda: go(data[:80]))\n",
+    "rerun": _DATA + "run(lambda: go(data), lambda: go(data))\n",
+}
+
 WORKLOADS = {
     # -- 200 MB made by a task, summed by the next ------------------------------------
     "pair:memcpy": """
@@ -106,68 +139,16 @@ WORKLOADS = {
         run(lambda: pool.submit(both, 200 * 2**20 // 8).result(),
             lambda: pool.submit(both, 10).result())
     """,
-    # -- a 400 MB array in the caller, mapped as 8 chunks, joined ---------------------
+    # -- a 400 MB array in the caller, mapped as 8 chunks, joined (see _CHUNK_PEERS) --
     "chunks:memcpy": """
         src = np.random.rand(400 * 2**20 // 8); dst = np.empty_like(src); dst[:] = 1
         run(lambda: np.copyto(dst, src), lambda: None)
     """,
-    "chunks:daglite": """
-        from daglite import task, evaluate
-        from daglite.backends import ProcessBackend
-        data = np.random.rand(400 * 2**20 // 8)
-        @task
-        def part(chunk) -> float: return float(chunk.sum())
-        @task
-        def join(parts: list) -> float: return sum(parts)
-        pool = ProcessBackend(max_workers=2)
-        run(lambda: evaluate(join(parts=part.product(chunk=np.split(data, 8))), backend=pool),
-            lambda: evaluate(join(parts=part.product(chunk=np.split(data[:80], 8))), backend=pool))
-    """,
-    "chunks:joblib": """
-        from joblib import Parallel, delayed
-        data = np.random.rand(400 * 2**20 // 8)
-        def part(chunk): return float(chunk.sum())
-        par = Parallel(n_jobs=2, max_nbytes="1M")
-        run(lambda: sum(par(delayed(part)(c) for c in np.split(data, 8))),
-            lambda: sum(par(delayed(part)(c) for c in np.split(data[:80], 8))))
-    """,
-    "chunks:futures": """
-        from concurrent.futures import ProcessPoolExecutor
-        data = np.random.rand(400 * 2**20 // 8)
-        def part(chunk): return float(chunk.sum())
-        pool = ProcessPoolExecutor(2)
-        run(lambda: sum(pool.map(part, np.split(data, 8))),
-            lambda: sum(pool.map(part, np.split(data[:80], 8))))
-    """,
-    # -- the same, a second time in the process (warm: reused segments, pools) -------
-    "rerun:daglite": """
-        from daglite import task, evaluate
-        from daglite.backends import ProcessBackend
-        data = np.random.rand(400 * 2**20 // 8)
-        @task
-        def part(chunk) -> float: return float(chunk.sum())
-        @task
-        def join(parts: list) -> float: return sum(parts)
-        pool = ProcessBackend(max_workers=2)
-        go = lambda: evaluate(join(parts=part.product(chunk=np.split(data, 8))), backend=pool)
-        run(go, go)
-    """,
-    "rerun:joblib": """
-        from joblib import Parallel, delayed
-        data = np.random.rand(400 * 2**20 // 8)
-        def part(chunk): return float(chunk.sum())
-        par = Parallel(n_jobs=2, max_nbytes="1M")
-        go = lambda: sum(par(delayed(part)(c) for c in np.split(data, 8)))
-        run(go, go)
-    """,
-    "rerun:futures": """
-        from concurrent.futures import ProcessPoolExecutor
-        data = np.random.rand(400 * 2**20 // 8)
-        def part(chunk): return float(chunk.sum())
-        pool = ProcessPoolExecutor(2)
-        go = lambda: sum(pool.map(part, np.split(data, 8)))
-        run(go, go)
-    """,
+    **{
+        f"{case}:{peer}": textwrap.dedent(setup) + run
+        for case, run in _CHUNK_RUNS.items()
+        for peer, setup in _CHUNK_PEERS.items()
+    },
     # -- the same 400 MB made by a task, then mapped ----------------------------------
     "made:daglite": """
         from daglite import task, evaluate

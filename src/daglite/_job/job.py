@@ -76,9 +76,9 @@ class _Job:
             ``kept`` those still in use (a result may travel in one).
         """
         if self.home.local():  # not pickled: nothing borrowed (a nested run's job, say)
-            return self._run()
+            return self._run(local=True)
         try:
-            outcomes = self._run()
+            outcomes = self._run(local=False)
         except BaseException:
             shared.forget_borrowed()
             raise
@@ -99,8 +99,8 @@ class _Job:
             released = frozenset(getattr(outcomes, "released", ()))
             pool.settle(lent, released, frozenset(getattr(outcomes, "handed", ())))
 
-    def _run(self) -> Outcomes:
-        """Run the calls in order.
+    def _run(self, local: bool) -> Outcomes:
+        """Run the calls in order (``local``: in the caller's process).
 
         Returns:
             The outcomes. Once a job has run longer than ``FLUSH_INTERVAL``,
@@ -110,8 +110,7 @@ class _Job:
             for the rest of the job; those tokens are listed in ``.sent_early``.
         """
         home = self.home
-        direct = home.on_engine_thread()
-        local = home.local()
+        direct = local and threading.get_ident() == home.engine_thread
         if not local:
             log_bridge.forward_worker_logs(home.log_level)
             shared.set_active(home.shared)
