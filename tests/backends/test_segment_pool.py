@@ -124,6 +124,24 @@ def test_a_run_nested_in_a_task_leaves_the_outer_jobs_segment_to_it(backend):
         assert before == after == 1
 
 
+class _Cycle:
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+        self.me = self  # garbage only the cycle collector frees
+
+
+@task
+def in_a_cycle(a: np.ndarray) -> float:
+    return float(_Cycle(a).a.sum())
+
+
+def test_an_argument_only_a_reference_cycle_still_holds_is_released(backend, monkeypatch):
+    made = _count_new_files(monkeypatch)
+    assert evaluate(in_a_cycle(a=np.ones(N)), backend=backend) == N
+    assert evaluate(in_a_cycle(a=np.ones(N)), backend=backend) == N
+    assert len(made) == 1
+
+
 def test_a_smaller_argument_reuses_a_segment_it_half_fills(backend, monkeypatch):
     made = _count_new_files(monkeypatch)
     evaluate(total(a=np.ones(N)), backend=backend)
