@@ -424,3 +424,170 @@ def test_concurrent_runs_on_one_backend_each_get_their_own_data():
         assert pool is not None and not pool._lent
         assert len(_pool_files(b)) == len(pool._free)  # only free segments are left
     assert failures == []
+
+
+# -- a worker keeps its mappings of the pool's segments warm ---------------------------
+
+
+@task
+def warm_mapping_ids() -> dict[str, int]:
+    from daglite._job import shared as worker_shared
+
+    return {path: id(m) for path, m in worker_shared._warm._maps.items()}
+
+
+@task
+def borrowed_mapping_id(a: np.ndarray) -> tuple[float, int]:
+    from daglite._job import shared as worker_shared
+
+    return float(a.sum()), id(worker_shared._borrowed[0].mapping)
+
+
+def test_a_worker_reads_a_segment_lent_again_through_the_mapping_it_kept(backend):
+    assert evaluate(total(a=np.ones(N)), backend=backend) == N
+    (path,) = _pool_files(backend)
+    warm = evaluate(warm_mapping_ids(), backend=backend)
+    assert [os.path.basename(p) for p in warm] == [path]
+    second = np.arange(N, dtype=np.float64)
+    got, mapping = evaluate(borrowed_mapping_id(a=second), backend=backend)
+    assert got == float(second.sum())  # the new data, through the old mapping
+    assert mapping == next(iter(warm.values()))  # kept alive meanwhile: the id is its own
+
+
+@pytest.mark.parametrize("holder", [keep, head], ids=["kept-in-a-global", "returned-as-a-view"])
+def test_a_mapping_still_viewed_is_not_kept_warm(backend, holder):
+    evaluate(holder(a=np.ones(N)), backend=backend)
+    assert evaluate(warm_mapping_ids(), backend=backend) == {}
+
+
+def test_a_worker_unmaps_a_kept_mapping_once_the_pool_removes_its_file(backend):
+    evaluate(total(a=np.ones(N)), backend=backend)
+    pool = backend.segment_pool()
+    assert pool is not None
+    with pool._lock:
+        pool._trim(0)  # as when the pool is over its limit
+    assert _pool_files(backend) == []
+    evaluate(total(a=np.ones(10)), backend=backend)  # any job: it looks as it ends
+    assert evaluate(warm_mapping_ids(), backend=backend) == {}
+
+
+def test_a_free_segment_is_emptied_before_it_is_unlinked(backend):
+    evaluate(total(a=np.ones(N)), backend=backend)
+    pool = backend.segment_pool()
+    assert pool is not None and pool._free
+    fd = os.open(pool._free[0].path, os.O_RDONLY)  # as a worker's kept mapping holds it
+    try:
+        assert os.fstat(fd).st_size >= N * 8
+        with pool._lock:
+            pool._trim(0)
+        assert os.fstat(fd).st_size == 0  # its pages are freed, whoever holds it
+    finally:
+        os.close(fd)
+
+
+def _released_borrowed(tmp_path, size: int, name: str) -> tuple[str, object]:
+    """A borrowed segment of ``size`` bytes, mapped in this process as a job's argument."""
+    path = tmp_path / name
+    path.write_bytes(b"\0" * size)
+    segment = shared._Segment(str(path), [0], [size], pooled=True)
+    data = pickle_with_buffer(np.zeros(size // 8))
+    value = shared.load_segment(data, segment, own=True)
+    return str(path), value
+
+
+def _warm_for_test(monkeypatch, limit: int, most: int = 64):
+    warm = shared._WarmMappings(limit, most)
+    monkeypatch.setattr(shared, "_warm", warm)
+    return warm
+
+
+def _release_new(tmp_path, size: int, name: str) -> str:
+    path, value = _released_borrowed(tmp_path, size, name)
+    del value  # the job's argument goes: nothing views the mapping
+    assert shared.release_borrowed() == ([path], [])
+    return path
+
+
+def test_warm_mappings_keep_the_newest_within_their_bytes(tmp_path, monkeypatch):
+    warm = _warm_for_test(monkeypatch, limit=2 * 8 * KIB)
+    paths = [_release_new(tmp_path, 8 * KIB, f"seg-{i}") for i in range(3)]
+    assert list(warm._maps) == paths[1:]  # the oldest went
+    assert warm.take(paths[1], 16 * KIB) is None  # too short for that need: unmapped
+    assert list(warm._maps) == paths[2:]
+    assert warm.take(paths[2], 8 * KIB) is not None
+    assert warm._maps == {} and warm._bytes == 0
+
+
+def test_warm_mappings_keep_the_newest_within_their_count(tmp_path, monkeypatch):
+    warm = _warm_for_test(monkeypatch, limit=1 << 20, most=2)
+    paths = [_release_new(tmp_path, KIB, f"seg-{i}") for i in range(3)]
+    assert list(warm._maps) == paths[1:]
+
+
+def test_warm_mappings_go_once_their_files_are_gone(tmp_path, monkeypatch):
+    warm = _warm_for_test(monkeypatch, limit=1 << 20)
+    paths = [_release_new(tmp_path, KIB, f"seg-{i}") for i in range(2)]
+    os.unlink(paths[0])
+    shared.sweep_warm()
+    assert list(warm._maps) == paths[1:]
+
+
+def test_a_mapping_that_cannot_be_checked_in_place_is_unmapped(tmp_path, monkeypatch):
+    warm = shared._WarmMappings(limit=1 << 20)
+    monkeypatch.setattr(shared, "_warm", warm)
+
+    class NoResize:
+        closed = False
+
+        def resize(self, size: int) -> None:
+            raise SystemError("mmap: resizing not available--no mremap()")
+
+        def close(self) -> None:
+            self.closed = True
+
+    mapping = NoResize()
+    shared._let_go(shared._Borrowed(str(tmp_path / "x"), mapping, 4096))  # type: ignore[arg-type]
+    assert mapping.closed and warm._maps == {}
+
+
+# -- large arguments are copied into a reused segment by two threads -------------------
+
+
+@task
+def checksum(a: np.ndarray) -> tuple[float, float, float]:
+    return float(a.sum()), float(a[0]), float(a[-1])
+
+
+@pytest.mark.parametrize("with_numpy", [True, False], ids=["numpy", "memoryview"])
+def test_a_large_argument_arrives_whole_in_a_reused_segment(backend, monkeypatch, with_numpy):
+    import sys
+
+    from daglite._job import segment_pool
+
+    made = _count_new_files(monkeypatch)
+    n = (segment_pool._SPLIT_BYTES * 3 // 2 + 8 * 1001) // 8  # halves off page boundaries
+    evaluate(checksum(a=np.ones(n)), backend=backend)
+    data = np.arange(n, dtype=np.float64)
+    if not with_numpy:  # a caller that never loaded numpy copies through a memoryview
+        without = {k: v for k, v in sys.modules.items() if k != "numpy"}
+        monkeypatch.setattr(segment_pool, "sys", type("Sys", (), {"modules": without}))
+    assert evaluate(checksum(a=data), backend=backend) == (float(data.sum()), 0.0, n - 1.0)
+    assert len(made) == 1  # the second went into the first one's file
+    pool = backend.segment_pool()
+    assert pool is not None
+    assert (pool._copier is not None) is with_numpy
+
+
+def test_the_copying_thread_stops_with_the_backend():
+    import threading
+
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB) as b:
+        from daglite._job import segment_pool
+
+        n = segment_pool._SPLIT_BYTES // 8 + 1
+        for _ in range(2):
+            evaluate(checksum(a=np.ones(n)), backend=b)
+        assert [t for t in threading.enumerate() if t.name.startswith("daglite-copy")]
+    for thread in [t for t in threading.enumerate() if t.name.startswith("daglite-copy")]:
+        thread.join(30)
+        assert not thread.is_alive()

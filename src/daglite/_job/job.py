@@ -85,6 +85,7 @@ class _Job:
         if shared.borrowing():
             self.calls = ()  # the arguments: nothing here may hold a mapping any more
             outcomes.released, outcomes.kept = shared.release_borrowed()
+        shared.sweep_warm()
         return outcomes
 
     def settle(self, outcomes: Any) -> None:

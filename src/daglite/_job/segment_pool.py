@@ -22,8 +22,11 @@ import itertools
 import mmap
 import os
 import shutil
+import sys
 import threading
-from typing import Final, final
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, Final, final
 
 from daglite._job import shared
 
@@ -32,6 +35,9 @@ from daglite._job import shared
 DEFAULT_LIMIT: Final = 1 << 30
 # A free segment serves a need of at least this fraction of its size.
 _LEAST_FILL: Final = 0.5
+# A buffer of at least this many bytes is copied in by two threads.
+_SPLIT_BYTES: Final = 8 << 20
+_PAGE: Final = 4096
 _pool_ids = itertools.count()
 
 
@@ -56,8 +62,13 @@ class _Pooled:
         self.run = run
         self.mapping: mmap.mmap | None = None
 
-    def copy_in(self, buffers: list[memoryview], offsets: list[int]) -> None:
-        """Copy ``buffers`` to ``offsets``, through the caller's mapping (made on first use)."""
+    def copy_in(
+        self, buffers: list[memoryview], offsets: list[int], helper: Callable[[], Executor]
+    ) -> None:
+        """Copy ``buffers`` to ``offsets``, through the caller's mapping (made on first use).
+
+        ``helper``: a thread that copies half of each large buffer meanwhile.
+        """
         if self.mapping is None:
             fd = os.open(self.path, os.O_RDWR)
             try:
@@ -65,6 +76,10 @@ class _Pooled:
             finally:
                 os.close(fd)
             shared.populate(self.mapping, shared.MADV_POPULATE_WRITE)
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            _copy_in_halves(numpy, self.mapping, buffers, offsets, helper)
+            return
         whole = memoryview(self.mapping)
         try:
             for buf, offset in zip(buffers, offsets):
@@ -73,8 +88,16 @@ class _Pooled:
         finally:
             whole.release()
 
-    def remove(self) -> None:
-        """Unlink the file and unmap it here (a worker's mapping outlives both)."""
+    def remove(self, empty: bool = False) -> None:
+        """Unlink the file and unmap it here (a worker's mapping outlives both).
+
+        ``empty``: no value views the file any more (it is free): truncate it
+        first, which frees its pages at once, though a worker may keep it
+        mapped (``shared._WarmMappings``).
+        """
+        if empty:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, 0)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         self.give_away()
@@ -84,6 +107,36 @@ class _Pooled:
         if self.mapping is not None:
             with contextlib.suppress(BufferError):  # a copy into it is under way
                 self.mapping.close()
+
+
+def _copy_in_halves(
+    numpy: Any,
+    mapping: mmap.mmap,
+    buffers: list[memoryview],
+    offsets: list[int],
+    helper: Callable[[], Executor],
+) -> None:
+    """Copy with numpy (no GIL held), the second half of each large buffer on ``helper``.
+
+    One thread copying to memory already mapped runs at about 7 GB/s here;
+    two reach more of the memory's bandwidth, and the engine's thread gets on
+    meanwhile.
+    """
+    whole = numpy.frombuffer(mapping, dtype=numpy.uint8)
+    halves: list[Future[Any]] = []
+    try:
+        for buf, offset in zip(buffers, offsets):
+            src = numpy.frombuffer(shared.as_bytes(buf), dtype=numpy.uint8)
+            dst = whole[offset : offset + src.nbytes]
+            if src.nbytes >= _SPLIT_BYTES:
+                half = src.nbytes // 2 // _PAGE * _PAGE
+                halves.append(helper().submit(numpy.copyto, dst[half:], src[half:]))
+                src, dst = src[:half], dst[:half]
+            numpy.copyto(dst, src)
+    finally:
+        for done in halves:
+            done.result()
+        del whole
 
 
 @final
@@ -109,6 +162,7 @@ class SegmentPool:
         self._handed: dict[str, list[str]] = {}
         self._directory: str | None = None
         self._closed = False
+        self._copier: ThreadPoolExecutor | None = None
 
     def write(self, run: str, buffers: list[memoryview], offsets: list[int], size: int) -> str:
         """Put ``buffers`` at ``offsets`` in a segment of ``size`` bytes or more, lent to ``run``.
@@ -127,16 +181,16 @@ class SegmentPool:
             try:
                 if not os.path.exists(segment.path):  # removed under us: a worker could not open it
                     raise FileNotFoundError(segment.path)
-                segment.copy_in(buffers, offsets)
+                segment.copy_in(buffers, offsets, self._helper)
             except (OSError, ValueError):
-                segment.remove()
+                segment.remove(empty=True)
                 segment = None
         if segment is None:
             segment = self._new(buffers, offsets, size)
         segment.run = run
         with self._lock:
             if run not in self._runs:  # it ended meanwhile, or the pool closed
-                segment.remove()
+                segment.remove(empty=True)
                 raise OSError(f"the run's shared memory is gone ({run})")
             self._lent[segment.path] = segment
         return segment.path
@@ -187,8 +241,20 @@ class SegmentPool:
                 segment.remove()
             self._lent.clear()
             directory, self._directory = self._directory, None
+            copier, self._copier = self._copier, None
+        if copier is not None:
+            copier.shutdown(wait=False)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def _helper(self) -> Executor:
+        """The thread that copies half of a large argument (started on first use)."""
+        with self._lock:
+            if self._closed:  # closed while a copy was under way: write the job a new file
+                raise OSError("the backend's segment pool is closed")
+            if self._copier is None:
+                self._copier = ThreadPoolExecutor(1, thread_name_prefix="daglite-copy")
+            return self._copier
 
     def free_bytes(self) -> int:
         """Bytes of free segments kept."""
@@ -233,4 +299,4 @@ class SegmentPool:
         while self._free and self._free_bytes > keep:
             segment = self._free.pop(0)
             self._free_bytes -= segment.size
-            segment.remove()
+            segment.remove(empty=True)
