@@ -550,7 +550,7 @@ def test_a_mapping_that_cannot_be_checked_in_place_is_unmapped(tmp_path, monkeyp
     assert mapping.closed and warm._maps == {}
 
 
-# -- large arguments are copied into a reused segment by two threads -------------------
+# -- arguments copied into a reused segment, with numpy or through a memoryview ----------
 
 
 @task
@@ -559,35 +559,23 @@ def checksum(a: np.ndarray) -> tuple[float, float, float]:
 
 
 @pytest.mark.parametrize("with_numpy", [True, False], ids=["numpy", "memoryview"])
-def test_a_large_argument_arrives_whole_in_a_reused_segment(backend, monkeypatch, with_numpy):
+def test_an_argument_arrives_whole_in_a_reused_segment(backend, monkeypatch, with_numpy):
     import sys
 
     from daglite._job import segment_pool
 
     made = _count_new_files(monkeypatch)
-    n = (segment_pool._SPLIT_BYTES * 3 // 2 + 8 * 1001) // 8  # halves off page boundaries
+    n = 3 * N + 1001
     evaluate(checksum(a=np.ones(n)), backend=backend)
-    data = np.arange(n, dtype=np.float64)
+    copies: list[int] = []
+    real_copyto = np.copyto
+    monkeypatch.setattr(
+        np, "copyto", lambda dst, src: copies.append(src.nbytes) or real_copyto(dst, src)
+    )
     if not with_numpy:  # a caller that never loaded numpy copies through a memoryview
         without = {k: v for k, v in sys.modules.items() if k != "numpy"}
         monkeypatch.setattr(segment_pool, "sys", type("Sys", (), {"modules": without}))
+    data = np.arange(n, dtype=np.float64)
     assert evaluate(checksum(a=data), backend=backend) == (float(data.sum()), 0.0, n - 1.0)
     assert len(made) == 1  # the second went into the first one's file
-    pool = backend.segment_pool()
-    assert pool is not None
-    assert (pool._copier is not None) is with_numpy
-
-
-def test_the_copying_thread_stops_with_the_backend():
-    import threading
-
-    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB) as b:
-        from daglite._job import segment_pool
-
-        n = segment_pool._SPLIT_BYTES // 8 + 1
-        for _ in range(2):
-            evaluate(checksum(a=np.ones(n)), backend=b)
-        assert [t for t in threading.enumerate() if t.name.startswith("daglite-copy")]
-    for thread in [t for t in threading.enumerate() if t.name.startswith("daglite-copy")]:
-        thread.join(30)
-        assert not thread.is_alive()
+    assert copies == ([data.nbytes] if with_numpy else [])

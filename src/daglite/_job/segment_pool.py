@@ -24,9 +24,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any, Final, final
+from typing import Final, final
 
 from daglite._job import shared
 
@@ -35,9 +33,6 @@ from daglite._job import shared
 DEFAULT_LIMIT: Final = 1 << 30
 # A free segment serves a need of at least this fraction of its size.
 _LEAST_FILL: Final = 0.5
-# A buffer of at least this many bytes is copied in by two threads.
-_SPLIT_BYTES: Final = 8 << 20
-_PAGE: Final = 4096
 _pool_ids = itertools.count()
 
 
@@ -62,12 +57,12 @@ class _Pooled:
         self.run = run
         self.mapping: mmap.mmap | None = None
 
-    def copy_in(
-        self, buffers: list[memoryview], offsets: list[int], helper: Callable[[], Executor]
-    ) -> None:
+    def copy_in(self, buffers: list[memoryview], offsets: list[int]) -> None:
         """Copy ``buffers`` to ``offsets``, through the caller's mapping (made on first use).
 
-        ``helper``: a thread that copies half of each large buffer meanwhile.
+        With numpy loaded, ``numpy.copyto`` copies without holding the GIL, so
+        the engine's thread and the executor's get on meanwhile (a 50 MB copy
+        takes 4-8 ms); a memoryview assignment would hold it throughout.
         """
         if self.mapping is None:
             fd = os.open(self.path, os.O_RDWR)
@@ -78,7 +73,10 @@ class _Pooled:
             shared.populate(self.mapping, shared.MADV_POPULATE_WRITE)
         numpy = sys.modules.get("numpy")
         if numpy is not None:
-            _copy_in_halves(numpy, self.mapping, buffers, offsets, helper)
+            whole = numpy.frombuffer(self.mapping, dtype=numpy.uint8)
+            for buf, offset in zip(buffers, offsets):
+                src = numpy.frombuffer(shared.as_bytes(buf), dtype=numpy.uint8)
+                numpy.copyto(whole[offset : offset + src.nbytes], src)
             return
         whole = memoryview(self.mapping)
         try:
@@ -109,36 +107,6 @@ class _Pooled:
                 self.mapping.close()
 
 
-def _copy_in_halves(
-    numpy: Any,
-    mapping: mmap.mmap,
-    buffers: list[memoryview],
-    offsets: list[int],
-    helper: Callable[[], Executor],
-) -> None:
-    """Copy with numpy (no GIL held), the second half of each large buffer on ``helper``.
-
-    One thread copying to memory already mapped runs at about 7 GB/s here;
-    two reach more of the memory's bandwidth, and the engine's thread gets on
-    meanwhile.
-    """
-    whole = numpy.frombuffer(mapping, dtype=numpy.uint8)
-    halves: list[Future[Any]] = []
-    try:
-        for buf, offset in zip(buffers, offsets):
-            src = numpy.frombuffer(shared.as_bytes(buf), dtype=numpy.uint8)
-            dst = whole[offset : offset + src.nbytes]
-            if src.nbytes >= _SPLIT_BYTES:
-                half = src.nbytes // 2 // _PAGE * _PAGE
-                halves.append(helper().submit(numpy.copyto, dst[half:], src[half:]))
-                src, dst = src[:half], dst[:half]
-            numpy.copyto(dst, src)
-    finally:
-        for done in halves:
-            done.result()
-        del whole
-
-
 @final
 class SegmentPool:
     """A backend's job-argument segments, lent to jobs and kept for reuse.
@@ -162,7 +130,6 @@ class SegmentPool:
         self._handed: dict[str, list[str]] = {}
         self._directory: str | None = None
         self._closed = False
-        self._copier: ThreadPoolExecutor | None = None
 
     def write(self, run: str, buffers: list[memoryview], offsets: list[int], size: int) -> str:
         """Put ``buffers`` at ``offsets`` in a segment of ``size`` bytes or more, lent to ``run``.
@@ -181,7 +148,7 @@ class SegmentPool:
             try:
                 if not os.path.exists(segment.path):  # removed under us: a worker could not open it
                     raise FileNotFoundError(segment.path)
-                segment.copy_in(buffers, offsets, self._helper)
+                segment.copy_in(buffers, offsets)
             except (OSError, ValueError):
                 segment.remove(empty=True)
                 segment = None
@@ -241,20 +208,8 @@ class SegmentPool:
                 segment.remove()
             self._lent.clear()
             directory, self._directory = self._directory, None
-            copier, self._copier = self._copier, None
-        if copier is not None:
-            copier.shutdown(wait=False)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-
-    def _helper(self) -> Executor:
-        """The thread that copies half of a large argument (started on first use)."""
-        with self._lock:
-            if self._closed:  # closed while a copy was under way: write the job a new file
-                raise OSError("the backend's segment pool is closed")
-            if self._copier is None:
-                self._copier = ThreadPoolExecutor(1, thread_name_prefix="daglite-copy")
-            return self._copier
 
     def free_bytes(self) -> int:
         """Bytes of free segments kept."""
