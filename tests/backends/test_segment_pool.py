@@ -279,7 +279,7 @@ def test_only_a_jobs_last_outcomes_travel_in_its_arguments_segments(tmp_path):
     settings = shared.SharedMemory(str(tmp_path), KIB)
     path = tmp_path / "borrowed"
     path.write_bytes(b"\0" * (8 * N))
-    segment = shared._Segment(str(path), [0], [8 * N], pooled=True)
+    segment = shared._Segment(str(path), [0], [8 * N], pooled=1 << 30)
     data = pickle_with_buffer(np.zeros(N))
     value = shared.load_segment(data, segment, own=True)
     value += 3
@@ -485,32 +485,33 @@ def test_a_free_segment_is_emptied_before_it_is_unlinked(backend):
         os.close(fd)
 
 
-def _released_borrowed(tmp_path, size: int, name: str) -> tuple[str, object]:
-    """A borrowed segment of ``size`` bytes, mapped in this process as a job's argument."""
+def _released_borrowed(tmp_path, size: int, name: str, limit: int = 1 << 30) -> tuple[str, object]:
+    """A borrowed segment of ``size`` bytes, mapped here as a job's argument (pool of ``limit``)."""
     path = tmp_path / name
     path.write_bytes(b"\0" * size)
-    segment = shared._Segment(str(path), [0], [size], pooled=True)
+    segment = shared._Segment(str(path), [0], [size], pooled=limit)
     data = pickle_with_buffer(np.zeros(size // 8))
     value = shared.load_segment(data, segment, own=True)
     return str(path), value
 
 
-def _warm_for_test(monkeypatch, limit: int, most: int = 64):
-    warm = shared._WarmMappings(limit, most)
+def _warm_for_test(monkeypatch, most: int = 64):
+    warm = shared._WarmMappings(1 << 30, most)
     monkeypatch.setattr(shared, "_warm", warm)
     return warm
 
 
-def _release_new(tmp_path, size: int, name: str) -> str:
-    path, value = _released_borrowed(tmp_path, size, name)
+def _release_new(tmp_path, size: int, name: str, limit: int = 1 << 30) -> str:
+    path, value = _released_borrowed(tmp_path, size, name, limit)
     del value  # the job's argument goes: nothing views the mapping
     assert shared.release_borrowed() == ([path], [])
     return path
 
 
-def test_warm_mappings_keep_the_newest_within_their_bytes(tmp_path, monkeypatch):
-    warm = _warm_for_test(monkeypatch, limit=2 * 8 * KIB)
-    paths = [_release_new(tmp_path, 8 * KIB, f"seg-{i}") for i in range(3)]
+def test_warm_mappings_keep_the_newest_within_the_pools_limit(tmp_path, monkeypatch):
+    warm = _warm_for_test(monkeypatch)
+    paths = [_release_new(tmp_path, 8 * KIB, f"seg-{i}", limit=2 * 8 * KIB) for i in range(3)]
+    assert warm.limit == 2 * 8 * KIB  # as the segments said
     assert list(warm._maps) == paths[1:]  # the oldest went
     assert warm.take(paths[1], 16 * KIB) is None  # too short for that need: unmapped
     assert list(warm._maps) == paths[2:]
@@ -519,13 +520,13 @@ def test_warm_mappings_keep_the_newest_within_their_bytes(tmp_path, monkeypatch)
 
 
 def test_warm_mappings_keep_the_newest_within_their_count(tmp_path, monkeypatch):
-    warm = _warm_for_test(monkeypatch, limit=1 << 20, most=2)
+    warm = _warm_for_test(monkeypatch, most=2)
     paths = [_release_new(tmp_path, KIB, f"seg-{i}") for i in range(3)]
     assert list(warm._maps) == paths[1:]
 
 
 def test_warm_mappings_go_once_their_files_are_gone(tmp_path, monkeypatch):
-    warm = _warm_for_test(monkeypatch, limit=1 << 20)
+    warm = _warm_for_test(monkeypatch)
     paths = [_release_new(tmp_path, KIB, f"seg-{i}") for i in range(2)]
     os.unlink(paths[0])
     shared.sweep_warm()
@@ -579,3 +580,41 @@ def test_an_argument_arrives_whole_in_a_reused_segment(backend, monkeypatch, wit
     assert evaluate(checksum(a=data), backend=backend) == (float(data.sum()), 0.0, n - 1.0)
     assert len(made) == 1  # the second went into the first one's file
     assert copies == ([data.nbytes] if with_numpy else [])
+
+
+@task(memory="4GB")
+def warm_count_under_a_memory_limit() -> int:
+    from daglite._job import shared as worker_shared
+
+    return len(worker_shared._warm._maps)
+
+
+def test_a_job_with_a_memory_limit_runs_with_no_mapping_kept_warm(backend):
+    # Its worker's resident memory, which the limit watches, would count them.
+    evaluate(total(a=np.ones(N)), backend=backend)
+    assert len(evaluate(warm_mapping_ids(), backend=backend)) == 1
+    assert evaluate(warm_count_under_a_memory_limit(), backend=backend) == 0
+
+
+def _record_removals(monkeypatch) -> list[bool]:
+    from daglite._job import segment_pool
+
+    emptied: list[bool] = []
+    real = segment_pool._Pooled.remove
+
+    def spy(self, empty: bool = False) -> None:
+        emptied.append(empty)
+        real(self, empty)
+
+    monkeypatch.setattr(segment_pool._Pooled, "remove", spy)
+    return emptied
+
+
+@pytest.mark.parametrize(
+    ("holder", "empty"), [(total, True), (keep, False)], ids=["let-go", "kept"]
+)
+def test_a_segment_over_the_limit_is_emptied_only_if_its_worker_let_go(monkeypatch, holder, empty):
+    emptied = _record_removals(monkeypatch)
+    with ProcessBackend(max_workers=1, shared_memory_threshold=KIB, shared_memory_pool=KIB) as b:
+        assert evaluate(holder(a=np.ones(N)), backend=b) == N
+        assert emptied == [empty]  # a worker's kept mapping of it then holds no memory

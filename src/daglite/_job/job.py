@@ -77,6 +77,7 @@ class _Job:
         """
         if self.home.local():  # not pickled: nothing borrowed (a nested run's job, say)
             return self._run(local=True)
+        shared.sweep_warm(drop_all=any(getattr(c, "memory", None) for c in self.calls))
         try:
             outcomes = self._run(local=False)
         except BaseException:

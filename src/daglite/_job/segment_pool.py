@@ -89,9 +89,9 @@ class _Pooled:
     def remove(self, empty: bool = False) -> None:
         """Unlink the file and unmap it here (a worker's mapping outlives both).
 
-        ``empty``: no value views the file any more (it is free): truncate it
-        first, which frees its pages at once, though a worker may keep it
-        mapped (``shared._WarmMappings``).
+        ``empty``: no value views the file any more (its worker let go of
+        it): truncate it first, which frees its pages at once, though a
+        worker may keep it mapped (``shared._WarmMappings``).
         """
         if empty:
             with contextlib.suppress(OSError):
@@ -149,7 +149,7 @@ class SegmentPool:
                 if not os.path.exists(segment.path):  # removed under us: a worker could not open it
                     raise FileNotFoundError(segment.path)
                 segment.copy_in(buffers, offsets)
-            except (OSError, ValueError):
+            except (OSError, ValueError, TypeError, AttributeError):  # numpy half-imported, say
                 segment.remove(empty=True)
                 segment = None
         if segment is None:
@@ -178,8 +178,8 @@ class SegmentPool:
                 elif segment.path in released and not self._closed and segment.size <= self.limit:
                     self._free.append(segment)
                     self._free_bytes += segment.size
-                else:
-                    segment.remove()
+                else:  # a file its worker let go of holds no view: empty it
+                    segment.remove(empty=segment.path in released)
             self._trim(self.limit)
 
     def begin_run(self, run: str) -> None:

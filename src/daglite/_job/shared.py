@@ -227,14 +227,15 @@ _warned_full: set[str] = set()
 
 def _write_segment(
     shared: SharedMemory, buffers: list[memoryview], lend: bool = False
-) -> tuple[str, list[int], bool]:
+) -> tuple[str, list[int], int]:
     """Write ``buffers`` into a segment.
 
     ``lend``: they are a job's arguments; the segment is then the pool's, if
     the run has one (see ``SegmentPool``).
 
     Returns:
-        The segment's path, each buffer's offset, and whether it is the pool's.
+        The segment's path, each buffer's offset, and the pool's limit if it
+        is the pool's (else 0).
 
     Raises:
         OSError: If the segment cannot be written (the caller falls back to
@@ -242,11 +243,12 @@ def _write_segment(
     """
     offsets, end = layout(buffers)
     if lend and shared.pool is not None:
-        return shared.pool.write(shared.directory, buffers, offsets, end), offsets, True
+        pool = shared.pool
+        return pool.write(shared.directory, buffers, offsets, end), offsets, pool.limit
     check_space(shared.directory, end)
     path = os.path.join(shared.directory, f"{os.getpid()}-{next(_counter)}")
     write_file(path, buffers, offsets, end)
-    return path, offsets, False
+    return path, offsets, 0
 
 
 def layout(buffers: list[memoryview]) -> tuple[list[int], int]:
@@ -336,14 +338,13 @@ class _Segment:
 
     __slots__ = ("offsets", "path", "pooled", "size", "sizes")
 
-    def __init__(
-        self, path: str, offsets: list[int], sizes: list[int], pooled: bool = False
-    ) -> None:
+    def __init__(self, path: str, offsets: list[int], sizes: list[int], pooled: int = 0) -> None:
         self.path = path
         self.offsets = offsets
         self.sizes = sizes
-        # The caller keeps the file for reuse (``SegmentPool``): the reader
-        # does not unlink it, and says when it has let go of it.
+        # The caller keeps the file for reuse (``SegmentPool``; its limit in
+        # bytes, 0 if not): the reader does not unlink it, says when it has
+        # let go of it, and keeps at most that many bytes of such mappings.
         self.pooled = pooled
         self.size = max(map(operator.add, offsets, sizes), default=0)
 
@@ -562,6 +563,7 @@ def load_segment(data: bytes, segment: _Segment, *, own: bool) -> Any:
     borrows it until the job ends (``release_borrowed``).
     """
     if own and segment.pooled:  # the whole file: a later job may need more of it
+        _warm.limit = segment.pooled
         mapping = _warm.take(segment.path, segment.size)
         if mapping is None:
             mapping = _map(segment.path, 0, own=True)
@@ -696,10 +698,14 @@ def release_borrowed() -> tuple[list[str], list[_Borrowed]]:
     return released, kept
 
 
-def sweep_warm() -> None:
-    """Unmap the mappings kept warm whose files the caller removed (as each job ends)."""
+def sweep_warm(drop_all: bool = False) -> None:
+    """Unmap the mappings kept warm whose files the caller removed (as each job starts and ends).
+
+    ``drop_all``: unmap them all. A job with a memory limit is watched by its
+    worker's resident memory, which counts the pages of kept mappings.
+    """
     if _warm.any():
-        _warm.sweep()
+        _warm.sweep(drop_all)
 
 
 def _let_go(borrowed: _Borrowed) -> None:
@@ -731,10 +737,11 @@ class _WarmMappings:
     reading them costs half as much as through a new mapping (no fault per
     page). A released mapping has no view left (``_let_go`` checks), so no
     value here can see what the caller writes into the file next. Each goes
-    when its file is gone (checked as each job ends, about 1 us a mapping;
-    the pool empties a free file before unlinking it, so that costs no
-    memory meanwhile), and the oldest go beyond ``limit`` bytes or ``most``
-    mappings.
+    when its file is gone (checked as each job starts and ends, about 1 us a
+    mapping; the pool empties a file a worker let go of before unlinking it,
+    so that costs no memory meanwhile), and the oldest go beyond ``limit``
+    bytes (the pool's own) or ``most`` mappings. They all go before a job
+    with a memory limit runs: the worker's resident memory counts them.
     """
 
     __slots__ = ("_bytes", "_maps", "limit", "most")
@@ -766,9 +773,9 @@ class _WarmMappings:
         """Whether any mapping is kept."""
         return bool(self._maps)
 
-    def sweep(self) -> None:
-        """Unmap those whose file the caller removed."""
-        for path in [p for p in self._maps if not os.path.exists(p)]:
+    def sweep(self, drop_all: bool = False) -> None:
+        """Unmap those whose file the caller removed (``drop_all``: all)."""
+        for path in [p for p in self._maps if drop_all or not os.path.exists(p)]:
             self._drop(path)
 
     def _drop(self, path: str) -> None:
@@ -777,8 +784,8 @@ class _WarmMappings:
         mapping.close()
 
 
-# At most the default pool size (1 GiB), in 64 mappings: mostly the pages of
-# the pool's free segments, which exist anyway.
+# At most the pool's size (set from each segment lent), in 64 mappings: mostly
+# the pages of the pool's free segments, which exist anyway.
 _warm = _WarmMappings(1 << 30)
 
 
