@@ -49,6 +49,7 @@ class _Completing:
     graph: Graph
     hooks: HookDispatcher
     in_flight: dict[int, Future[Any]]
+    in_flight_tokens: dict[int, list[int]]
     inbox: Inbox
     kept: dict[str, Any]
     on_error: OnError
@@ -105,6 +106,7 @@ class _Completing:
             whole = not future.cancelled() and future.exception() is None
             job.settle(future.result() if whole else None)
         self.in_flight.pop(id(job), None)
+        self.in_flight_tokens.pop(id(job), None)
         if self.quarantined_job == id(job):
             self.quarantined_job = 0
         units = [u for u in (self.units.get(t) for t in tokens) if u is not None]

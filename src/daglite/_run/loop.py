@@ -108,6 +108,8 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
         self.lane: collections.deque[_LaneCall | _Unit] = collections.deque()
         self._caller_lock = threading.Lock()  # guards ``_CallerContext.events``
         self.in_flight: dict[int, Future[Any]] = {}
+        # The tokens each job in flight was submitted with (see ``_abort``).
+        self.in_flight_tokens: dict[int, list[int]] = {}
         # Calls that were on a worker that died, not shown at fault: each runs
         # alone, nothing else of this run in flight, so a repeat death names it.
         self.quarantine: collections.deque[_Unit] = collections.deque()
@@ -212,7 +214,10 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
             schedule(ready.popleft())
 
     def _abort(self) -> None:
-        """Fail fast: submit nothing more, cancel queued jobs, await running ones."""
+        """Fail fast: submit nothing more, cancel queued jobs, await running ones.
+
+        A job whose every call has reported is not cancelled (see below).
+        """
         self.state.abort()
         self.ready_nodes.clear()
         self.pending.clear()
@@ -222,8 +227,15 @@ class _Run(_Planning, _Submitting, _Completing, _Ahead, _Slicing, _Lane, _Notify
             self.gate.clear()
         for home in self.homes.values():
             home.abort = True
-        for future in list(self.in_flight.values()):
-            future.cancel()
+        units = self.units
+        for job, future in list(self.in_flight.items()):
+            tokens = self.in_flight_tokens.get(job)
+            if tokens is None or any(t in units for t in tokens):
+                future.cancel()
+            # Else every call of the job reported (ahead, on the channel): it is
+            # over but for its reply. Cancelling it gains nothing, and on Ray it
+            # would kill a worker that is about to return (a new one takes a
+            # second to start).
 
     def execute(self) -> Any:
         self.engine_thread = threading.get_ident()

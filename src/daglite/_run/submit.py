@@ -33,6 +33,7 @@ class _Submitting:
     _fuse_ok: bool
     _has_lookup: bool
     in_flight: dict[int, Future[Any]]
+    in_flight_tokens: dict[int, list[int]]
     inbox: Inbox
     lane: collections.deque[_LaneCall | _Unit]
     pending: dict[int, tuple[Backend, list[_Unit]]]
@@ -170,13 +171,13 @@ class _Submitting:
         backend.ensure_started()
         future = backend.submit(job)
         self.in_flight[id(job)] = future
+        # The tokens as submitted: a call of this job may be requeued (retried,
+        # with a new token) before the job itself reports done.
+        tokens = self.in_flight_tokens[id(job)] = [u.token for u in units]
         if backend.accepts_pending_inputs and self._fuse_ok:
             self._went_out(units, future)
         # Always through the queue: a callback that runs at once (inline) must not
         # call hooks inside add_done_callback, which would swallow their errors.
-        # The tokens as submitted: a call of this job may be requeued (retried,
-        # with a new token) before the job itself reports done.
-        tokens = [u.token for u in units]
         future.add_done_callback(lambda f: self.queue.put(JobDone(job, f, tokens)))
         return id(job)
 
