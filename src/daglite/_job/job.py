@@ -77,7 +77,8 @@ class _Job:
         """
         if self.home.local():  # not pickled: nothing borrowed (a nested run's job, say)
             return self._run(local=True)
-        shared.sweep_warm(drop_all=any(getattr(c, "memory", None) for c in self.calls))
+        if shared.keeps_warm():  # mappings of the pool's segments, from earlier jobs
+            shared.sweep_warm(drop_all=any(getattr(c, "memory", None) for c in self.calls))
         try:
             outcomes = self._run(local=False)
         except BaseException:

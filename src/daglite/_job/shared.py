@@ -698,6 +698,11 @@ def release_borrowed() -> tuple[list[str], list[_Borrowed]]:
     return released, kept
 
 
+def keeps_warm() -> bool:
+    """Whether this worker keeps mappings of the pool's segments (``_WarmMappings``)."""
+    return _warm.any()
+
+
 def sweep_warm(drop_all: bool = False) -> None:
     """Unmap the mappings kept warm whose files the caller removed (as each job starts and ends).
 
