@@ -1,4 +1,4 @@
-"""Finding processes by their title, and waiting for them to exit.
+"""Finding processes by their title, killing them, and waiting for them to exit.
 
 For worker processes this process did not start (a local Ray instance's), so
 it cannot ``wait`` on them as a parent: it finds them by the title they set,
@@ -29,6 +29,26 @@ def processes_by_title(prefix: str) -> dict[str, list[Any]]:
         if words and words[0].startswith(prefix):
             found.setdefault(words[0], []).append(process)
     return found
+
+
+def kill_titled(processes: list[Any], title: str) -> bool:
+    """SIGKILL those of ``processes`` whose title is still ``title``; whether any was.
+
+    The title is read again first: a worker that has moved on (retitled, or
+    gone) is left alone.
+    """
+    import psutil
+
+    killed = False
+    for process in processes:
+        try:
+            cmdline = process.cmdline()
+            if cmdline and cmdline[0].split()[:1] == [title]:
+                process.kill()  # psutil refuses a pid reused since ``process`` was found
+                killed = True
+        except psutil.Error:
+            continue
+    return killed
 
 
 def wait_exited(processes: list[Any], timeout: float) -> list[Any]:

@@ -69,7 +69,7 @@ from typing import Any, ClassVar, Final, final
 
 from daglite._job.records import PendingResult
 from daglite._job.transport import Transport
-from daglite.backends._exits import processes_by_title, wait_exited
+from daglite.backends._exits import kill_titled, processes_by_title, wait_exited
 from daglite.backends._ray_worker import (
     _PICKLE_PROTOCOL,
     TITLE_PREFIX,
@@ -578,11 +578,20 @@ class RayBackend(Backend):
         return False
 
     def _force_cancel(self, outer: _Watched) -> None:
-        """``ray.cancel(force=True)``, noting first which local worker runs the task."""
+        """Stop ``outer``'s task: kill the local worker running it, else ``ray.cancel(force=True)``.
+
+        Ray then sees that worker die, and fails the task (no retries). A
+        force-cancel of a running task can race the task's own reply and abort
+        this process (Ray 2.60: "Tried to complete task that was not
+        pending", twice in CI in one day, a task blocked on a socket).
+        """
         if self._nodes_here:
             # Added to, not replaced: a worker being killed has its title reset.
-            found = self._workers_titled(TITLE_PREFIX + outer.key)
+            title = TITLE_PREFIX + outer.key
+            found = self._workers_titled(title)
             outer.killed = outer.killed + [p for p in found if p not in outer.killed]
+            if kill_titled(found, title):
+                return
         _import_ray().cancel(outer.refs[0], force=True)
 
     def _before_cancel(self) -> None:
