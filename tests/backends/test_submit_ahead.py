@@ -102,20 +102,16 @@ def sized(n: int) -> bytes:
 
 
 @task
-def gated(gate, directory: str, i: int) -> int:
+def gated(gate, started, directory: str, i: int) -> int:
     open(os.path.join(directory, str(i)), "w").close()
+    started.set()
     gate.wait(60)
     return i
 
 
 @task
-def explode_once_gated(directory: str) -> int:
-    import time
-
-    deadline = time.monotonic() + 60
-    while not os.path.exists(os.path.join(directory, "0")):  # bounded: ``gated`` runs
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+def explode_once_gated(started) -> int:
+    assert started.wait(60)  # bounded: ``gated`` runs
     raise ValueError("boom 1")
 
 
@@ -199,13 +195,13 @@ def test_intermediates_a_plugin_asks_for_come_home(cluster):
 def test_fail_fast_cancels_the_graph_handed_to_the_cluster(cluster, manager, tmp_path):
     # The chain after the gate is on the cluster, waiting for its input, when
     # a sibling fails (once the gated call runs): none of it may run.
-    gate = manager.Event()
-    chain = gated(gate, str(tmp_path), 0)
+    gate, started = manager.Event(), manager.Event()
+    chain = gated(gate, started, str(tmp_path), 0)
     for i in range(1, 6):
         chain = marks.partial(directory=str(tmp_path))(i=inc(chain))
     try:
         with pytest.raises(TaskError, match="boom 1"):
-            evaluate([explode_once_gated(str(tmp_path)), chain], backend=cluster)
+            evaluate([explode_once_gated(started), chain], backend=cluster)
     finally:
         gate.set()
     _settled(cluster)

@@ -724,9 +724,7 @@ def _let_go(borrowed: _Borrowed) -> None:
         # To the file's own size (it maps the whole file): nothing changes,
         # but it fails while a view exists, as ``close`` does, and leaves the
         # mapping (and its page tables) up.
-        mapping.resize(borrowed.size)
-    except BufferError:
-        raise
+        mapping.resize(borrowed.size)  # BufferError (a view is left) goes to the caller
     except (OSError, SystemError, TypeError, ValueError):  # no mremap here
         mapping.close()
         return

@@ -24,11 +24,16 @@ def processes_by_title(prefix: str) -> dict[str, list[Any]]:
 
     found: dict[str, list[Any]] = {}
     for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info.get("cmdline") or []
-        words = cmdline[0].split() if cmdline else []
-        if words and words[0].startswith(prefix):
-            found.setdefault(words[0], []).append(process)
+        title = _title(process.info.get("cmdline"))
+        if title.startswith(prefix):
+            found.setdefault(title, []).append(process)
     return found
+
+
+def _title(cmdline: list[str] | None) -> str:
+    """A process's title: the first word of its command line ('' if none)."""
+    words = cmdline[0].split() if cmdline else []
+    return words[0] if words else ""
 
 
 def kill_titled(processes: list[Any], title: str) -> bool:
@@ -42,8 +47,7 @@ def kill_titled(processes: list[Any], title: str) -> bool:
     killed = False
     for process in processes:
         try:
-            cmdline = process.cmdline()
-            if cmdline and cmdline[0].split()[:1] == [title]:
+            if _title(process.cmdline()) == title:
                 process.kill()  # psutil refuses a pid reused since ``process`` was found
                 killed = True
         except psutil.Error:
