@@ -218,11 +218,11 @@ def _dumps_result(value: Any) -> bytes | tuple[bytes, Any]:
     if shared.active is None:
         return _dumps(value)
     try:
-        return shared.dumps(value, shared.active)
+        return shared.dumps(value, shared.active, release=True)
     except Exception:
         import cloudpickle
 
-        return shared.dumps(value, shared.active, cloudpickle.CloudPickler)
+        return shared.dumps(value, shared.active, cloudpickle.CloudPickler, release=True)
 
 
 class _Shipped:
@@ -350,7 +350,7 @@ def _dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
     settings = shared.active
     for i, row in enumerate(rows):
         if row[1]:
-            found = shared.dumps(row[2], settings)
+            found = shared.dumps(row[2], settings, release=True)
             if type(found) is tuple:
                 rows[i] = (row[0], True, _Shipped(row[2], *found), *row[3:])
     return pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
@@ -363,7 +363,7 @@ def _dumps_values(values: list[Any]) -> bytes:
         return payload
     shipped = []
     for value in values:
-        found = shared.dumps(value, shared.active)
+        found = shared.dumps(value, shared.active, release=True)
         shipped.append(_Shipped(value, *found) if type(found) is tuple else value)
     return pickle.dumps(shipped, protocol=_PICKLE_PROTOCOL)
 

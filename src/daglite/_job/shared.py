@@ -34,13 +34,13 @@ import operator
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
+from daglite._job import remap
 from daglite.graph.walk import CONTAINERS, find, replace
 
 if TYPE_CHECKING:
@@ -226,12 +226,14 @@ _warned_full: set[str] = set()
 
 
 def _write_segment(
-    shared: SharedMemory, buffers: list[memoryview], lend: bool = False
+    shared: SharedMemory, buffers: list[memoryview], lend: bool = False, release: bool = False
 ) -> tuple[str, list[int], int]:
     """Write ``buffers`` into a segment.
 
     ``lend``: they are a job's arguments; the segment is then the pool's, if
-    the run has one (see ``SegmentPool``).
+    the run has one (see ``SegmentPool``). ``release``: they are a result
+    leaving this process: the pages of those that qualify are given to the
+    segment as it is written (``remap.release``).
 
     Returns:
         The segment's path, each buffer's offset, and the pool's limit if it
@@ -241,32 +243,53 @@ def _write_segment(
         OSError: If the segment cannot be written (the caller falls back to
             sending the buffers in-band).
     """
-    offsets, end = layout(buffers)
     if lend and shared.pool is not None:
+        offsets, end = layout(buffers)
         pool = shared.pool
         return pool.write(shared.directory, buffers, offsets, end), offsets, pool.limit
+    addresses = [remap.releasable(b) for b in buffers] if release else None
+    offsets, end = layout(buffers, addresses)
     check_space(shared.directory, end)
     path = os.path.join(shared.directory, f"{os.getpid()}-{next(_counter)}")
-    write_file(path, buffers, offsets, end)
+    write_file(path, buffers, offsets, end, addresses)
     return path, offsets, 0
 
 
-def layout(buffers: list[memoryview]) -> tuple[list[int], int]:
-    """Where each buffer starts in a segment (aligned), and the segment's size."""
+def layout(
+    buffers: list[memoryview], addresses: list[int | None] | None = None
+) -> tuple[list[int], int]:
+    """Where each buffer starts in a segment (aligned), and the segment's size.
+
+    A buffer with an address in ``addresses`` starts as far past a page
+    boundary as its memory does, so that its pages can be mapped from there.
+    """
     offsets, end = [], 0
-    for buf in buffers:
+    for i, buf in enumerate(buffers):
+        address = addresses[i] if addresses else None
+        if address is not None:
+            end = -(-end // remap.PAGE) * remap.PAGE + address % remap.PAGE
         offsets.append(end)
         end += -(-buf.nbytes // _ALIGN) * _ALIGN
     return offsets, end
 
 
-def write_file(path: str, buffers: list[memoryview], offsets: list[int], size: int) -> None:
-    """Create ``path`` (``size`` bytes) with ``buffers`` at ``offsets``; nothing left on error."""
+def write_file(
+    path: str,
+    buffers: list[memoryview],
+    offsets: list[int],
+    size: int,
+    addresses: list[int | None] | None = None,
+) -> None:
+    """Create ``path`` (``size`` bytes) with ``buffers`` at ``offsets``; nothing left on error.
+
+    Each buffer with an address in ``addresses`` gives its pages to the file
+    as they are written (``remap.release``).
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, size)
-        for buf, offset in zip(buffers, offsets):
-            _pwrite_all(fd, buf, offset)
+        for i, (buf, offset) in enumerate(zip(buffers, offsets)):
+            _pwrite_all(fd, buf, offset, addresses[i] if addresses else None)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -275,12 +298,21 @@ def write_file(path: str, buffers: list[memoryview], offsets: list[int], size: i
     os.close(fd)
 
 
-def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
+# Bytes per write; a buffer giving its pages to the file gives them after each.
+_PIECE: Final = 256 << 20
+_RELEASED_PIECE: Final = 32 << 20
+
+
+def _pwrite_all(fd: int, buf: memoryview, offset: int, address: int | None = None) -> None:
     # pwrite, not a mapping: the kernel fills fresh pages without a fault per page.
     view = as_bytes(buf)
     done, size = 0, view.nbytes
+    step = _PIECE if address is None else _RELEASED_PIECE
+    given = address
     while done < size:
-        done += os.pwrite(fd, view[done : done + (256 << 20)], offset + done)
+        done += os.pwrite(fd, view[done : done + step], offset + done)
+        if address is not None and given is not None:
+            given = remap.release(fd, given, address + done, offset + given - address)
 
 
 def as_bytes(buf: memoryview) -> memoryview:
@@ -358,6 +390,7 @@ def dumps(
     pickler: Callable[..., Any] | None = None,
     *,
     lend: bool = False,
+    release: bool = False,
 ) -> bytes | tuple[bytes, _Segment]:
     """Pickle ``value``; its large buffers into a segment when ``shared`` is set.
 
@@ -368,6 +401,8 @@ def dumps(
             the standard one by default.
         lend: A job's arguments, read once by its worker: the segment may
             be one of the pool's, lent to the job.
+        release: A result leaving this worker: its arrays' own pages may be
+            given to the segment (``remap``), so the data is not held twice.
 
     Returns:
         The pickle, or the pickle and the segment holding its large buffers.
@@ -397,7 +432,7 @@ def dumps(
     if inside is not None:
         return data, _Segment(*inside, [v.nbytes for v in views])
     try:
-        path, offsets, pooled = _write_segment(shared, views, lend)
+        path, offsets, pooled = _write_segment(shared, views, lend, release)
     except OSError as exc:
         _warn_full(shared, sum(v.nbytes for v in views), exc)
         return _plain_dumps(value, pickler)
@@ -601,46 +636,16 @@ class _Borrowed:
         it, and those writes must stay here, as they did when results were
         copied. The pages keep their contents (the file's).
         """
-        if self.start is None or _remap_private is None:
+        if self.start is None:
             return False
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return False
         try:
-            return _remap_private(self.start, self.size, fd)
+            return remap.remap_private(self.start, self.size, fd)
         finally:
             os.close(fd)
-
-
-def _private_remapper() -> Callable[[int, int, int], bool] | None:
-    """``remap(address, size, fd)``: ``fd`` mapped copy-on-write over that range (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        native = libc.mmap
-    except (OSError, AttributeError):
-        return None
-    native.restype = ctypes.c_void_p
-    native.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    protection, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED
-
-    def remap(address: int, size: int, fd: int) -> bool:
-        return bool(native(address, size, protection, flags, fd, 0) == address)
-
-    return remap
-
-
-_MAP_FIXED: Final = 0x10  # Linux; the mmap module does not export it
-_remap_private = _private_remapper()
 
 
 def _address(buf: Any) -> int | None:
