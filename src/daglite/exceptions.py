@@ -162,7 +162,11 @@ class GraphError(DagliteError, ValueError):
 
 
 class BackendError(DagliteError, RuntimeError):
-    """A backend name is unknown, an optional backend is not installed, or a pool broke."""
+    """A backend name is unknown, an optional backend is not installed, or a pool broke.
+
+    Also met as ``TaskError.error`` of a task whose function, or job, could not
+    be unpickled in a worker process (a global it uses cannot be found there).
+    """
 
 
 class ArgumentsNotPicklableError(DagliteError, TypeError):

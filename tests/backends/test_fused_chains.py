@@ -275,3 +275,26 @@ def test_follower_never_runs_after_its_input_failed_on_threads():
     assert list(info.value.errors) == ["failing_head"]
     assert info.value.skipped == ["follower"]
     assert seen == []
+
+
+@task
+def ones(n: int) -> list[float]:
+    return [1.0] * n
+
+
+@task
+def bump_in_place(values: list[float]) -> float:
+    for i in range(len(values)):
+        values[i] += 1.0
+    return sum(values)
+
+
+@pytest.mark.parametrize("threshold", [None, 1024], ids=["pipe", "shared-memory"])
+def test_a_fused_call_writing_to_its_input_leaves_the_callers_copy_alone(threshold):
+    # The producer's result is a root too: the fused follower takes the value
+    # itself, and must not change what the caller receives of it (gh-14).
+    with ProcessBackend(max_workers=1, shared_memory_threshold=threshold) as backend:
+        made = ones(n=1000)
+        produced, total = evaluate([made, bump_in_place(values=made)], backend=backend)
+    assert total == 2000.0
+    assert produced == [1.0] * 1000

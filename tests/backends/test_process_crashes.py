@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import threading
@@ -292,3 +293,36 @@ def test_result_that_does_not_unpickle_in_the_caller_fails_only_its_task(pool):
     with pytest.raises(TaskError, match=r"'slow_odd'.*could not be unpickled"):
         evaluate(kind(slow_odd(0)), backend=pool, plugins=[SeesResults()])
     assert evaluate(total([value(1), value(2)]), backend=pool) == 3
+
+
+def _add_one(x: int) -> int:
+    return x + 1
+
+
+# Pickled by name (a decorated object is), under a name only the caller's
+# ``daglite`` module has (the test sets it): workers cannot find it.
+_add_one.__module__, _add_one.__qualname__ = "daglite", "_test_only_in_caller"
+_only_in_caller = functools.lru_cache(_add_one)
+
+
+@task
+def uses_caller_only(x: int) -> int:
+    return _only_in_caller(x)
+
+
+def test_a_task_that_does_not_unpickle_in_the_worker_fails_alone_naming_itself(pool, monkeypatch):
+    import daglite
+    from daglite import BackendError, EvaluationError
+
+    monkeypatch.setattr(daglite, "_test_only_in_caller", _only_in_caller, raising=False)
+    assert _only_in_caller(1) == 2  # fine here
+    with pytest.raises(EvaluationError) as info:
+        evaluate([uses_caller_only(1), value(2)], backend=pool, on_error="continue")
+    err = info.value
+    assert list(err.errors) == ["uses_caller_only"]
+    error = err.errors["uses_caller_only"]
+    assert isinstance(getattr(error, "error", error), BackendError)
+    assert "task 'uses_caller_only' could not be unpickled in the worker process" in str(error)
+    assert "_test_only_in_caller" in str(error)
+    assert list(err.results.values()) == [2]
+    assert evaluate(value(3), backend=pool) == 3  # no worker was lost

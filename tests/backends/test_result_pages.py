@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
 
 from daglite import evaluate, task
-from daglite._job import remap, shared
+from daglite._job import records, remap, shared
 from daglite.backends import ProcessBackend
 
 pytestmark = pytest.mark.skipif(
@@ -151,3 +152,30 @@ def test_a_result_the_worker_keeps_stays_its_own_and_the_callers(tmp_path):
         assert (result == 1.5).all()  # the caller's result maps the same file: untouched
         result[:2] = 3.0  # an ordinary writable array
         assert result[:3].tolist() == [3.0, 3.0, 1.5]
+
+
+def test_only_the_thread_that_runs_jobs_gives_pages(settings, monkeypatch):
+    # The flusher thread pickles outcomes while the job's next call may write to them.
+    monkeypatch.setattr(shared, "active", None)
+    shared.set_active(settings)
+    try:
+        elsewhere = np.full(BIG, 1.5)
+        thread = threading.Thread(target=records._dumps_result, args=(elsewhere,))
+        thread.start()
+        thread.join()
+        here = np.full(BIG, 1.5)
+        records._dumps_result(here)
+    finally:
+        shared.set_active(None)
+    assert not _file_backed(_address(elsewhere), elsewhere.nbytes)
+    assert _file_backed(_address(here[8:]), here.nbytes - 64)
+
+
+def test_buffers_after_a_given_one_keep_their_alignment(settings):
+    u8 = np.zeros(BIG * 8, dtype=np.uint8)
+    odd = u8[1:]  # its memory starts one byte past a 16-byte boundary
+    after = np.ones(1 << 18)
+    after.flags.writeable = False  # not given: placed as usual
+    _, segment = shared.dumps([odd, after], settings, release=True)
+    assert segment.offsets[0] % remap.PAGE == _address(odd) % remap.PAGE
+    assert segment.offsets[1] % 64 == 0

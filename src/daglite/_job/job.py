@@ -29,12 +29,13 @@ from daglite._job.records import (
     Outcome,
     Outcomes,
     SliceValues,
+    Snapshot,
     _Call,
     _new_call,
     _new_outcome,
     _Poisoned,
 )
-from daglite.exceptions import ArgumentsNotPicklableError, BackendError
+from daglite.exceptions import BackendError
 from daglite.plugins import log_bridge
 from daglite.plugins.reporters import FLUSH_INTERVAL
 
@@ -134,19 +135,17 @@ class _Job:
                 if home.abort:  # the run gave up on this job (a remote backend may say so too)
                     break
                 if isinstance(call, _Poisoned):
-                    error = ArgumentsNotPicklableError(call.message)
+                    error = call.error(call.message)
                     outcome = Outcome(call.token, False, error, 0.0, [], 0)
                 else:
-                    follows = call.follows
-                    if follows is not None:
+                    if call.follows is not None:
                         if previous is None or not _whole(previous):
                             # Its input failed: the caller reschedules it. So
                             # do the calls fused after it (``previous`` stays);
                             # another chain of the job runs on.
                             continue
-                        call = _fed(call, follows, previous.value)
-                        if starts_first or (not direct and call.timeout is not None):
-                            held.flush()
+                        first = starts_first or (not direct and call.timeout is not None)
+                        call = _feed(call, previous, held, local, first)
                     outcome = _run_call(home, call, direct, where)
                 previous = outcome
                 nxt = calls[i + 1] if i < last else None
@@ -177,6 +176,8 @@ _FLUSH: Final = FLUSH_INTERVAL
 # the worker saves nothing, and costs an outcome more to make.
 _NOT_WORTH_KEEPING: Final = frozenset({int, float, bool, complex, type(None)})
 _NOTHING: Final[frozenset[int]] = frozenset()
+# Values a call cannot write to: no snapshot needed before a fused call takes one.
+_IMMUTABLE: Final = frozenset({int, float, bool, complex, type(None), str, bytes})
 
 
 def _worth_keeping(
@@ -199,6 +200,21 @@ def _whole(outcome: Outcome) -> bool:
         return False
     value = outcome[2]
     return type(value) is not SliceValues or not value.errors
+
+
+def _feed(
+    call: _Call, previous: Outcome, held: _HeldOutcomes, local: bool, send_first: bool
+) -> _Call:
+    """``call`` fed ``previous``'s result, which goes home as it is now if it goes at all.
+
+    ``send_first``: it goes home before the call starts (the call's start
+    must not overtake it, or a timeout of the call would end this worker).
+    """
+    if not local:
+        held.snapshot(previous)
+    if send_first:
+        held.flush()
+    return _fed(call, call.follows or (), previous.value)
 
 
 def _fed(call: _Call, follows: tuple[str, ...], value: Any) -> _Call:
@@ -265,6 +281,30 @@ class _HeldOutcomes:
             held = KEPT
         self._held.append(_new_outcome((o[0], True, held, o[3], o[4], o[5], o[6], o[7], o[8])))
 
+    def snapshot(self, outcome: Outcome) -> None:
+        """The next call takes ``outcome``'s value as it is, and may write to it: pickle it now.
+
+        Only if the value goes home (it is not kept for that call alone) and
+        has not gone yet, and only where outcomes go home pickled as they are
+        (not on Dask or Ray, which set ``home.early`` and keep some results on
+        the cluster as objects, for later jobs). A value that cannot be
+        pickled stays: the job's result reports it, as before.
+        """
+        if outcome is self._kept or self.home.early is not None:
+            return
+        if type(outcome[2]) in _IMMUTABLE:
+            return
+        with self._lock:  # the flusher sends it either before this, or as pickled here
+            held = self._held
+            for i in range(len(held) - 1, -1, -1):
+                if held[i] is outcome:
+                    try:
+                        frozen = Snapshot(outcome[2])
+                    except Exception:
+                        return
+                    held[i] = _new_outcome((*outcome[:2], frozen, *outcome[3:]))
+                    return
+
     def _fed_call_ended(self, ok: bool) -> None:
         """The call fed the kept value ended: drop that value, or send it if the call failed."""
         if ok:
@@ -318,6 +358,11 @@ def _load_job(
         job = _Job(home, _loads_calls(funcs, body))
     except OSError as exc:  # a segment is gone: its run ended while this job was queued
         return _Unloadable(f"the job's arguments are gone from shared memory ({exc})")
+    except Exception as exc:  # raised here, it would end the worker process
+        return _Unloadable(
+            f"the job's calls could not be unpickled in the worker process: "
+            f"{type(exc).__name__}: {exc}"
+        )
     job.keep_remote = keep_remote
     return job
 
@@ -438,15 +483,19 @@ _loaded_functions: dict[bytes, Callable[..., Any]] = {}
 
 
 def _loads_calls(funcs_bytes: dict[int, bytes], body: _Body) -> list[_Call]:
-    funcs: dict[int, Callable[..., Any]] = {}
+    funcs: dict[int, Callable[..., Any] | Exception] = {}
     for fid, data in funcs_bytes.items():
-        func = _loaded_functions.get(data)
-        if func is None:
-            func = pickle.loads(data)
+        loaded = _loaded_functions.get(data)
+        if loaded is None:
+            try:
+                loaded = pickle.loads(data)
+            except Exception as exc:  # its calls fail, naming the task; the others run
+                funcs[fid] = exc
+                continue
             if len(_loaded_functions) > 256:
                 _loaded_functions.clear()
-            _loaded_functions[data] = func
-        funcs[fid] = func
+            _loaded_functions[data] = loaded
+        funcs[fid] = loaded
     calls: list[Any] = []
     # A segment is read once, by this worker: it is unlinked once mapped, or
     # borrowed from the caller's pool until the job ends.
@@ -457,6 +506,18 @@ def _loads_calls(funcs_bytes: dict[int, bytes], body: _Body) -> list[_Call]:
         else:
             token, name, key, fid, kwargs, timeout, style, elems, follows, owns, memory = row
             func = funcs[fid]
+            if isinstance(func, Exception):
+                calls.append(_Poisoned(token, _unloadable(name, func), BackendError))
+                continue
             fields = (token, name, key, func, kwargs, timeout, style, elems, follows, owns, memory)
             calls.append(_new_call(fields))
     return calls
+
+
+def _unloadable(name: str, exc: Exception) -> str:
+    return (
+        f"task {name!r} could not be unpickled in the worker process: "
+        f"{type(exc).__name__}: {exc}. Every global it uses must be importable there or "
+        "pickled by value: plain functions and classes from __main__ are, but decorated "
+        "objects (a functools.lru_cache wrapper, say) are looked up by name"
+    )

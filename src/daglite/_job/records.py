@@ -18,7 +18,7 @@ from typing import Any, Final, NamedTuple, final
 
 from daglite._job import shared
 from daglite._job.messages import picklable_events
-from daglite.exceptions import ResultNotPicklableError
+from daglite.exceptions import ArgumentsNotPicklableError, ResultNotPicklableError
 
 _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 
@@ -94,16 +94,23 @@ KEPT: Final = _Kept()
 
 @final
 class _Poisoned:
-    """Stands for a call whose arguments could not be pickled."""
+    """Stands for a call that cannot run, failing with ``error`` and ``message``.
 
-    __slots__ = ("message", "token")
+    Its arguments could not be pickled (in the caller), or its function not
+    unpickled (in the worker).
+    """
+
+    __slots__ = ("error", "message", "token")
     # What the job asks of the call after it: a poisoned call is never fed.
     owns_input: Final = False
     timeout: Final = None
 
-    def __init__(self, token: int, message: str) -> None:
+    def __init__(
+        self, token: int, message: str, error: type[Exception] = ArgumentsNotPicklableError
+    ) -> None:
         self.token = token
         self.message = message
+        self.error = error
 
 
 @final
@@ -218,11 +225,13 @@ def _dumps_result(value: Any) -> bytes | tuple[bytes, Any]:
     if shared.active is None:
         return _dumps(value)
     try:
-        return shared.dumps(value, shared.active, release=True)
+        return shared.dumps(value, shared.active, release=shared.releasing())
     except Exception:
         import cloudpickle
 
-        return shared.dumps(value, shared.active, cloudpickle.CloudPickler, release=True)
+        return shared.dumps(
+            value, shared.active, cloudpickle.CloudPickler, release=shared.releasing()
+        )
 
 
 class _Shipped:
@@ -302,6 +311,32 @@ def _load_slice_values(
     return SliceValues(pickle.loads(payload), rebuilt, durations)
 
 
+@final
+class Snapshot:
+    """A result pickled as it was when the next call of its job took it.
+
+    A fused call takes the previous call's result itself, not a copy, and may
+    write to it. When that result goes home too (the caller or a hook needs
+    it), it is pickled before the call runs (``_HeldOutcomes.snapshot``), so
+    the call's writes stay its own. It unpickles as the value would have.
+    """
+
+    __slots__ = ("_reduced",)
+
+    def __init__(self, value: Any) -> None:
+        if type(value) is SliceValues:
+            self._reduced: tuple[Any, ...] = value.__reduce__()
+            return
+        payload = _dumps_result(value)
+        if type(payload) is tuple:
+            self._reduced = _Shipped(value, *payload).__reduce__()
+        else:
+            self._reduced = (pickle.loads, (payload,))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self._reduced
+
+
 class Outcomes(list[Outcome]):
     """What a job returns: its outcomes, plus the tokens already sent home early.
 
@@ -347,10 +382,10 @@ def _dumps_rows(rows: list[tuple[Any, ...]]) -> bytes:
     payload = _pickle_spotting_large(rows)
     if payload is not None:
         return payload
-    settings = shared.active
+    settings, release = shared.active, shared.releasing()
     for i, row in enumerate(rows):
         if row[1]:
-            found = shared.dumps(row[2], settings, release=True)
+            found = shared.dumps(row[2], settings, release=release)
             if type(found) is tuple:
                 rows[i] = (row[0], True, _Shipped(row[2], *found), *row[3:])
     return pickle.dumps(rows, protocol=_PICKLE_PROTOCOL)
@@ -361,9 +396,9 @@ def _dumps_values(values: list[Any]) -> bytes:
     payload = _pickle_spotting_large(values)
     if payload is not None:
         return payload
-    shipped = []
+    shipped, release = [], shared.releasing()
     for value in values:
-        found = shared.dumps(value, shared.active, release=True)
+        found = shared.dumps(value, shared.active, release=release)
         shipped.append(_Shipped(value, *found) if type(found) is tuple else value)
     return pickle.dumps(shipped, protocol=_PICKLE_PROTOCOL)
 

@@ -269,7 +269,7 @@ def layout(
         if address is not None:
             end = -(-end // remap.PAGE) * remap.PAGE + address % remap.PAGE
         offsets.append(end)
-        end += -(-buf.nbytes // _ALIGN) * _ALIGN
+        end = -(-(end + buf.nbytes) // _ALIGN) * _ALIGN
     return offsets, end
 
 
@@ -1009,12 +1009,26 @@ def any_handle(values: Iterable[Any]) -> bool:
 # the job brought (one job at a time per process; the flusher thread pickles
 # that job's early outcomes).
 active: SharedMemory | None = None
+# The thread that runs jobs here (the one that set ``active``).
+_job_thread: int | None = None
 
 
 def set_active(shared: SharedMemory | None) -> None:
-    """Use ``shared`` for the results pickled in this process from now on."""
-    global active
+    """Use ``shared`` for the results pickled in this process from now on (on the job's thread)."""
+    global active, _job_thread
     active = shared
+    _job_thread = threading.get_ident()
+
+
+def releasing() -> bool:
+    """Whether a result pickled now may give its pages to its segment (``remap.release``).
+
+    Only on the thread that runs jobs: the flusher thread pickles finished
+    outcomes while the job's next call runs, and that call may be writing
+    to one of them (a fused call takes its input as it is). Pages given
+    under a write would undo it.
+    """
+    return threading.get_ident() == _job_thread
 
 
 def _value_of(handle: _Handle) -> Any:
