@@ -177,7 +177,7 @@ _FLUSH: Final = FLUSH_INTERVAL
 _NOT_WORTH_KEEPING: Final = frozenset({int, float, bool, complex, type(None)})
 _NOTHING: Final[frozenset[int]] = frozenset()
 # Values a call cannot write to: no snapshot needed before a fused call takes one.
-_IMMUTABLE: Final = frozenset({int, float, bool, complex, type(None), str, bytes})
+_IMMUTABLE: Final = _NOT_WORTH_KEEPING | {str, bytes}
 
 
 def _worth_keeping(

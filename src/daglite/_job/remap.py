@@ -66,6 +66,17 @@ def _native_mmap() -> Callable[[int, int, int, int], bool] | None:
 _remap = _native_mmap()
 
 
+def address_of(buf: Any) -> int | None:
+    """Where writable buffer ``buf`` starts in memory (None if read-only or empty)."""
+    try:
+        view = ctypes.c_char.from_buffer(buf)
+    except (TypeError, ValueError):
+        return None
+    address = ctypes.addressof(view)
+    del view  # lets the buffer go (a mapping with a view on it cannot be closed)
+    return address
+
+
 def remap_private(address: int, size: int, fd: int, offset: int = 0) -> bool:
     """Map ``size`` bytes of ``fd`` from ``offset`` copy-on-write at ``address``; whether it worked.
 
@@ -107,8 +118,10 @@ def releasable(view: memoryview) -> int | None:
     start = owner.__array_interface__["data"][0]
     if not _own_mapped_chunk(start, owner.nbytes):
         return None
-    address = ctypes.addressof(ctypes.c_char.from_buffer(view))
-    return address if start <= address and address + view.nbytes <= start + owner.nbytes else None
+    address = address_of(view)
+    if address is None or not start <= address <= start + owner.nbytes - view.nbytes:
+        return None
+    return address
 
 
 def _owner(array: Any) -> Any:

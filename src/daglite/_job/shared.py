@@ -24,7 +24,6 @@ whole directory if the caller dies without doing so (even by SIGKILL).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import io
 import itertools
@@ -621,7 +620,7 @@ class _Borrowed:
         self.path = path
         self.mapping = mapping
         self.size = size
-        self.start = _address(mapping)
+        self.start = remap.address_of(mapping)
         self.handed = False
 
     def holds(self, address: int, size: int) -> bool:
@@ -646,17 +645,6 @@ class _Borrowed:
             return remap.remap_private(self.start, self.size, fd)
         finally:
             os.close(fd)
-
-
-def _address(buf: Any) -> int | None:
-    """Where writable buffer ``buf`` starts in memory (None if read-only or empty)."""
-    try:
-        view = ctypes.c_char.from_buffer(buf)
-    except (TypeError, ValueError):
-        return None
-    address = ctypes.addressof(view)
-    del view  # lets the buffer go (a mapping with a view on it cannot be closed)
-    return address
 
 
 # The pool's segments the job running in this worker process mapped (one job
@@ -825,7 +813,7 @@ def _hand_over(views: list[memoryview]) -> tuple[str, list[int]] | None:
     kept: list[_Borrowed] | None = getattr(_handover, "kept", None)
     if not kept:
         return None
-    addresses = [_address(v) for v in views]
+    addresses = [remap.address_of(v) for v in views]
     for borrowed in kept:
         if all(a is not None and borrowed.holds(a, v.nbytes) for a, v in zip(addresses, views)):
             if not borrowed.handed:
