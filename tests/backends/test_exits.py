@@ -1,4 +1,4 @@
-"""Finding processes by title and waiting for them to exit (``backends._exits``)."""
+"""Killing processes by title and waiting for them to exit (``backends._exits``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from daglite.backends._exits import processes_by_title, wait_exited
+from daglite.backends._exits import kill_titled, wait_exited
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="argv[0] as a title: POSIX")
 
@@ -38,16 +38,13 @@ def titled() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         process.stdin.close()
 
 
-def _found(prefix: str, pid: int) -> bool:
-    return any(pid in {p.pid for p in ps} for ps in processes_by_title(prefix).values())
-
-
-def test_a_process_is_found_by_its_title_and_only_by_it(titled):
+def test_a_process_is_killed_only_while_it_shows_the_title(titled):
     title, process = titled
-    assert _found(title, process.pid)
-    assert _found("daglite-test-", process.pid)
-    assert not _found(title + "-other", process.pid)
-    assert list(processes_by_title(title)) == [title]
+    watched = psutil.Process(process.pid)
+    assert not kill_titled([watched], title + "-other")  # moved on to another task
+    assert process.poll() is None
+    assert kill_titled([watched], title)
+    assert process.wait(timeout=30) == -9
 
 
 def test_a_running_process_is_returned_as_still_running(titled, how):

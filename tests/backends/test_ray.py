@@ -649,23 +649,100 @@ def test_a_force_cancelled_task_reads_as_over_once_its_worker_exited(killed_work
     assert outer.cancelled()
 
 
-def test_one_scan_of_the_process_table_serves_a_burst_of_cancels(monkeypatch):
-    scans: list[str] = []
-    monkeypatch.setattr(ray_backend, "processes_by_title", lambda p: scans.append(p) or {})
+def test_a_task_stopped_before_it_starts_never_runs(unfused, manager, tmp_path, monkeypatch):
+    # Both CPUs of the head node are held by gated calls, so the plain task
+    # waits in Ray's queue when it is cancelled: it must never run, and it is
+    # stopped by its claim file, not by ray.cancel (which can abort this
+    # process when it races a task being handed to its worker).
+    cancels: list[Any] = []
+    monkeypatch.setattr(ray, "cancel", lambda *a, **k: cancels.append(a))
+    gate, started = manager.Event(), manager.Queue()
+    holding = threading.Thread(
+        target=evaluate,
+        args=([held(gate, started, 0), held(gate, started, 1)],),
+        kwargs={"backend": unfused},
+    )
+    holding.start()
+    try:
+        assert sorted(started.get(timeout=60) for _ in range(2)) == [0, 1]
+        marker = tmp_path / "ran"
+        queued = unfused.submit(marker.write_text, "ran")
+        assert not queued.cancel()  # launched: it reads as cancelled once over
+        assert unfused._claims is not None
+        mark = Path(unfused._claims, queued.key)
+        assert mark.read_text() == ""  # the stop mark (a worker's claim holds its pid)
+    finally:
+        gate.set()
+    assert wait_for_futures([queued], timeout=60).done == {queued}
+    holding.join(60)
+    assert queued.cancelled()
+    assert not marker.exists()
+    assert cancels == []
+    assert not mark.exists()  # forgotten once over
+
+
+@task
+def held(gate, started, i: int) -> int:
+    started.put(i)
+    gate.wait(60)
+    return i
+
+
+@task(resources={"daglite_test_nowhere": 1})
+def nowhere() -> int:
+    return 1
+
+
+def test_a_stopped_task_that_cannot_start_is_taken_out_of_rays_queue(cluster, monkeypatch):
+    # No node has the resource: the stop mark would never be read, so after
+    # a grace ray.cancel takes the task out of Ray's queue, and evaluate ends.
+    cancels: list[Any] = []
+    real = ray.cancel
+    monkeypatch.setattr(ray, "cancel", lambda *a, **k: cancels.append(a) or real(*a, **k))
+    submitted = threading.Event()
+    launch = cluster._launch
+
+    def launch_and_tell(outer: Any) -> None:
+        launch(outer)
+        submitted.set()
+
+    monkeypatch.setattr(cluster, "_launch", launch_and_tell)
+
+    async def cancel_once_submitted() -> None:
+        run = asyncio.ensure_future(
+            evaluate_async(nowhere(), backend=cluster, resources={"daglite_test_nowhere": 1})
+        )
+        await asyncio.get_running_loop().run_in_executor(None, submitted.wait, 60)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(cancel_once_submitted())
+    assert len(cancels) == 1
+    assert cluster._claims is not None and os.listdir(cluster._claims) == []
+
+
+def test_on_a_remote_cluster_a_cancel_waits_for_rays_io_thread_first(monkeypatch):
+    # Without claim files (nodes elsewhere), ray.cancel stops the task, once
+    # Ray's io thread has taken in what was submitted before (see
+    # test_gh18_a_cancel_waits_until_ray_has_taken_in_what_was_submitted).
+    order: list[str] = []
+
+    class FakeRay:
+        @staticmethod
+        def cancel(ref: Any, force: bool) -> None:
+            order.append(f"cancel {ref} force={force}")
+
+    monkeypatch.setattr(ray_backend, "_import_ray", lambda: FakeRay)
+    monkeypatch.setattr(ray_backend, "_await_io_thread", lambda r: order.append("wait") or True)
     backend = RayBackend()
-    for key in "abc":
-        assert backend._workers_titled(_ray_worker.TITLE_PREFIX + key) == []
-    assert len(scans) == 1
-    # A task cancelled while queued ends without freeing a worker: still true.
-    queued = ray_backend._Watched(backend, "q", list)
-    queued.abandoned = True
-    backend._relay_result(queued, _ended(ray.exceptions.TaskCancelledError()))
-    backend._workers_titled(_ray_worker.TITLE_PREFIX + "a")
-    assert len(scans) == 1
-    # A task that ended by itself freed its worker: Ray may start another there.
-    backend._relay_result(ray_backend._Watched(backend, "r", list), _ended(None))
-    backend._workers_titled(_ray_worker.TITLE_PREFIX + "a")
-    assert len(scans) == 2
+    backend._launches = 1
+    outer = ray_backend._Watched(backend, "k", list)
+    outer.refs = ["ref"]
+    backend._force_cancel(outer)
+    assert order == ["wait", "cancel ref force=True"]
+    backend._force_cancel(outer)  # taken in already: no second wait
+    assert order == ["wait", "cancel ref force=True", "cancel ref force=True"]
 
 
 # -- gh-18: chains handed to Ray ahead, intermediates stay there ---------------------------
@@ -769,21 +846,6 @@ def test_gh18_a_task_whose_input_failed_is_left_to_fail_by_itself():
     assert not ray_backend._an_input_failed(gone)
 
 
-def test_gh18_a_cancelled_task_waits_for_ray_to_take_in_submissions(
-    unfused, manager, tmp_path, monkeypatch
-):
-    waited: list[int] = []
-    real = ray_backend._await_io_thread
-    monkeypatch.setattr(ray_backend, "_await_io_thread", lambda r: waited.append(1) or real(r))
-    gate = manager.Event()
-    try:
-        with pytest.raises(TaskError, match="boom 1"):
-            evaluate([explode(1), inc(inc(gated(gate, str(tmp_path), 0)))], backend=unfused)
-    finally:
-        gate.set()
-    assert waited
-
-
 def test_gh18_a_chain_whose_task_kills_its_worker_fails_naming_it(unfused):
     plugin = Order()
     with pytest.raises(WorkerLostError, match=r"task 'die_at' \(key 'die_at'\)"):
@@ -835,16 +897,21 @@ def test_resources_map_onto_ray_options():
     }
 
 
-def test_a_job_asks_for_the_most_any_of_its_calls_needs():
-    class Call:
-        def __init__(self, resources: dict[str, float] | None) -> None:
-            self.resources = resources
-
+def test_a_jobs_resources_go_to_ray_on_a_cluster_of_yours_only():
     class Job:
-        calls = [Call({"gpu": 1, "cpu": 1}), Call(None), Call({"cpu": 4, "disk": 2})]
+        resources = {"gpu": 1.0, "cpu": 4.0, "disk": 2.0}
 
-    options = RayBackend._task_options(object.__new__(RayBackend), Job())
-    assert options == {"num_cpus": 4.0, "num_gpus": 1.0, "resources": {"disk": 2.0}}
+    yours = RayBackend(address="10.0.0.1:6379")
+    assert yours._task_options(Job()) == {
+        "num_cpus": 4.0,
+        "num_gpus": 1.0,
+        "resources": {"disk": 2.0},
+    }
+    local = RayBackend()
+    local.address, local._ours = None, True  # the instance daglite started declares none
+    assert local._task_options(Job()) == {}
+    Job.resources = None  # type: ignore[assignment]
+    assert yours._task_options(Job()) == {}
 
 
 def test_sizes_are_estimated_without_copying():

@@ -1,8 +1,8 @@
-"""Finding processes by their title, killing them, and waiting for them to exit.
+"""Killing processes that still show a title, and waiting for them to exit.
 
 For worker processes this process did not start (a local Ray instance's), so
-it cannot ``wait`` on them as a parent: it finds them by the title they set,
-and waits on a pidfd where the kernel has them (Linux 5.3+), else by polling.
+it cannot ``wait`` on them as a parent: it checks the title they set before a
+kill, and waits on a pidfd where the kernel has them (Linux 5.3+), else by polling.
 An exited process counts as gone even while its parent has not reaped it.
 """
 
@@ -16,18 +16,6 @@ from typing import Any, Final
 # Polling interval bounds (seconds) where pidfds are missing.
 _POLL_FIRST: Final = 0.001
 _POLL_MOST: Final = 0.05
-
-
-def processes_by_title(prefix: str) -> dict[str, list[Any]]:
-    """The running processes whose title (first command-line word) starts with ``prefix``."""
-    import psutil
-
-    found: dict[str, list[Any]] = {}
-    for process in psutil.process_iter(["cmdline"]):
-        title = _title(process.info.get("cmdline"))
-        if title.startswith(prefix):
-            found.setdefault(title, []).append(process)
-    return found
 
 
 def _title(cmdline: list[str] | None) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Final, NamedTuple, NoReturn, final
 
 from daglite._job.records import Outcome, Outcomes, PendingResult
 from daglite._job.transport import Transport
+from daglite.backends._claims import claim
 from daglite.exceptions import BackendError, ResultNotPicklableError
 from daglite.graph.walk import replace
 
@@ -37,8 +38,9 @@ _INSTALL_HINT: Final = (
 )
 _PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 # A Ray worker running a daglite job shows this title and the job's key (ps,
-# top), so the caller can find the process it force-cancelled and wait for it
-# to be gone (``RayBackend._after_exit``). Ray sets its own title back after.
+# top), so the caller kills only a process still running the job it stops,
+# and waits for it to be gone (``RayBackend._after_exit``). Ray sets its own
+# title back after.
 TITLE_PREFIX: Final = "ray::daglite-"
 # Seconds a worker whose call timed out waits for the caller to kill it
 # (``ray.cancel(force=True)``) before it ends itself. Only reached when the
@@ -181,6 +183,7 @@ def _run_job(
     payload: bytes,
     threshold: int,
     authkey: bytes,
+    claims: str | None,
     wiring: _Wiring | None,
     *inputs: Any,
 ) -> tuple[Outcomes, dict[int, Any]]:
@@ -190,11 +193,13 @@ def _run_job(
     (see ``_Wiring``). The second return holds, by token, the values later
     jobs may take that are not among the outcomes the caller fetches: big
     ones, those the caller does not need (``job.keep_remote``), and those
-    sent home early on the event channel.
+    sent home early on the event channel. A job the caller stopped before
+    it started returns no outcomes (see ``_claims``).
     """
     from daglite._job import call
 
-    _show_key(job_key)
+    if not _begin(job_key, claims):
+        return Outcomes(), {}
     if not call.process_label:
         ray = _import_ray()
         call.process_label = f"ray {ray.util.get_node_ip_address()} pid {os.getpid()}"
@@ -334,18 +339,28 @@ def _pickling_problem(value: Any) -> Exception | None:
 
 
 def _run_plain(
-    key: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    key: str,
+    claims: str | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
     """Run a callable that is not a daglite job (``Backend.submit``'s general contract)."""
-    _show_key(key)
+    if not _begin(key, claims):
+        return None
     return fn(*args, **kwargs)
 
 
-def _show_key(key: str) -> None:
-    """Title this worker process with ``key`` while it runs that Ray task."""
+def _begin(key: str, claims: str | None) -> bool:
+    """Start Ray task ``key`` here: title this process, claim the task; False if stopped.
+
+    The title comes first, so a caller that finds the claim finds the title
+    too, and kills only a process still running ``key``.
+    """
     set_title = getattr(_import_ray()._raylet, "setproctitle", None)
-    if set_title is not None:  # Ray's own helper; absent, the caller does not wait
+    if set_title is not None:  # Ray's own helper; absent, the caller has no claims
         set_title(TITLE_PREFIX + key)
+    return claims is None or claim(claims, key)
 
 
 # -- events: the channel home ----------------------------------------------------------------

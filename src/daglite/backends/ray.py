@@ -33,12 +33,13 @@ small relay actor the caller drains (``_relay``). The same channel carries
 Ray task with ``force=True``, which kills the worker process, so the runaway
 really stops; the job then fails with ``WorkersLost`` blaming that call.
 
-Ray reports a force-cancelled task over while its worker may still be
-exiting. On a cluster whose nodes all run on this machine, a worker titles
-itself ``ray::daglite-<job key>`` while it runs a job; daglite notes the
-titled process before it force-cancels (one scan of the process table per
-burst of cancels), and the task reads as over only once that process has
-exited, so nothing of a cancelled run is left when ``evaluate`` raises.
+On a cluster whose nodes all run on this machine, daglite stops a task
+without ``ray.cancel`` (see ``_claims``): a task not started yet finds a stop
+mark and returns at once; one running is stopped by killing its worker, which
+titles itself ``ray::daglite-<job key>`` while it runs a job. Ray reports the
+task over while its worker may still be exiting: it reads as over only once
+that process has exited, so nothing of a cancelled run is left when
+``evaluate`` raises. On a remote cluster, ``ray.cancel(force=True)`` does it.
 
 A worker that dies fails its job with ``WorkersLost`` naming no call (Ray does
 not say which call of the job was running): the engine reruns the job's calls
@@ -56,8 +57,11 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 import threading
+import time
 import uuid
 import weakref
 from collections import deque
@@ -69,7 +73,8 @@ from typing import Any, ClassVar, Final, final
 
 from daglite._job.records import PendingResult
 from daglite._job.transport import Transport
-from daglite.backends._exits import kill_titled, processes_by_title, wait_exited
+from daglite.backends._claims import forget, stop_or_find
+from daglite.backends._exits import kill_titled, wait_exited
 from daglite.backends._ray_worker import (
     _PICKLE_PROTOCOL,
     TITLE_PREFIX,
@@ -109,6 +114,11 @@ _IO_TIMEOUT: Final = 30.0
 # Upper bound (seconds) on the wait for the worker process of a task daglite
 # force-cancelled to exit (see ``_after_exit``): past it, a warning.
 _EXIT_TIMEOUT: Final = 30.0
+# Seconds a task stopped before it started may take to reach a worker and
+# return (see ``_claims``); past it, it is waiting for what it will not get
+# soon (a resource no node has, a cluster kept busy by others), and
+# ``ray.cancel`` takes it out of Ray's queue.
+_START_GRACE: Final = 2.0
 
 
 # -- the futures the engine holds --------------------------------------------------------------
@@ -289,11 +299,14 @@ class RayBackend(Backend):
         # taken in at the last ``_await_io_thread`` (see ``_before_cancel``).
         self._launches = 0
         self._launches_taken = 0
-        # Ray tasks reported over that held a worker (Ray may start another on it).
-        self._ends = 0
-        # The titled worker processes of this machine, by title, and the
-        # (launches, ends) they were found at: still true until either moves.
-        self._titled: tuple[tuple[int, int], dict[str, list[Any]]] | None = None
+        # Where tasks are claimed by their workers or stopped by this caller,
+        # when every node runs on this machine (see ``_claims``).
+        self._claims: str | None = None
+        self._claims_gone: Callable[[], Any] = lambda: None
+        # Tasks stopped before they started, with when to take them out of
+        # Ray's queue if still there, and whether a thread watches them.
+        self._unstarted: list[tuple[float, _Watched]] = []
+        self._sweeping = False
         self._in_callback = threading.local()
         self._nodes_here = False  # every node runs on this machine (at start)
         # Force-cancelled tasks whose worker processes must exit before they
@@ -323,6 +336,10 @@ class RayBackend(Backend):
         here = self._nodes_here = _all_nodes_here(ray)
         if here:
             self._authkey = bytes(multiprocessing.current_process().authkey)
+            if getattr(ray._raylet, "setproctitle", None) is not None:  # workers title themselves
+                self._claims = claims = tempfile.mkdtemp(prefix="daglite-ray-")
+                # Removed by stop(), or at exit if this backend never stops.
+                self._claims_gone = weakref.finalize(self, shutil.rmtree, claims, True)
         if self._needs_relay(here):
             self._start_relay(ray)
 
@@ -353,8 +370,11 @@ class RayBackend(Backend):
             self._launched = 0
             relay, self._relay = self._relay, None
             self._relay_stop.set()
+            claims, self._claims = self._claims, None
         for outer in outers:
             outer.settle(False, BackendError("the ray backend was stopped"))
+        if claims is not None:  # a task that has not started yet never will
+            self._claims_gone()
         ray = _import_ray()
         if relay is not None:
             try:
@@ -450,7 +470,10 @@ class RayBackend(Backend):
         if outer is None or not outer.refs:
             return
         outer.overdue = message.token
-        self._force_cancel(outer)
+        try:
+            self._force_cancel(outer)
+        except Exception:  # over already, or Ray is gone: its result will tell
+            logger.debug("could not stop an overdue Ray task", exc_info=True)
 
     # -- submit ------------------------------------------------------------------
 
@@ -468,7 +491,8 @@ class RayBackend(Backend):
         if isinstance(fn, _Job):
             launch, sources = self._job_launcher(fn, key)
         else:
-            launch = partial(lambda: [self._remote_plain.remote(key, fn, args, kwargs)])
+            claims = self._claims
+            launch = partial(lambda: [self._remote_plain.remote(key, claims, fn, args, kwargs)])
         outer = _Watched(self, key, launch)
         if isinstance(fn, _Job):
             outer.keep_remote = fn.keep_remote
@@ -491,11 +515,13 @@ class RayBackend(Backend):
         options = self._task_options(job)
         if options:
             remote = remote.options(**options)
-        threshold, authkey = self.remote_threshold, self._authkey
+        threshold, authkey, claims = self.remote_threshold, self._authkey, self._claims
 
         def launch() -> list[Any]:
             wiring, inputs = _wire(kept, sources, pending)
-            refs: list[Any] = remote.remote(key, payload, threshold, authkey, wiring, *inputs)
+            refs: list[Any] = remote.remote(
+                key, payload, threshold, authkey, claims, wiring, *inputs
+            )
             return refs
 
         return launch, list(sources.values())
@@ -528,16 +554,16 @@ class RayBackend(Backend):
         return sources, pending
 
     def _task_options(self, job: Any) -> dict[str, Any]:
-        """Ray options (``num_cpus``, ``num_gpus``, ``resources``) for a job's calls.
+        """gh-15: a job's named resources as Ray options, on a cluster of yours.
 
-        gh-15: this is where a task's ``resources=`` meet Ray. A job needs the
-        most of each resource any of its calls needs.
+        ``job.resources`` holds the most of each resource any of its calls
+        holds. The local instance daglite starts declares no resources of
+        yours (a task asking would wait forever): there daglite's own gate
+        in the caller is the only limit, as on Dask's embedded cluster.
         """
-        needs: dict[str, float] = {}
-        for call in job.calls:
-            for name, amount in (getattr(call, "resources", None) or {}).items():
-                needs[name] = max(needs.get(name, 0.0), float(amount))
-        return _ray_resources(needs)
+        if not job.resources or (self._ours and self.address is None):
+            return {}
+        return _ray_resources(job.resources)
 
     def _launch(self, outer: _Watched) -> None:
         """Hand ``outer``'s task to Ray and relay its end to ``outer``."""
@@ -565,33 +591,79 @@ class RayBackend(Backend):
         if queued:
             outer.stopped()
             return True
-        if _an_input_failed(outer):
-            # Ray fails it without running it, and a cancel racing that
-            # failure's reply can kill this process (Ray 2.60: "Tried to
-            # complete task that was not pending"): it ends on its own.
-            return False
         try:
-            self._before_cancel()
             self._force_cancel(outer)
         except Exception:  # over already, or Ray is gone: its result will tell
             logger.debug("could not cancel a Ray task", exc_info=True)
         return False
 
     def _force_cancel(self, outer: _Watched) -> None:
-        """Stop ``outer``'s task: kill the local worker running it, else ``ray.cancel(force=True)``.
+        """Stop ``outer``'s task: before it starts, or by killing the worker running it.
 
-        Ray then sees that worker die, and fails the task (no retries). A
-        force-cancel of a running task can race the task's own reply and abort
-        this process (Ray 2.60: "Tried to complete task that was not
-        pending", twice in CI in one day, a task blocked on a socket).
+        Ray then sees that worker die, and fails the task (no retries).
         """
-        if self._nodes_here:
-            # Added to, not replaced: a worker being killed has its title reset.
-            title = TITLE_PREFIX + outer.key
-            found = self._workers_titled(title)
-            outer.killed = outer.killed + [p for p in found if p not in outer.killed]
-            if kill_titled(found, title):
+        claims = self._claims
+        if claims is None:
+            self._ray_cancel(outer)
+            return
+        pid = stop_or_find(claims, outer.key)
+        if pid is None:  # its worker will find the stop mark and return at once
+            self._unless_ended(outer)
+            return
+        import psutil
+
+        try:
+            process = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return  # the worker is gone: Ray fails the task
+        if process not in outer.killed:
+            outer.killed = [*outer.killed, process]
+        kill_titled([process], TITLE_PREFIX + outer.key)  # unless it has moved on
+
+    def _unless_ended(self, outer: _Watched) -> None:
+        """``ray.cancel`` ``outer`` (stopped before it started) if it is not over in time."""
+        with self._lock:
+            if any(listed is outer for _, listed in self._unstarted):
+                return  # cancelled twice (the engine, then ``cancel_running``)
+            self._unstarted.append((time.monotonic() + _START_GRACE, outer))
+            if self._sweeping:
                 return
+            self._sweeping = True
+        threading.Thread(target=self._sweep, name="daglite-ray-stops", daemon=True).start()
+
+    def _sweep(self) -> None:
+        """Take the tasks in ``_unstarted`` still there past their grace out of Ray's queue."""
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                left = [(at, outer) for at, outer in self._unstarted if not outer.done()]
+                due = [outer for at, outer in left if at <= now]
+                self._unstarted = [(at, outer) for at, outer in left if at > now]
+                if not left:
+                    self._sweeping = False
+                    return
+                watched = [outer for _, outer in self._unstarted]
+                until = min((at for at, _ in self._unstarted), default=now)
+            for outer in due:
+                try:
+                    self._ray_cancel(outer)
+                except Exception:  # over already, or Ray is gone: its result will tell
+                    logger.debug("could not cancel a Ray task", exc_info=True)
+            if watched:
+                wait_for_futures(watched, timeout=max(0.0, until - time.monotonic()))
+
+    def _ray_cancel(self, outer: _Watched) -> None:
+        """``ray.cancel(force=True)`` ``outer``'s task (a cluster with nodes elsewhere).
+
+        Ray 2.60 can abort this process when the cancel races the task being
+        handed to its worker, or that task's reply ("Tried to complete task
+        that was not pending"): on this machine ``_claims`` avoids it.
+        """
+        if _an_input_failed(outer):
+            # Ray fails it without running it, and a cancel racing that
+            # failure's reply can abort this process: it ends on its own.
+            return
+        self._before_cancel()
         _import_ray().cancel(outer.refs[0], force=True)
 
     def _before_cancel(self) -> None:
@@ -613,9 +685,6 @@ class RayBackend(Backend):
     def _relay_result(self, outer: _Watched, result: Future[Any]) -> None:
         """The Ray task is over (Ray's callback thread): settle ``outer`` from it."""
         self._in_callback.active = True
-        if outer.killed or not outer.abandoned:  # it held a worker: Ray may start another
-            with self._lock:
-                self._ends += 1
         try:
             self._settle_from(outer, result)
         finally:
@@ -624,26 +693,14 @@ class RayBackend(Backend):
     def _settle_from(self, outer: _Watched, result: Future[Any]) -> None:
         """Settle ``outer`` from its Ray task's end, once its worker is gone if killed."""
         self._finished(outer)
+        claims = self._claims
+        if claims is not None:
+            forget(claims, outer.key)
         killed, outer.killed = outer.killed, []
         if killed and _ended_by_a_kill(result.exception()):
             self._after_exit(killed, partial(self._settle_now, outer, result))
         else:
             self._settle_now(outer, result)
-
-    def _workers_titled(self, title: str) -> list[Any]:
-        """The worker processes of this machine titled ``title`` (running that task).
-
-        One scan of the process table serves a burst of cancels: which task
-        runs where changes only when a task is launched or one ends (freeing
-        a worker for the next), so a scan is reused until either happens.
-        """
-        with self._lock:
-            seen, titled = (self._launches, self._ends), self._titled
-        if titled is None or titled[0] != seen:
-            titled = (seen, processes_by_title(TITLE_PREFIX))
-            with self._lock:
-                self._titled = titled
-        return titled[1].get(title, [])
 
     def _after_exit(self, processes: list[Any], then: Callable[[], None]) -> None:
         """Call ``then`` once ``processes`` (killed workers of this machine) have exited.
