@@ -585,6 +585,25 @@ def test_gh17_an_intermediate_never_reaches_the_caller(cluster, nbytes, shape):
     assert _bytes_sent_to_clients(cluster.client) - before >= nbytes
 
 
+def test_gh17_a_job_whose_summary_is_lost_on_the_way_is_asked_for_it(cluster, monkeypatch):
+    # A job keeping its results sends their summary home on the event
+    # channel, which Dask drops while a worker is not connected to the
+    # scheduler: the caller must then ask for it, not wait forever.
+    lost: list[str] = []
+    arrived = DaskBackend._announced
+
+    def summaries_lost(self, outer, summary=None, finished=False):
+        if summary is not None:
+            lost.append(outer.job_key)
+            return False
+        return arrived(self, outer, finished=finished)
+
+    monkeypatch.setattr(DaskBackend, "_announced", summaries_lost)
+    dag, expected = _two_consumers(200 << 10)
+    assert evaluate(dag, backend=cluster) == expected
+    assert lost  # the producing job announced its summary, and it was dropped
+
+
 def test_gh17_a_chain_whose_task_kills_its_worker_fails_naming_it():
     # A cluster of its own: while the killed worker is replaced, a job can land on
     # it and fail, and that must not spill into the module's other tests.

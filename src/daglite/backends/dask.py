@@ -16,7 +16,9 @@ worker, each ``PendingResult`` marker becomes its call's value. Results the
 caller does not need (``_Job.keep_remote``) stay on the worker whatever
 their size: the job then sends its outcomes home as one ``_JobSummary`` on
 the event channel and returns ``_Announced``, and the caller settles it from
-that message once the scheduler reports the task done (no fetch).
+that message once the scheduler reports the task done (no fetch). Dask drops a
+worker's messages while it is not connected to the scheduler: a summary not
+there ``_SUMMARY_GRACE`` seconds after the task's end is asked for instead.
 
 Jobs are pickled in the caller (cloudpickle for task functions, see
 ``daglite._job``) and reach the scheduler as opaque bytes. A result whose
@@ -109,6 +111,11 @@ _STOP_TIMEOUT: Final = 30.0
 # started); the oldest go first. Dask drops such a job long before this many
 # newer ones pile up, and a worker restarted by daglite starts with none.
 _MAX_TOMBSTONES: Final = 10_000
+# Seconds the caller waits, after Dask reports an announced job done, for its
+# summary on the event channel before asking ``_summarize`` for it instead.
+# The worker sends it before it returns, so it normally comes first; Dask drops
+# worker messages while the worker is not connected to the scheduler.
+_SUMMARY_GRACE: Final = 2.0
 
 
 def _import_distributed() -> Any:
@@ -877,8 +884,12 @@ class DaskBackend(Backend):
 
     def _announced(
         self, outer: _Watched, summary: Outcomes | None = None, finished: bool = False
-    ) -> None:
-        """Half of an announced job's end: its summary, or its task's; settle on both."""
+    ) -> bool:
+        """Half of an announced job's end: its summary, or its task's; settle on both.
+
+        Returns:
+            Whether both halves are here (``outer`` settled).
+        """
         with self._lock:
             if summary is not None:
                 outer.summary = summary
@@ -888,6 +899,7 @@ class DaskBackend(Backend):
         if ready and summary is not None:
             _attach(summary, outer.dask_futures[0])
             outer.settle(True, summary)
+        return ready
 
     def _relay(self, outer: _Watched, dfut: Any) -> None:
         """Dask future done (callback thread): settle ``outer`` from it."""
@@ -897,17 +909,32 @@ class DaskBackend(Backend):
             if dfut.status != "finished":
                 outer.settle(False, _failure_of(dfut))
             elif _is_type(dfut.type, _Announced):
-                self._announced(outer, finished=True)
+                if not self._announced(outer, finished=True):
+                    self._client.loop.add_callback(self._await_summary, outer, dfut)
             elif _is_type(dfut.type, _Kept):
-                summary = self._client.submit(
-                    _summarize, dfut, dfut.key, key=f"daglite-summary-{dfut.key}"
-                )
-                outer.dask_futures.append(summary)
-                summary.add_done_callback(partial(self._relay_summary, outer, dfut))
+                self._ask_summary(outer, dfut)
             else:
                 self._fetch(outer, dfut, None)
         except BaseException as exc:  # never leave the engine waiting
             outer.settle(False, exc)
+
+    def _ask_summary(self, outer: _Watched, dfut: Any) -> None:
+        """Run ``_summarize`` next to a job's kept results; settle ``outer`` from it."""
+        summary = self._client.submit(_summarize, dfut, dfut.key, key=f"daglite-summary-{dfut.key}")
+        outer.dask_futures.append(summary)
+        summary.add_done_callback(partial(self._relay_summary, outer, dfut))
+
+    async def _await_summary(self, outer: _Watched, dfut: Any) -> None:
+        """An announced job is done but its summary is not here: ask for it if it stays away."""
+        await asyncio.sleep(_SUMMARY_GRACE)  # a grace period, not a synchronisation
+        with self._lock:
+            lost = outer.summary is None and not outer.done() and not outer.abandoned
+        if lost:
+            logger.debug("the summary of %r did not come; asking for it", dfut.key)
+            try:
+                self._ask_summary(outer, dfut)
+            except BaseException as exc:  # never leave the engine waiting
+                outer.settle(False, exc)
 
     def _relay_summary(self, outer: _Watched, kept: Any, summary: Any) -> None:
         if outer.done() or outer.abandoned:
