@@ -117,8 +117,10 @@ _EXIT_TIMEOUT: Final = 30.0
 # Seconds a task stopped before it started may take to reach a worker and
 # return (see ``_claims``); past it, it is waiting for what it will not get
 # soon (a resource no node has, a cluster kept busy by others), and
-# ``ray.cancel`` takes it out of Ray's queue.
-_START_GRACE: Final = 2.0
+# ``ray.cancel`` takes it out of Ray's queue. Generous: a worker Ray starts
+# to replace a killed one can take seconds on a loaded machine, and a task
+# being handed to a worker is what ``ray.cancel`` must not meet.
+_START_GRACE: Final = 10.0
 
 
 # -- the futures the engine holds --------------------------------------------------------------
