@@ -30,8 +30,11 @@ def claim(directory: str, key: str) -> bool:
     path = os.path.join(directory, key)
     draft = f"{path}.{os.getpid()}"
     try:
-        with open(draft, "x") as file:
-            file.write(str(os.getpid()))
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
         try:
             os.link(draft, path)  # atomic, complete: the pid is written already
         finally:
@@ -50,7 +53,7 @@ def stop_or_find(directory: str, key: str) -> int | None:
     """
     path = os.path.join(directory, key)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         with open(path) as file:
             pid = file.read()
