@@ -12,20 +12,22 @@ name exists):
 So a task is stopped either before it starts or by killing its worker, never
 through ``ray.cancel``, which can abort the caller when it races a task
 being handed to its worker (Ray 2.60: "Tried to complete task that was not
-pending").
+pending"). A worker that cannot use the directory runs its task as if
+unclaimed; the caller notices (no claim for a task that ran) and stops using
+claims.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 
 def claim(directory: str, key: str) -> bool:
     """Claim task ``key`` for this worker process; False if the caller stopped it first.
 
-    A missing ``directory`` reads as stopped: its backend is gone, and nothing
-    waits for the task.
+    A directory this worker cannot use (not there, not writable) claims
+    nothing and stops nothing: the task runs, and the caller, finding no
+    claim once it is over, stops using claims.
     """
     path = os.path.join(directory, key)
     draft = f"{path}.{os.getpid()}"
@@ -39,8 +41,10 @@ def claim(directory: str, key: str) -> bool:
             os.link(draft, path)  # atomic, complete: the pid is written already
         finally:
             os.unlink(draft)
-    except (FileExistsError, FileNotFoundError):
+    except FileExistsError:
         return False
+    except OSError:
+        return True
     return True
 
 
@@ -62,7 +66,10 @@ def stop_or_find(directory: str, key: str) -> int | None:
     return None
 
 
-def forget(directory: str, key: str) -> None:
-    """Remove task ``key``'s claim file (the task is over)."""
-    with contextlib.suppress(FileNotFoundError):
+def forget(directory: str, key: str) -> bool:
+    """Remove task ``key``'s claim file (the task is over); whether there was one."""
+    try:
         os.unlink(os.path.join(directory, key))
+    except OSError:  # none, or the directory is gone
+        return False
+    return True

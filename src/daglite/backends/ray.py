@@ -132,7 +132,9 @@ class _Watched(Future[Any]):
 
     ``cancel()`` of a task Ray already has force-cancels it and returns False,
     like a running call of a process pool: the future reads as cancelled once
-    Ray reports the task over, so the engine waits until nothing runs.
+    Ray reports the task over, so the engine waits until nothing runs. A task
+    stopped before its worker started it (see ``_claims``) reads as cancelled
+    at once: it will run nothing.
     """
 
     def __init__(self, backend: RayBackend, key: str, launch: Callable[[], list[Any]]) -> None:
@@ -155,7 +157,7 @@ class _Watched(Future[Any]):
         self.killed: list[Any] = []
 
     def cancel(self) -> bool:
-        """Cancel a queued task; force-cancel a launched one and return False."""
+        """Cancel a queued or unstarted task; force-cancel a running one and return False."""
         if self.done():
             return self.cancelled()
         return self.backend._cancel(self)
@@ -305,6 +307,7 @@ class RayBackend(Backend):
         # when every node runs on this machine (see ``_claims``).
         self._claims: str | None = None
         self._claims_gone: Callable[[], Any] = lambda: None
+        self._claims_seen = False  # a worker was seen to claim a task
         # Tasks stopped before they started, with when to take them out of
         # Ray's queue if still there, and whether a thread watches them.
         self._unstarted: list[tuple[float, _Watched]] = []
@@ -583,7 +586,12 @@ class RayBackend(Backend):
         refs[0].future().add_done_callback(partial(self._relay_result, outer))
 
     def _cancel(self, outer: _Watched) -> bool:
-        """The engine gave up on ``outer``: forget it if queued, else force-cancel it."""
+        """The engine gave up on ``outer``: forget it if queued, else stop it.
+
+        Returns:
+            Whether ``outer`` reads as cancelled already: it was queued here,
+            or stopped before its worker started it.
+        """
         with self._lock:
             queued = outer.launch is not None
             if queued:
@@ -594,36 +602,56 @@ class RayBackend(Backend):
             outer.stopped()
             return True
         try:
-            self._force_cancel(outer)
+            return self._force_cancel(outer)
         except Exception:  # over already, or Ray is gone: its result will tell
             logger.debug("could not cancel a Ray task", exc_info=True)
         return False
 
-    def _force_cancel(self, outer: _Watched) -> None:
+    def _force_cancel(self, outer: _Watched) -> bool:
         """Stop ``outer``'s task: before it starts, or by killing the worker running it.
 
         Ray then sees that worker die, and fails the task (no retries).
+
+        Returns:
+            Whether ``outer`` reads as cancelled already (stopped before it started).
         """
         claims = self._claims
+        with self._lock:
+            if outer.key not in self._in_flight:
+                return False  # Ray reported it over already
         if claims is None:
             self._ray_cancel(outer)
-            return
+            return False
         pid = stop_or_find(claims, outer.key)
         if pid is None:  # its worker will find the stop mark and return at once
-            self._unless_ended(outer)
-            return
+            return self._stopped_before_start(outer)
         import psutil
 
         try:
             process = psutil.Process(pid)
         except psutil.NoSuchProcess:
-            return  # the worker is gone: Ray fails the task
-        if process not in outer.killed:
+            return False  # the worker is gone: Ray fails the task
+        if kill_titled([process], TITLE_PREFIX + outer.key):  # unless it has moved on
             outer.killed = [*outer.killed, process]
-        kill_titled([process], TITLE_PREFIX + outer.key)  # unless it has moved on
+        return False
+
+    def _stopped_before_start(self, outer: _Watched) -> bool:
+        """``outer``'s task will run nothing: read it as cancelled now, if that is sure.
+
+        It is sure once a task of this backend was seen to claim its file (the
+        workers see this directory). The Ray task itself ends when it gets a
+        worker; on a cluster of yours, one still queued after ``_START_GRACE``
+        is taken out of Ray's queue (it may wait for a resource no node has).
+        """
+        if not (self._ours and self.address is None):
+            self._unless_ended(outer)
+        if self._claims_seen:
+            outer.stopped()
+            return True
+        return False
 
     def _unless_ended(self, outer: _Watched) -> None:
-        """``ray.cancel`` ``outer`` (stopped before it started) if it is not over in time."""
+        """``ray.cancel`` ``outer`` (stopped before it started) if Ray has not ended it in time."""
         with self._lock:
             if any(listed is outer for _, listed in self._unstarted):
                 return  # cancelled twice (the engine, then ``cancel_running``)
@@ -634,25 +662,23 @@ class RayBackend(Backend):
         threading.Thread(target=self._sweep, name="daglite-ray-stops", daemon=True).start()
 
     def _sweep(self) -> None:
-        """Take the tasks in ``_unstarted`` still there past their grace out of Ray's queue."""
+        """Take the tasks in ``_unstarted`` still in Ray past their grace out of its queue."""
         while True:
             now = time.monotonic()
             with self._lock:
-                left = [(at, outer) for at, outer in self._unstarted if not outer.done()]
+                left = [(at, o) for at, o in self._unstarted if o.key in self._in_flight]
                 due = [outer for at, outer in left if at <= now]
                 self._unstarted = [(at, outer) for at, outer in left if at > now]
                 if not left:
                     self._sweeping = False
                     return
-                watched = [outer for _, outer in self._unstarted]
                 until = min((at for at, _ in self._unstarted), default=now)
             for outer in due:
                 try:
                     self._ray_cancel(outer)
                 except Exception:  # over already, or Ray is gone: its result will tell
                     logger.debug("could not cancel a Ray task", exc_info=True)
-            if watched:
-                wait_for_futures(watched, timeout=max(0.0, until - time.monotonic()))
+            time.sleep(max(0.0, until - time.monotonic()))  # till the next deadline
 
     def _ray_cancel(self, outer: _Watched) -> None:
         """``ray.cancel(force=True)`` ``outer``'s task (a cluster with nodes elsewhere).
@@ -695,14 +721,33 @@ class RayBackend(Backend):
     def _settle_from(self, outer: _Watched, result: Future[Any]) -> None:
         """Settle ``outer`` from its Ray task's end, once its worker is gone if killed."""
         self._finished(outer)
-        claims = self._claims
-        if claims is not None:
-            forget(claims, outer.key)
+        self._forget_claim(outer, result)
         killed, outer.killed = outer.killed, []
         if killed and _ended_by_a_kill(result.exception()):
             self._after_exit(killed, partial(self._settle_now, outer, result))
         else:
             self._settle_now(outer, result)
+
+    def _forget_claim(self, outer: _Watched, result: Future[Any]) -> None:
+        """Remove ``outer``'s claim file; check the workers see the claims directory.
+
+        A task that ran to its end claimed its file, unless its worker cannot
+        see this directory (another mount namespace, ``PrivateTmp``): then
+        claims cannot stop anything, and ``ray.cancel`` is used instead.
+        """
+        claims = self._claims
+        if claims is None:
+            return
+        claimed = forget(claims, outer.key)
+        if outer.abandoned or result.exception() is not None:
+            return
+        if claimed:
+            self._claims_seen = True
+        elif not self._claims_seen and self._claims is claims:
+            self._claims = None
+            logger.warning(
+                "Ray workers cannot see %s: daglite stops their tasks with ray.cancel", claims
+            )
 
     def _after_exit(self, processes: list[Any], then: Callable[[], None]) -> None:
         """Call ``then`` once ``processes`` (killed workers of this machine) have exited.
