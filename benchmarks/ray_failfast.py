@@ -29,6 +29,8 @@ import statistics
 import time
 from typing import Any
 
+from workloads import inc_t, total_t
+
 from daglite import TaskError, evaluate, task
 from daglite.backends.ray import RayBackend
 
@@ -42,16 +44,6 @@ class _OneCallPerTask(RayBackend):
 @task
 def boom() -> int:
     raise ValueError("boom")
-
-
-@task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@task
-def total(xs: list[int]) -> int:
-    return sum(xs)
 
 
 @task
@@ -77,8 +69,8 @@ def _fails(dag: Any, backend: RayBackend) -> float:
 def _fan_out(backend: RayBackend, calls: int, runs: int) -> list[float]:
     seconds = []
     for _ in range(runs):
-        seconds.append(_fails([total(inc.product(x=range(calls))), boom()], backend))
-        assert evaluate(total(inc.product(x=range(10))), backend=backend) == 55
+        seconds.append(_fails([total_t(inc_t.product(x=range(calls))), boom()], backend))
+        assert evaluate(total_t(inc_t.product(x=range(10))), backend=backend) == 55
     return seconds
 
 
@@ -120,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = _OneCallPerTask(max_workers=WORKERS)
     backend.ensure_started()
     try:
-        assert evaluate(total(inc.product(x=range(50))), backend=backend) == 1_275  # warm
+        assert evaluate(total_t(inc_t.product(x=range(50))), backend=backend) == 1_275  # warm
         fan_out = _fan_out(backend, args.calls, args.runs)
         counts = {"ray.cancel": 0, "kills": 0}
         storm = _storm(backend, args.storm, counts)

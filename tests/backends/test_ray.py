@@ -639,7 +639,6 @@ def test_a_force_cancelled_task_reads_as_over_once_its_worker_exited(killed_work
     # exiting: evaluate must not return before it is gone. A task found running
     # that returned before the kill landed leaves its worker alive: no wait.
     backend = RayBackend()
-    backend._nodes_here = True
     outer = ray_backend._Watched(backend, "k", list)
     outer.abandoned = True
     outer.killed = [psutil.Process(killed_worker.pid)]

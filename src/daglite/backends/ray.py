@@ -310,10 +310,9 @@ class RayBackend(Backend):
         self._claims_seen = False  # a worker was seen to claim a task
         # Tasks stopped before they started, with when to take them out of
         # Ray's queue if still there, and whether a thread watches them.
-        self._unstarted: list[tuple[float, _Watched]] = []
+        self._unstarted: dict[str, tuple[float, _Watched]] = {}
         self._sweeping = False
         self._in_callback = threading.local()
-        self._nodes_here = False  # every node runs on this machine (at start)
         # Force-cancelled tasks whose worker processes must exit before they
         # read as over: (processes, what to do then), and whether a thread waits.
         self._exiting: list[tuple[list[Any], Callable[[], None]]] = []
@@ -338,7 +337,7 @@ class RayBackend(Backend):
         if self.max_workers is None:
             cpus = ray.cluster_resources().get("CPU")
             self.max_workers = max(1, int(cpus)) if cpus else None
-        here = self._nodes_here = _all_nodes_here(ray)
+        here = _all_nodes_here(ray)
         if here:
             self._authkey = bytes(multiprocessing.current_process().authkey)
             if getattr(ray._raylet, "setproctitle", None) is not None:  # workers title themselves
@@ -347,6 +346,11 @@ class RayBackend(Backend):
                 self._claims_gone = weakref.finalize(self, shutil.rmtree, claims, True)
         if self._needs_relay(here):
             self._start_relay(ray)
+
+    @property
+    def _instance_of_ours(self) -> bool:
+        """Whether this backend runs on the local Ray instance daglite started."""
+        return self._ours and self.address is None
 
     def _init_options(self) -> dict[str, Any]:
         """``ray.init`` options: quiet by default; a local instance gets its CPUs."""
@@ -375,11 +379,10 @@ class RayBackend(Backend):
             self._launched = 0
             relay, self._relay = self._relay, None
             self._relay_stop.set()
-            claims, self._claims = self._claims, None
+            self._claims = None
         for outer in outers:
             outer.settle(False, BackendError("the ray backend was stopped"))
-        if claims is not None:  # a task that has not started yet never will
-            self._claims_gone()
+        self._claims_gone()  # a task that has not started yet never will
         ray = _import_ray()
         if relay is not None:
             try:
@@ -566,7 +569,7 @@ class RayBackend(Backend):
         yours (a task asking would wait forever): there daglite's own gate
         in the caller is the only limit, as on Dask's embedded cluster.
         """
-        if not job.resources or (self._ours and self.address is None):
+        if not job.resources or self._instance_of_ours:
             return {}
         return _ray_resources(job.resources)
 
@@ -643,7 +646,7 @@ class RayBackend(Backend):
         worker; on a cluster of yours, one still queued after ``_START_GRACE``
         is taken out of Ray's queue (it may wait for a resource no node has).
         """
-        if not (self._ours and self.address is None):
+        if not self._instance_of_ours:
             self._unless_ended(outer)
         if self._claims_seen:
             outer.stopped()
@@ -653,9 +656,8 @@ class RayBackend(Backend):
     def _unless_ended(self, outer: _Watched) -> None:
         """``ray.cancel`` ``outer`` (stopped before it started) if Ray has not ended it in time."""
         with self._lock:
-            if any(listed is outer for _, listed in self._unstarted):
-                return  # cancelled twice (the engine, then ``cancel_running``)
-            self._unstarted.append((time.monotonic() + _START_GRACE, outer))
+            # Cancelled twice (the engine, then ``cancel_running``): one deadline.
+            self._unstarted.setdefault(outer.key, (time.monotonic() + _START_GRACE, outer))
             if self._sweeping:
                 return
             self._sweeping = True
@@ -666,13 +668,13 @@ class RayBackend(Backend):
         while True:
             now = time.monotonic()
             with self._lock:
-                left = [(at, o) for at, o in self._unstarted if o.key in self._in_flight]
-                due = [outer for at, outer in left if at <= now]
-                self._unstarted = [(at, outer) for at, outer in left if at > now]
+                left = {k: v for k, v in self._unstarted.items() if k in self._in_flight}
+                due = [outer for at, outer in left.values() if at <= now]
+                self._unstarted = {k: v for k, v in left.items() if v[0] > now}
                 if not left:
                     self._sweeping = False
                     return
-                until = min((at for at, _ in self._unstarted), default=now)
+                until = min((at for at, _ in self._unstarted.values()), default=now)
             for outer in due:
                 try:
                     self._ray_cancel(outer)
